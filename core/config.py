@@ -1,0 +1,257 @@
+"""Pipeline configuration: code defaults, then a YAML file, then command-line overrides.
+
+The schema is a tree of dataclasses. Loading a YAML key that the schema does not know is an
+error naming the key's dotted path, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    dir: Optional[str] = None  # None: generate the built-in demo dataset into the cache
+    label_map: str = "label_map.csv"
+    train: str = "train.json"
+    validation: str = "validation.json"
+    test: str = "test.json"
+    # "train+validation": members train k-fold over both (regime a).
+    # "train": k-fold over train alone. "validation": members train on train, predict the
+    # validation pool and test; the stacker trains k-fold on validation (regime b, 1M images).
+    pool: str = "train+validation"
+    allow_missing_test_images: bool = False  # a submission needs every test row
+    validate_workers: int = 2
+
+
+@dataclass
+class DownloadConfig:
+    workers: int = 16
+    timeout_s: float = 10.0
+    retries: int = 3
+    backoff_s: float = 0.5
+    max_side: int = 299  # fit within max_side x max_side, aspect kept
+    jpeg_quality: int = 90
+
+
+@dataclass
+class DemoConfig:
+    n_train: int = 600
+    n_validation: int = 200
+    n_test: int = 200
+    image_size: int = 96
+    seed: int = 0
+
+
+@dataclass
+class FoldsConfig:
+    k: int = 3
+    seed: int = 42
+
+
+@dataclass
+class MemberConfig:
+    name: str = ""
+    backbone: str = "tiny_cnn"
+    image_size: Optional[int] = None  # None: the backbone's native input size
+    weights: Optional[str] = None  # "imagenet", a local .h5 / .weights.h5 path, or None
+    mode: str = "finetune"  # "finetune" (two phases) or "frozen" (embeddings once, heads per fold)
+    resize: str = "pad"  # "stretch" | "pad" | "crop"
+    pooling: str = "avg"
+    dropout: float = 0.2
+    hidden_units: int = 0
+    loss: str = "bce"  # "bce" | "focal" | "asymmetric"
+    batch_size: int = 32
+    head_epochs: int = 2  # phase 1: frozen backbone
+    finetune_epochs: int = 4  # phase 2: top blocks unfrozen (all epochs when the backbone is from scratch)
+    learning_rate: float = 1e-3
+    finetune_learning_rate: float = 1e-4
+    unfreeze: str = "top"  # "top" | "all"
+    augment: bool = True
+    tta_flip: bool = False
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    seed: int = 0
+
+
+@dataclass
+class XGBoostConfig:
+    n_estimators: int = 200
+    max_depth: int = 4
+    learning_rate: float = 0.1
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    early_stopping_rounds: int = 20
+    min_positives: int = 10  # rarer labels fall back to the linear stacker
+    n_jobs: int = 2
+
+
+@dataclass
+class StackConfig:
+    stackers: list = field(default_factory=lambda: ["mean", "weighted", "linear", "xgboost"])
+    xgboost: XGBoostConfig = field(default_factory=XGBoostConfig)
+
+
+@dataclass
+class DecisionConfig:
+    metric: str = "micro"  # "micro" | "samples"
+    min_labels: int = 1
+    max_labels: int = 23
+    rules: list = field(
+        default_factory=lambda: ["global", "per_label", "expected_f1", "group", "topk"]
+    )
+    inner_folds: int = 3
+
+
+@dataclass
+class AblationConfig:
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "demo"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    members: list = field(default_factory=list)  # list[MemberConfig]
+    stack: StackConfig = field(default_factory=StackConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """A short hash of the named sections, to tell whether an artifact is stale."""
+        full = self.to_dict()
+        chosen = {s: full[s] for s in sections}
+        blob = json.dumps(chosen, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def member(self, name: str) -> MemberConfig:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise ConfigError(f"no member named {name!r}; configured: {[m.name for m in self.members]}")
+
+
+# Which dataclass a list-valued field holds; everything else in lists is a scalar.
+_LIST_ITEM_TYPES = {("PipelineConfig", "members"): MemberConfig}
+
+
+def _build(cls: type, values: dict, path: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(values).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = ", ".join(f"{path}.{k}" if path else k for k in unknown)
+        raise ConfigError(f"unknown config key(s): {where}; valid keys here: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        key_path = f"{path}.{name}" if path else name
+        kwargs[name] = _coerce(cls, name, hints[name], value, key_path)
+    obj = cls(**kwargs)
+    return obj
+
+
+def _coerce(owner: type, name: str, hint: Any, value: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value or {}, path)
+    item_cls = _LIST_ITEM_TYPES.get((owner.__name__, name))
+    if item_cls is not None:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list")
+        return [_build(item_cls, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if get_origin(hint) is Optional or type(None) in get_args(hint):
+        if value is None:
+            return None
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise ConfigError(f"{path}: expected {hint.__name__}, got {value!r}")
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{path}: expected int, got {value!r}")
+    return value
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict:
+    """`a.b.c=value` (value parsed as YAML) -> nested dict."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw else None
+    for part in reversed(dotted.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: list[dict] | None = None) -> PipelineConfig:
+    """Defaults, then the YAML at `path` (None: the demo config), then each override in order."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        from_yaml = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from err
+    if not isinstance(from_yaml, dict):
+        raise ConfigError(f"config {path}: top level must be a mapping")
+    values = from_yaml
+    for override in overrides or []:
+        values = _merge(values, override)
+    try:
+        config = _build(PipelineConfig, values, "")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    validate(config)
+    return config
+
+
+def validate(config: PipelineConfig) -> None:
+    """Cross-field checks that a single type cannot express."""
+    if config.data.pool not in ("train+validation", "train", "validation"):
+        raise ConfigError(f"data.pool: {config.data.pool!r}; use train+validation, train or validation")
+    if config.folds.k < 2:
+        raise ConfigError("folds.k must be at least 2")
+    names = [m.name for m in config.members]
+    if len(set(names)) != len(names) or any(not n for n in names):
+        raise ConfigError(f"members need unique, non-empty names; got {names}")
+    if not 1 <= config.decision.min_labels <= config.decision.max_labels:
+        raise ConfigError("decision: need 1 <= min_labels <= max_labels")
+    if config.decision.metric not in ("micro", "samples"):
+        raise ConfigError(f"decision.metric: {config.decision.metric!r}; use micro or samples")
+
+
+def dump_config(config: PipelineConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"

@@ -1,0 +1,74 @@
+"""The label space: label ids (strings, as in the competition JSON), names, optional groups,
+and multi-hot encoding in both directions."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+
+class LabelError(ValueError):
+    """A label id that the label space does not know, or a malformed label map."""
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    label_ids: tuple  # str ids, in column order
+    names: tuple
+    groups: Optional[tuple] = None  # group name per label ("category", "color", ...) or None
+
+    def __post_init__(self):
+        if len(set(self.label_ids)) != len(self.label_ids):
+            raise LabelError("label map has duplicate labelIds")
+        object.__setattr__(self, "_index", {lid: i for i, lid in enumerate(self.label_ids)})
+
+    def __len__(self) -> int:
+        return len(self.label_ids)
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> "LabelSpace":
+        """Read `labelId,labelName[,taskId,taskName]`; labels are ordered by numeric id."""
+        frame = pd.read_csv(path, dtype=str)
+        if not {"labelId", "labelName"} <= set(frame.columns):
+            raise LabelError(f"{path}: label map needs labelId and labelName columns, has {list(frame.columns)}")
+        frame = frame.assign(_order=pd.to_numeric(frame["labelId"], errors="coerce"))
+        frame = frame.sort_values(["_order", "labelId"], kind="stable")
+        groups = tuple(frame["taskName"]) if "taskName" in frame.columns else None
+        return cls(tuple(frame["labelId"].str.strip()), tuple(frame["labelName"]), groups)
+
+    def index_of(self, label_id: str) -> int:
+        try:
+            return self._index[str(label_id)]
+        except KeyError:
+            raise LabelError(f"unknown labelId {label_id!r}") from None
+
+    def has_groups(self) -> bool:
+        return self.groups is not None
+
+    def group_names(self) -> list:
+        return sorted(set(self.groups)) if self.groups else []
+
+    def group_mask(self, group: str) -> np.ndarray:
+        if not self.groups:
+            raise LabelError("this label space has no groups")
+        return np.array([g == group for g in self.groups])
+
+    def encode(self, label_sets: Iterable[Sequence[str]]) -> np.ndarray:
+        """Label-id lists -> uint8 multi-hot matrix (n_images, n_labels)."""
+        label_sets = list(label_sets)
+        matrix = np.zeros((len(label_sets), len(self)), dtype=np.uint8)
+        for row, labels in enumerate(label_sets):
+            for label_id in labels:
+                matrix[row, self.index_of(label_id)] = 1
+        return matrix
+
+    def decode(self, matrix: np.ndarray) -> list:
+        """Multi-hot (or boolean) matrix -> label-id lists, in label-space order."""
+        matrix = np.asarray(matrix)
+        if matrix.ndim != 2 or matrix.shape[1] != len(self):
+            raise LabelError(f"expected a (n, {len(self)}) matrix, got {matrix.shape}")
+        ids = np.array(self.label_ids, dtype=object)
+        return [list(ids[row.astype(bool)]) for row in matrix]

@@ -1,0 +1,31 @@
+"""Logging and progress: one logger for the pipeline, tqdm bars that stay quiet off a terminal."""
+from __future__ import annotations
+
+import logging
+import sys
+
+from tqdm.auto import tqdm
+
+LOGGER_NAME = "fashion"
+
+
+def get_logger(name: str = "") -> logging.Logger:
+    return logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
+
+
+def setup_logging(level: int = logging.INFO) -> logging.Logger:
+    logger = logging.getLogger(LOGGER_NAME)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    return logger
+
+
+def progress(iterable=None, **kwargs):
+    """A progress bar on stderr; `mininterval` keeps log files from filling up with redraws."""
+    kwargs.setdefault("mininterval", 1.0)
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("file", sys.stderr)
+    return tqdm(iterable, **kwargs)

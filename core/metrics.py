@@ -1,0 +1,120 @@
+"""Multi-label metrics on (n_images, n_labels) 0/1 matrices, vectorised.
+
+Each equals scikit-learn's on the same inputs (tests/test_metrics.py checks that); they exist
+here because the decision stage evaluates them thousands of times and scikit-learn's input
+validation dominates at that rate.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _as_bool(matrix) -> np.ndarray:
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2:
+        raise ValueError(f"expected a 2-D (images, labels) matrix, got shape {matrix.shape}")
+    return matrix.astype(bool, copy=False)
+
+
+def micro_f1(y_true, y_pred) -> float:
+    """2 TP / (2 TP + FP + FN) over all cells; 0.0 when there is nothing to score."""
+    t, p = _as_bool(y_true), _as_bool(y_pred)
+    tp = np.count_nonzero(t & p)
+    denom = np.count_nonzero(t) + np.count_nonzero(p)
+    return float(2 * tp / denom) if denom else 0.0
+
+
+def sample_f1s(y_true, y_pred, zero_division: float = 0.0) -> np.ndarray:
+    """Per-image F1; an image with no true and no predicted label scores `zero_division`."""
+    t, p = _as_bool(y_true), _as_bool(y_pred)
+    tp = np.count_nonzero(t & p, axis=1)
+    denom = t.sum(axis=1) + p.sum(axis=1)
+    out = np.full(t.shape[0], float(zero_division))
+    nz = denom > 0
+    out[nz] = 2 * tp[nz] / denom[nz]
+    return out
+
+
+def samples_f1(y_true, y_pred, zero_division: float = 0.0) -> float:
+    """Mean per-image F1 (scikit-learn's average='samples')."""
+    scores = sample_f1s(y_true, y_pred, zero_division)
+    return float(scores.mean()) if scores.size else 0.0
+
+
+def per_label_f1(y_true, y_pred, zero_division: float = 0.0) -> np.ndarray:
+    t, p = _as_bool(y_true), _as_bool(y_pred)
+    tp = np.count_nonzero(t & p, axis=0)
+    denom = t.sum(axis=0) + p.sum(axis=0)
+    out = np.full(t.shape[1], float(zero_division))
+    nz = denom > 0
+    out[nz] = 2 * tp[nz] / denom[nz]
+    return out
+
+
+def f1(y_true, y_pred, metric: str = "micro") -> float:
+    if metric == "micro":
+        return micro_f1(y_true, y_pred)
+    if metric == "samples":
+        return samples_f1(y_true, y_pred)
+    raise ValueError(f"unknown metric {metric!r}; use 'micro' or 'samples'")
+
+
+def average_precision_per_label(y_true, scores) -> np.ndarray:
+    """Per-label average precision as scikit-learn computes it (step-wise, ties grouped);
+    NaN for labels with no positive."""
+    t = _as_bool(y_true)
+    s = np.asarray(scores, dtype=np.float64)
+    out = np.full(t.shape[1], np.nan)
+    for j in range(t.shape[1]):
+        positives = t[:, j].sum()
+        if positives == 0:
+            continue
+        order = np.argsort(-s[:, j], kind="mergesort")
+        sorted_scores, sorted_true = s[order, j], t[order, j]
+        # the last index of each run of tied scores is a threshold
+        distinct = np.r_[np.nonzero(np.diff(sorted_scores))[0], sorted_true.size - 1]
+        tps = np.cumsum(sorted_true)[distinct]
+        precision = tps / (distinct + 1)
+        recall = tps / positives
+        out[j] = np.sum(np.diff(np.r_[0.0, recall]) * precision)
+    return out
+
+
+def mean_average_precision(y_true, scores) -> float:
+    """Macro mAP over labels that have at least one positive (scikit-learn's average='macro'
+    after dropping labels without positives, which it would warn about)."""
+    ap = average_precision_per_label(y_true, scores)
+    return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
+
+
+def cardinality_error(y_true, y_pred) -> float:
+    """Mean absolute difference between predicted and true label counts per image."""
+    t, p = _as_bool(y_true), _as_bool(y_pred)
+    return float(np.abs(t.sum(axis=1) - p.sum(axis=1)).mean())
+
+
+def best_global_threshold(y_true, probs, metric: str = "micro", grid=None) -> tuple:
+    """(threshold, score) of the single threshold that maximises the metric over a grid."""
+    grid = np.linspace(0.02, 0.98, 49) if grid is None else np.asarray(grid)
+    probs = np.asarray(probs)
+    scores = [f1(y_true, probs >= th, metric) for th in grid]
+    best = int(np.argmax(scores))
+    return float(grid[best]), float(scores[best])
+
+
+def score_probabilities(y_true, probs) -> dict:
+    """The fold-score bundle every member and stacker reports."""
+    probs = np.asarray(probs, dtype=np.float64)
+    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+    t = np.asarray(y_true, dtype=np.float64)
+    loss = float(-np.mean(t * np.log(clipped) + (1 - t) * np.log(1 - clipped)))
+    threshold, best = best_global_threshold(y_true, probs)
+    return {
+        "loss": loss,
+        "micro_f1@0.5": micro_f1(y_true, probs >= 0.5),
+        "micro_f1@best": best,
+        "best_threshold": threshold,
+        "samples_f1@best": samples_f1(y_true, probs >= threshold),
+        "mAP": mean_average_precision(y_true, probs),
+        "n_images": int(t.shape[0]),
+    }

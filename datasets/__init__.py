@@ -1,0 +1,1 @@
+"""Second floor: competition JSON, downloader, image validation + manifest, folds, demo data."""

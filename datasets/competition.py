@@ -1,0 +1,171 @@
+"""Reader for the competition's JSON files (train / validation / test), plain or zipped.
+
+The real files look like
+    {"images": [{"url": "...", "imageId": "1"}], "annotations": [{"labelId": ["62", "17"], "imageId": "1"}]}
+with string ids in train/validation and integer ids in test. Every id is normalised to str here.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from core.labels import LabelSpace
+
+
+class CompetitionDataError(ValueError):
+    """A competition file whose content breaks the format; the message names file and ids."""
+
+
+@dataclass
+class Split:
+    name: str
+    path: Path
+    images: pd.DataFrame  # columns imageId (str), url, labelIds (list[str]; absent for test)
+    duplicate_labels_merged: int = 0  # labelIds repeated within one image's annotation
+    notes: list = field(default_factory=list)
+
+    @property
+    def labelled(self) -> bool:
+        return "labelIds" in self.images.columns
+
+    @property
+    def image_ids(self) -> list:
+        return list(self.images["imageId"])
+
+    def label_matrix(self, label_space: LabelSpace):
+        return label_space.encode(self.images["labelIds"])
+
+
+def resolve_path(path: str | Path) -> Path:
+    """`x.json` if present, else `x.json.zip` (the competition ships both)."""
+    path = Path(path)
+    if path.exists():
+        return path
+    zipped = path.with_name(path.name + ".zip")
+    if zipped.exists():
+        return zipped
+    raise FileNotFoundError(f"{path} not found (nor {zipped.name}); check data.dir and the file names in the config")
+
+
+def load_json(path: Path) -> dict:
+    try:
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                members = [n for n in archive.namelist() if n.endswith(".json")]
+                if len(members) != 1:
+                    raise CompetitionDataError(f"{path}: expected one .json inside, found {members}")
+                return json.loads(archive.read(members[0]))
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, zipfile.BadZipFile) as err:
+        raise CompetitionDataError(f"{path}: not valid JSON ({err})") from err
+
+
+def _examples(ids, limit: int = 10) -> str:
+    ids = list(ids)
+    more = f" (and {len(ids) - limit} more)" if len(ids) > limit else ""
+    return ", ".join(map(str, ids[:limit])) + more
+
+
+def read_split(path: str | Path, name: str, label_space: Optional[LabelSpace] = None,
+               labelled: Optional[bool] = None) -> Split:
+    """Read one split. `labelled=None` takes annotations if the file has them.
+
+    Duplicate labelIds within an image are merged and counted. An unknown labelId, a duplicate
+    imageId, an annotation without an image, or (in a labelled split) an image without an
+    annotation raises CompetitionDataError naming the ids: each means the file is not the one
+    the user thinks it is, and silently dropping rows would shift every score.
+    """
+    path = resolve_path(path)
+    doc = load_json(path)
+    if not isinstance(doc, dict) or "images" not in doc:
+        raise CompetitionDataError(f"{path}: expected an object with an 'images' list")
+    images = _read_images(doc["images"], path)
+    has_annotations = "annotations" in doc
+    if labelled is None:
+        labelled = has_annotations
+    split = Split(name=name, path=path, images=images)
+    if labelled:
+        if not has_annotations:
+            raise CompetitionDataError(f"{path}: split {name!r} needs 'annotations' but the file has none")
+        labels, merged = _read_annotations(doc["annotations"], images, path, label_space)
+        split.images = images.assign(labelIds=labels)
+        split.duplicate_labels_merged = merged
+    return split
+
+
+def _read_images(records, path: Path) -> pd.DataFrame:
+    rows = []
+    for position, record in enumerate(records):
+        if not isinstance(record, dict) or "imageId" not in record:
+            raise CompetitionDataError(f"{path}: images[{position}] has no imageId")
+        rows.append((str(record["imageId"]).strip(), record.get("url", "")))
+    images = pd.DataFrame(rows, columns=["imageId", "url"])
+    dupes = images["imageId"][images["imageId"].duplicated()].unique()
+    if len(dupes):
+        raise CompetitionDataError(f"{path}: duplicate imageId(s) in images: {_examples(dupes)}")
+    return images
+
+
+def _read_annotations(records, images: pd.DataFrame, path: Path, label_space: Optional[LabelSpace]):
+    by_id: dict = {}
+    merged = 0
+    duplicated_annotations = []
+    for position, record in enumerate(records):
+        if not isinstance(record, dict) or "imageId" not in record or "labelId" not in record:
+            raise CompetitionDataError(f"{path}: annotations[{position}] needs imageId and labelId")
+        image_id = str(record["imageId"]).strip()
+        if image_id in by_id:
+            duplicated_annotations.append(image_id)
+        raw = [str(label).strip() for label in record["labelId"]]
+        unique = list(dict.fromkeys(raw))
+        merged += len(raw) - len(unique)
+        by_id[image_id] = unique
+    if duplicated_annotations:
+        raise CompetitionDataError(f"{path}: several annotations for imageId(s) {_examples(duplicated_annotations)}")
+    known = set(images["imageId"])
+    orphans = [i for i in by_id if i not in known]
+    if orphans:
+        raise CompetitionDataError(f"{path}: annotations for imageId(s) not in images: {_examples(orphans)}")
+    unlabelled = [i for i in images["imageId"] if i not in by_id]
+    if unlabelled:
+        raise CompetitionDataError(
+            f"{path}: image(s) without an annotation in a labelled split: {_examples(unlabelled)}")
+    empty = [i for i, labels in by_id.items() if not labels]
+    if empty:
+        raise CompetitionDataError(f"{path}: annotation(s) with no labelId for imageId(s) {_examples(empty)}")
+    if label_space is not None:
+        unknown = {}
+        valid = set(label_space.label_ids)
+        for image_id, labels in by_id.items():
+            for label in labels:
+                if label not in valid:
+                    unknown.setdefault(label, []).append(image_id)
+        if unknown:
+            detail = "; ".join(f"labelId {lab!r} on imageId(s) {_examples(ids, 5)}" for lab, ids in unknown.items())
+            raise CompetitionDataError(f"{path}: unknown labelId(s) for this label map: {detail}")
+    return [by_id[i] for i in images["imageId"]], merged
+
+
+def read_competition(data_dir: Path, files: dict, label_space: LabelSpace) -> dict:
+    """{'train': Split, 'validation': Split, 'test': Split} for the files that exist.
+
+    `files` maps split name to file name; a missing train or validation file is allowed when the
+    other is present (CCP ships both; a user may have only one), a missing test file is not.
+    """
+    splits = {}
+    for name, file_name in files.items():
+        try:
+            resolved = resolve_path(Path(data_dir) / file_name)
+        except FileNotFoundError:
+            if name == "test":
+                raise
+            continue
+        splits[name] = read_split(resolved, name, label_space, labelled=(name != "test"))
+    if not ({"train", "validation"} & set(splits)):
+        raise FileNotFoundError(f"{data_dir}: neither a train nor a validation file found ({files})")
+    return splits
