@@ -1,0 +1,105 @@
+"""The one image policy, applied everywhere an image is decoded or stored.
+
+- Decode by content, never by file extension.
+- EXIF orientation is applied (the stored pixels are upright; no reader needs to look at EXIF).
+- Output is 8-bit RGB: grayscale and palette are expanded, CMYK converted, 16-bit scaled
+  (not clipped) to 8 bits, and alpha composited on BACKGROUND.
+- Decompression bombs (over MAX_PIXELS) are refused, not decoded.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+BACKGROUND = (255, 255, 255)  # product photos sit on white; alpha is composited on it
+MAX_PIXELS = 64_000_000  # about 8k x 8k; larger images are treated as decompression bombs
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class UnreadableImage(ValueError):
+    """The bytes are not a decodable image; the message is the reason stored in the manifest."""
+
+
+def open_image(source: Union[str, Path, bytes]) -> Image.Image:
+    """Open and fully decode an image from a path or bytes; raise UnreadableImage with a reason."""
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise UnreadableImage("empty file")
+        stream = io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise UnreadableImage("missing file")
+        if path.stat().st_size == 0:
+            raise UnreadableImage("empty file")
+        stream = io.BytesIO(path.read_bytes())
+    try:
+        image = Image.open(stream)
+        image.load()  # truncated data shows up here, not at open()
+    except Image.DecompressionBombError as err:
+        raise UnreadableImage(f"decompression bomb: {err}") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UnreadableImage(f"cannot decode: {err}") from err
+    return image
+
+
+def to_upright_rgb(image: Image.Image) -> tuple:
+    """(8-bit upright RGB image, list of repairs applied). An empty list means the decoded
+    pixels were usable as they were."""
+    repairs = []
+    orientation = image.getexif().get(0x0112, 1)
+    if orientation not in (1, None):
+        image = ImageOps.exif_transpose(image)
+        repairs.append(f"exif orientation {orientation} applied")
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        image = _scale_high_bit_depth(image)
+        repairs.append(f"{mode} scaled to 8 bits")
+        mode = image.mode
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        repairs.append("palette expanded")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA") or (mode == "RGB" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        image = Image.alpha_composite(canvas, rgba).convert("RGB")
+        repairs.append(f"{mode} alpha composited on background {BACKGROUND}")
+    elif mode == "CMYK":
+        image = image.convert("RGB")
+        repairs.append("CMYK converted to RGB")
+    elif mode in ("L", "1"):
+        image = image.convert("RGB")
+        repairs.append(f"{mode} expanded to RGB")
+    elif mode != "RGB":
+        image = image.convert("RGB")
+        repairs.append(f"{mode} converted to RGB")
+    return image, repairs
+
+
+def _scale_high_bit_depth(image: Image.Image) -> Image.Image:
+    # 16-bit data uses the full 0..65535 range; dividing by 257 maps it onto 0..255 exactly,
+    # where convert("L") would clip everything above 255 to white.
+    values = np.asarray(image, dtype=np.float64)
+    peak = 65535.0 if values.max() > 255 else 255.0
+    scaled = np.clip(np.round(values * (255.0 / peak)), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
+def fit_within(image: Image.Image, max_side: int) -> Image.Image:
+    """Shrink (never enlarge) to fit max_side x max_side, aspect kept."""
+    if max(image.size) <= max_side:
+        return image
+    scale = max_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
