@@ -16,12 +16,12 @@ def _as_bool(matrix) -> np.ndarray:
     return matrix.astype(bool, copy=False)
 
 
-def micro_f1(y_true, y_pred) -> float:
-    """2 TP / (2 TP + FP + FN) over all cells; 0.0 when there is nothing to score."""
+def micro_f1(y_true, y_pred, zero_division: float = 0.0) -> float:
+    """2 TP / (2 TP + FP + FN) over all cells; `zero_division` when no cell is true or predicted."""
     t, p = _as_bool(y_true), _as_bool(y_pred)
     tp = np.count_nonzero(t & p)
     denom = np.count_nonzero(t) + np.count_nonzero(p)
-    return float(2 * tp / denom) if denom else 0.0
+    return float(2 * tp / denom) if denom else float(zero_division)
 
 
 def sample_f1s(y_true, y_pred, zero_division: float = 0.0) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 BACKGROUND = (255, 255, 255)  # product photos sit on white; alpha is composited on it
 MAX_PIXELS = 64_000_000  # about 8k x 8k; larger images are treated as decompression bombs
@@ -38,13 +38,26 @@ def open_image(source: Union[str, Path, bytes]) -> Image.Image:
             raise UnreadableImage("empty file")
         stream = io.BytesIO(path.read_bytes())
     try:
-        image = Image.open(stream)
+        image = Image.open(stream)  # reads the header only
+        _refuse_bomb(image)
         image.load()  # truncated data shows up here, not at open()
     except Image.DecompressionBombError as err:
         raise UnreadableImage(f"decompression bomb: {err}") from err
+    except UnidentifiedImageError:
+        # Pillow's own message names the in-memory stream, which means nothing in a manifest
+        raise UnreadableImage("not an image: no known format matches the content") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise UnreadableImage(f"cannot decode: {err}") from err
     return image
+
+
+def _refuse_bomb(image: Image.Image) -> None:
+    # Checked against this module's MAX_PIXELS at call time, before any pixel is decoded;
+    # Pillow's own guard only raises at twice its limit and warns below that.
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise UnreadableImage(
+            f"decompression bomb: {width}x{height} = {width * height} pixels exceeds MAX_PIXELS {MAX_PIXELS}")
 
 
 def to_upright_rgb(image: Image.Image) -> tuple:
@@ -56,7 +69,7 @@ def to_upright_rgb(image: Image.Image) -> tuple:
         image = ImageOps.exif_transpose(image)
         repairs.append(f"exif orientation {orientation} applied")
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if mode in _HIGH_BIT_DEPTH_MODES:
         image = _scale_high_bit_depth(image)
         repairs.append(f"{mode} scaled to 8 bits")
         mode = image.mode
@@ -64,7 +77,7 @@ def to_upright_rgb(image: Image.Image) -> tuple:
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         repairs.append("palette expanded")
         mode = image.mode
-    if mode in ("RGBA", "LA", "PA") or (mode == "RGB" and "transparency" in image.info):
+    if mode in ("RGBA", "LA", "PA") or (mode in ("RGB", "L") and "transparency" in image.info):
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         image = Image.alpha_composite(canvas, rgba).convert("RGB")
@@ -81,11 +94,18 @@ def to_upright_rgb(image: Image.Image) -> tuple:
     return image, repairs
 
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+_HIGH_BIT_DEPTH_MODES = _SIXTEEN_BIT_MODES + ("I",)
+
+
 def _scale_high_bit_depth(image: Image.Image) -> Image.Image:
     # 16-bit data uses the full 0..65535 range; dividing by 257 maps it onto 0..255 exactly,
-    # where convert("L") would clip everything above 255 to white.
+    # where convert("L") would clip everything above 255 to white. A 16-bit mode is scaled as
+    # 16-bit even when the picture is dark (max <= 255); only the 32-bit "I" mode, which carries
+    # no bit depth, falls back to judging by its values.
     values = np.asarray(image, dtype=np.float64)
-    peak = 65535.0 if values.max() > 255 else 255.0
+    sixteen_bit = image.mode in _SIXTEEN_BIT_MODES or values.max() > 255
+    peak = 65535.0 if sixteen_bit else 255.0
     scaled = np.clip(np.round(values * (255.0 / peak)), 0, 255).astype(np.uint8)
     return Image.fromarray(scaled, mode="L")
 

@@ -1,0 +1,234 @@
+"""Download stage: fetch every competition image not yet under <data_dir>/images/<imageId>.jpg.
+
+Each body is decoded and re-encoded through the one image policy (datasets.imageops), so what
+lands on disk is an upright 8-bit RGB JPEG that fits max_side, and an HTML error page, an empty
+body or a cut-off transfer becomes a listed failure instead of a file that breaks training later.
+Only transient failures (timeouts, broken connections, HTTP 429 and 5xx) are retried.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import pandas as pd
+import requests
+from requests.adapters import HTTPAdapter
+
+from core import atomic
+from core.config import DownloadConfig
+from core.context import StageContext
+from core.log import progress
+from datasets import imageops
+from datasets.competition import CompetitionDataError, read_competition
+
+FAILURE_COLUMNS = ["imageId", "url", "reason"]
+FAILURES_FILE = "download_failures.csv"
+IN_FLIGHT_PER_WORKER = 4  # keeps memory flat over a million URLs while no worker waits for work
+RETRY_STATUSES = frozenset({429}) | frozenset(range(500, 600))
+
+
+@dataclass
+class DownloadResult:
+    fetched: list = field(default_factory=list)  # imageIds stored by this call
+    already_present: int = 0
+    failures: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAILURE_COLUMNS))
+    seconds: float = 0.0
+
+
+class FetchFailed(Exception):
+    """One image could not be stored; str(err) is the reason written to the failures file."""
+
+
+class _Transient(Exception):
+    """A failure worth another attempt; carries the reason to report if attempts run out."""
+
+
+def image_path(images_dir: Path, image_id: str) -> Path:
+    return Path(images_dir) / f"{image_id}.jpg"
+
+
+def download_images(items: Iterable[tuple], images_dir: str | Path, cfg: DownloadConfig,
+                    session: Optional[requests.Session] = None) -> DownloadResult:
+    """Fetch each (imageId, url) whose file is missing; return what was fetched and what failed."""
+    _check_config(cfg)
+    started = time.perf_counter()
+    images_dir = Path(images_dir)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    present = {entry.name for entry in _scan(images_dir)}
+    todo, failures, already_present = [], [], 0
+    for image_id, url in _unique_items(items):
+        if f"{image_id}.jpg" in present:
+            already_present += 1
+        elif reason := _unfetchable(image_id, url):
+            failures.append((image_id, url, reason))
+        else:
+            todo.append((image_id, url))
+    own_session = session is None
+    session = session or make_session(cfg.workers)
+    try:
+        fetched, fetch_failures = _fetch_all(todo, images_dir, cfg, session)
+    finally:
+        if own_session:
+            session.close()
+    failures.extend(fetch_failures)
+    return DownloadResult(fetched=fetched, already_present=already_present,
+                          failures=pd.DataFrame(failures, columns=FAILURE_COLUMNS),
+                          seconds=time.perf_counter() - started)
+
+
+def make_session(workers: int) -> requests.Session:
+    """One Session whose connection pool holds a connection per worker; retries are ours."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=workers, pool_maxsize=workers, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _check_config(cfg: DownloadConfig) -> None:
+    problems = []
+    if cfg.workers < 1:
+        problems.append(f"download.workers={cfg.workers} (need >= 1)")
+    if cfg.timeout_s <= 0:
+        problems.append(f"download.timeout_s={cfg.timeout_s} (need > 0)")
+    if cfg.retries < 0 or cfg.backoff_s < 0:
+        problems.append(f"download.retries={cfg.retries}, backoff_s={cfg.backoff_s} (need >= 0)")
+    if cfg.max_side < 1 or not 1 <= cfg.jpeg_quality <= 95:
+        problems.append(f"download.max_side={cfg.max_side}, jpeg_quality={cfg.jpeg_quality} "
+                        "(need max_side >= 1 and quality in 1..95)")
+    if problems:
+        raise ValueError("invalid download config: " + "; ".join(problems))
+
+
+def _scan(images_dir: Path):
+    with os.scandir(images_dir) as entries:
+        return [entry for entry in entries if entry.is_file()]
+
+
+def _unique_items(items: Iterable[tuple]):
+    """(imageId, url) pairs, each id once; one id with two urls cannot share one file."""
+    seen: dict = {}
+    for image_id, url in items:
+        image_id, url = str(image_id), str(url)
+        if image_id not in seen:
+            seen[image_id] = url
+            yield image_id, url
+        elif seen[image_id] != url:
+            raise CompetitionDataError(
+                f"imageId {image_id!r} has two urls ({seen[image_id]!r} and {url!r}) but "
+                f"images/{image_id}.jpg can hold only one; give each source its own data dir")
+
+
+def _unfetchable(image_id: str, url: str) -> str:
+    if not image_id or image_id in (".", "..") or "/" in image_id or "\\" in image_id:
+        return "imageId is not a plain file name"
+    if not url.lower().startswith(("http://", "https://")):
+        return "not an http(s) url"
+    return ""
+
+
+def _fetch_all(todo: list, images_dir: Path, cfg: DownloadConfig, session: requests.Session):
+    fetched, failures = [], []
+    pending_items = iter(todo)
+    in_flight: dict[Future, tuple] = {}
+    with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="download") as pool, \
+            progress(total=len(todo), desc="download", unit="img") as bar:
+        def top_up():
+            for item in pending_items:
+                in_flight[pool.submit(fetch_one, *item, images_dir, cfg, session)] = item
+                if len(in_flight) >= cfg.workers * IN_FLIGHT_PER_WORKER:
+                    break
+        top_up()
+        while in_flight:
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                image_id, url = in_flight.pop(future)
+                try:
+                    future.result()
+                    fetched.append(image_id)
+                except FetchFailed as err:
+                    failures.append((image_id, url, str(err)))
+                bar.update(1)
+            top_up()
+    return fetched, failures
+
+
+def fetch_one(image_id: str, url: str, images_dir: Path, cfg: DownloadConfig,
+              session: requests.Session) -> Path:
+    """Fetch, normalise and atomically store one image; raise FetchFailed with the reason."""
+    body, content_type = _get_with_retries(url, cfg, session)
+    try:
+        image, _ = imageops.to_upright_rgb(imageops.open_image(body))
+    except imageops.UnreadableImage as err:
+        raise FetchFailed(f"not an image (content-type {content_type or 'unknown'}): {err}") from None
+    target = image_path(images_dir, image_id)
+    jpeg = imageops.encode_jpeg(imageops.fit_within(image, cfg.max_side), cfg.jpeg_quality)
+    atomic.write_bytes(target, jpeg)
+    return target
+
+
+def _get_with_retries(url: str, cfg: DownloadConfig, session: requests.Session) -> tuple:
+    attempts = cfg.retries + 1
+    for attempt in range(attempts):
+        try:
+            return _get_once(url, cfg, session)
+        except _Transient as err:
+            if attempt + 1 == attempts:
+                raise FetchFailed(f"{err} (after {attempts} attempts)") from None
+            time.sleep(cfg.backoff_s * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def _get_once(url: str, cfg: DownloadConfig, session: requests.Session) -> tuple:
+    """(body, content type) of one GET; _Transient for what a retry may fix, FetchFailed else."""
+    try:
+        with session.get(url, timeout=(cfg.timeout_s, cfg.timeout_s), stream=True) as response:
+            if response.status_code in RETRY_STATUSES:
+                raise _Transient(f"HTTP {response.status_code}")
+            if response.status_code != 200:
+                raise FetchFailed(f"HTTP {response.status_code}")
+            body = response.content
+            expected = response.headers.get("Content-Length")
+            content_type = response.headers.get("Content-Type", "")
+            encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+    except requests.exceptions.ChunkedEncodingError as err:
+        # urllib3 enforces Content-Length: a body that ends early is a broken transfer
+        raise _Transient(f"truncated body: {_short(err)}") from None
+    except requests.exceptions.Timeout:
+        raise _Transient(f"timeout ({cfg.timeout_s:g} s)") from None
+    except requests.exceptions.ConnectionError as err:
+        raise _Transient(f"connection error: {_short(err)}") from None
+    except requests.exceptions.RequestException as err:
+        raise FetchFailed(f"request failed: {_short(err)}") from None
+    if not body:
+        raise FetchFailed("empty body")
+    if expected and expected.isdigit() and not encoded and int(expected) != len(body):
+        raise _Transient(f"truncated body: received {len(body)} of {expected} bytes")
+    return body, content_type
+
+
+def _short(err: Exception, limit: int = 160) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_download(ctx: StageContext) -> dict:
+    """Fetch every image of train/validation/test missing under <data_dir>/images; list failures."""
+    data = ctx.config.data
+    splits = read_competition(ctx.data_dir, {"train": data.train, "validation": data.validation,
+                                             "test": data.test}, ctx.label_space())
+    wanted = pd.concat([split.images[["imageId", "url"]].assign(split=name)
+                        for name, split in splits.items()], ignore_index=True)
+    result = download_images(zip(wanted["imageId"], wanted["url"]), Path(ctx.data_dir) / "images",
+                             ctx.config.download)
+    failures = wanted.merge(result.failures[["imageId", "reason"]], on="imageId", how="inner")
+    failures_file = ctx.run.root / FAILURES_FILE
+    atomic.write_csv(failures_file, failures[["imageId", "split", "url", "reason"]])
+    summary = {"fetched": len(result.fetched), "already_present": result.already_present,
+               "failed": int(result.failures["imageId"].nunique()), "failures_file": str(failures_file)}
+    ctx.logger("download").info("download: %s in %.1f s", summary, result.seconds)
+    return summary

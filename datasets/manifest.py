@@ -1,0 +1,83 @@
+"""Reading the manifest (one row per image of every split) and the id lists and label matrices
+that later stages take from it. The format is in docs/CONTRACTS.md (manifest.parquet)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.labels import LabelSpace
+from datasets.competition import _examples
+from datasets.images import STATUSES, USABLE_STATUSES
+
+COLUMNS = ("imageId", "split", "labels", "path", "width", "height", "mode", "bytes", "status", "reason")
+SPLITS = ("train", "validation", "test")
+LABELLED_SPLITS = ("train", "validation")
+POOLS = {"train+validation": ("train", "validation"), "train": ("train",), "validation": ("validation",)}
+_STRING_COLUMNS = ("imageId", "split", "labels", "path", "mode", "status", "reason")
+_INT_COLUMNS = ("width", "height", "bytes")
+
+
+class ManifestError(ValueError):
+    """A manifest that breaks the format, or a lookup the manifest cannot answer."""
+
+
+def make_manifest(rows: list) -> pd.DataFrame:
+    """Rows (dicts with the manifest columns) -> a manifest with the contract's column order and dtypes."""
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    return frame.astype({**{c: str for c in _STRING_COLUMNS}, **{c: "int64" for c in _INT_COLUMNS}})
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run the prepare stage first")
+    frame = pd.read_parquet(path)
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ManifestError(f"{path}: manifest lacks column(s) {missing}; rerun the prepare stage (--redo prepare)")
+    unknown = sorted(set(frame["status"]) - set(STATUSES))
+    if unknown:
+        raise ManifestError(f"{path}: unknown status value(s) {unknown}; expected one of {list(STATUSES)}")
+    return make_manifest(frame[list(COLUMNS)].to_dict("records"))
+
+
+def usable(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose image decodes (status ok or repaired), in manifest order."""
+    return manifest[manifest["status"].isin(USABLE_STATUSES)].reset_index(drop=True)
+
+
+def pool_ids(manifest: pd.DataFrame, pool: str) -> list:
+    """Usable imageIds of the splits that make up `pool` (config.data.pool), in manifest order."""
+    if pool not in POOLS:
+        raise ManifestError(f"pool {pool!r} is not one of {sorted(POOLS)} (config data.pool)")
+    rows = usable(manifest)
+    return list(rows.loc[rows["split"].isin(POOLS[pool]), "imageId"])
+
+
+def test_ids(manifest: pd.DataFrame) -> list:
+    """Usable test imageIds in test.json order (the manifest keeps file order)."""
+    rows = usable(manifest)
+    return list(rows.loc[rows["split"] == "test", "imageId"])
+
+
+def manifest_labels(manifest: pd.DataFrame, image_ids, label_space: LabelSpace) -> np.ndarray:
+    """Multi-hot uint8 (len(image_ids), len(label_space)), row i for image_ids[i].
+
+    Ids are looked up among the labelled splits by imageId; an id that is not there, or that
+    two labelled splits share (its labels would be ambiguous), raises naming the ids.
+    """
+    labelled = manifest[manifest["split"].isin(LABELLED_SPLITS)]
+    labels_by_id = pd.Series(labelled["labels"].to_numpy(), index=labelled["imageId"].to_numpy())
+    wanted = [str(i) for i in image_ids]
+    absent = [i for i in wanted if i not in labels_by_id.index]
+    if absent:
+        raise ManifestError(
+            f"imageId(s) not among the manifest's labelled images: {_examples(absent)}; "
+            "the ids must come from the train/validation rows of this run's manifest")
+    ambiguous = sorted(set(labels_by_id.index[labels_by_id.index.duplicated()]) & set(wanted))
+    if ambiguous:
+        raise ManifestError(
+            f"imageId(s) appear in more than one labelled split, labels ambiguous: {_examples(ambiguous)}")
+    return label_space.encode(labels.split() for labels in labels_by_id.loc[wanted])

@@ -1,0 +1,41 @@
+"""The last screen of a run: what each stage did, where everything is, the headline scores."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+
+def _short(summary: dict) -> str:
+    parts = []
+    for key, value in summary.items():
+        if key == "seconds" or isinstance(value, (dict, list)) and len(str(value)) > 60:
+            continue
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        parts.append(f"{key}={value}")
+    return ", ".join(parts)
+
+
+def final_screen(ctx, summaries: dict) -> str:
+    run = ctx.run
+    lines = ["", f"Run directory: {run.root.resolve()}"]
+    for stage, summary in summaries.items():
+        skipped = " (already done, skipped)" if summary.get("skipped") else ""
+        lines.append(f"  {stage:<9} {summary.get('seconds', 0):>7.1f} s{skipped}  {_short(summary)}")
+    scores = run.decision_dir / "scores.csv"
+    rule = run.decision_dir / "rule.json"
+    if scores.exists() and rule.exists():
+        chosen = json.loads(rule.read_text())
+        table = pd.read_csv(scores)
+        best_member = table[table["kind"] == "member"].sort_values("micro_f1", ascending=False).head(1)
+        lines.append("")
+        lines.append(f"Chosen: {chosen.get('source')} + rule {chosen.get('rule')}: nested-CV "
+                     f"{chosen.get('metric', 'micro')}-F1 {chosen.get('score', float('nan')):.4f}")
+        if len(best_member):
+            row = best_member.iloc[0]
+            lines.append(f"Best single member: {row['source']} + {row['rule']}: micro-F1 {row['micro_f1']:.4f}")
+    for label, path in (("Submission", run.submission), ("Report", run.report_dir / "index.html")):
+        if path.exists():
+            lines.append(f"{label}: {path.resolve()}")
+    return "\n".join(lines)

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""One command from competition data to a validated submission and a report.
+
+    python run_pipeline.py                      # the built-in demo, end to end, on CPU
+    python run_pipeline.py --config configs/ccp.yaml --data-dir ../shared/data/ccp --run-dir runs/ccp
+    python run_pipeline.py --stages prepare,folds --redo folds
+
+Config = code defaults, then the YAML (--config), then --data-dir / --set overrides. The resolved
+config is saved in the run directory with env.json. Each stage skips work that is already finished.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from core import atomic
+from core.config import ConfigError, dump_config, load_config, parse_override
+from core.context import StageContext
+from core.log import setup_logging
+from core.rundir import RunDir, StaleArtifactError, environment_record
+
+# name -> (entry point, what it writes). Order is the order of the pipeline.
+STAGES = {
+    "download": ("datasets.download:run_download", "fetch missing images to <data>/images/<imageId>.jpg; download_failures.csv"),
+    "prepare": ("datasets.prepare:run_prepare", "decode every image once: manifest.parquet, skipped_images.csv, repaired/"),
+    "folds": ("datasets.folds:run_folds", "multilabel-stratified folds over the pool: folds.csv (+ .sha256), fold_label_counts.csv"),
+    "members": ("models.stage:run_members", "k-fold CNNs: members/<m>/fold<k>/..., members/<m>/{oof,test}.parquet, scores.json"),
+    "features": ("features.stage:run_features", "check and summarise the stacker inputs: features/summary.json"),
+    "stack": ("ensemble.stage:run_stack", "stackers with second-level OOF: ensemble/<s>/{oof,test}.parquet, model/, scores.json"),
+    "decide": ("ensemble.decide_stage:run_decide", "label-set rules chosen by nested CV: decision/{rule.json,scores.csv,test_labels.csv}"),
+    "submit": ("submissions.stage:run_submit", "submission.csv, validated"),
+    "compare": ("reports.compare:run_compare", "member x fold score table: report/fold_scores.{csv,md,png}"),
+    "ablate": ("reports.ablation:run_ablate", "leave-one-member-out and single-member refits: report/ablation.{csv,md,png}"),
+    "report": ("reports.html:run_report", "report/index.html with plots"),
+}
+
+
+def stage_help() -> str:
+    width = max(map(len, STAGES))
+    return "stages, in order:\n" + "\n".join(f"  {name:<{width}}  {writes}" for name, (_, writes) in STAGES.items())
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=stage_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="YAML config (default: configs/demo.yaml)")
+    parser.add_argument("--data-dir", type=Path, help="competition-layout data directory (overrides data.dir)")
+    parser.add_argument("--run-dir", type=Path, help="run directory (default: runs/<config name>)")
+    parser.add_argument("--stages", default="all", help="comma-separated stages to run (default: all)")
+    parser.add_argument("--members", help="comma-separated member names: restrict member training to these")
+    parser.add_argument("--redo", default="", help="comma-separated stages to recompute even if finished, or 'all'")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set folds.k=5 (repeatable)")
+    return parser.parse_args(argv)
+
+
+def split_names(text: str, valid, what: str) -> list:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ConfigError(f"unknown {what} {unknown}; valid: {', '.join(valid)}")
+    return names
+
+
+def build_context(args) -> StageContext:
+    overrides = [parse_override(text) for text in args.overrides]
+    if args.data_dir is not None:
+        overrides.append({"data": {"dir": str(args.data_dir)}})
+    config = load_config(args.config, overrides)
+    if config.data.dir is None:
+        from datasets.demo import demo_cache_dir, generate_demo
+        data_dir = generate_demo(demo_cache_dir(config.demo), config.demo)
+    else:
+        data_dir = Path(config.data.dir)
+        if not data_dir.is_dir():
+            raise ConfigError(f"data directory {data_dir} does not exist (set --data-dir or data.dir)")
+    run = RunDir(args.run_dir or Path("runs") / config.name)
+    redo = set(split_names(args.redo, list(STAGES) + ["all"], "--redo stage(s)"))
+    members = args.members.split(",") if args.members else None
+    return StageContext(config=config, run=run, data_dir=data_dir, redo=redo, only_members=members)
+
+
+def run_stage(name: str, ctx: StageContext, log) -> dict:
+    module_name, function_name = STAGES[name][0].split(":")
+    entry = getattr(importlib.import_module(module_name), function_name)
+    started = time.time()
+    log.info("stage %s: starting", name)
+    summary = entry(ctx) or {}
+    summary["seconds"] = round(time.time() - started, 1)
+    log.info("stage %s: done in %.1f s", name, summary["seconds"])
+    return summary
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    log = setup_logging()
+    try:
+        stages = list(STAGES) if args.stages == "all" else split_names(args.stages, STAGES, "stage(s)")
+        ctx = build_context(args)
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    ctx.run.root.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(ctx.run.root / "config.yaml", dump_config(ctx.config))
+    atomic.write_json(ctx.run.root / "env.json", {**environment_record(), "data_dir": str(ctx.data_dir)})
+    log.info("run directory %s, data %s, stages %s", ctx.run.root, ctx.data_dir, ",".join(stages))
+    summaries = {}
+    for name in stages:
+        try:
+            summaries[name] = run_stage(name, ctx, log)
+        except StaleArtifactError as err:
+            print(f"error in stage {name}: {err}", file=sys.stderr)
+            return 3
+    from reports.summary import final_screen
+    print(final_screen(ctx, summaries))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

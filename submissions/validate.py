@@ -1,0 +1,148 @@
+"""Validator for a competition submission CSV, usable on any file.
+
+    python -m submissions.validate FILE --test TEST_JSON [--label-map CSV] [--max-labels 23]
+
+Exit 0 and "valid: N rows" when the file is valid; otherwise every problem found, one per line,
+each naming the line and imageId, and exit 1. The format is the one the competition scores:
+header `image_id,label_id`, one row per test image, labels space-separated.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+HEADER = ["image_id", "label_id"]
+EXAMPLES_SHOWN = 20
+
+
+def validate_submission(path: str | Path, test_ids: Sequence, label_ids: Optional[Iterable] = None,
+                        min_labels: int = 1, max_labels: int = 23) -> list:
+    """Every problem of the submission at `path` as a message; an empty list means valid.
+
+    `test_ids`: the test set's imageIds (any order); `label_ids`: the label map's ids, or None
+    to skip the unknown-label check.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        return [f"{path}: cannot read ({err})"]
+    text, problems = _decode(raw, path)
+    rows = list(csv.reader(text.splitlines()))
+    if not rows:
+        return problems + [f"{path}: empty file; expected header {','.join(HEADER)}"]
+    problems += _check_header(rows[0], path)
+    known_labels = None if label_ids is None else {str(lab) for lab in label_ids}
+    expected = {str(i).strip() for i in test_ids}
+    first_line_of: dict = {}
+    for line_no, row in enumerate(rows[1:], start=2):
+        problems += _check_row(row, line_no, path, expected, known_labels, first_line_of,
+                               min_labels, max_labels)
+    problems += _check_missing(expected, first_line_of, path)
+    return problems
+
+
+def _decode(raw: bytes, path: Path) -> tuple:
+    problems = []
+    if raw.startswith(b"\xef\xbb\xbf"):
+        problems.append(f"{path}: starts with a UTF-8 byte-order mark; write plain UTF-8 without BOM")
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8"), problems
+    except UnicodeDecodeError as err:
+        line_no = raw[:err.start].count(b"\n") + 1
+        problems.append(f"{path}: bad encoding: line {line_no}: byte 0x{raw[err.start]:02x} at offset "
+                        f"{err.start} is not UTF-8; save the file as UTF-8")
+        # keep checking the rest, so one bad byte does not hide the other problems
+        return raw.decode("utf-8", errors="replace"), problems
+
+
+def _check_header(header: list, path: Path) -> list:
+    if [cell.strip() for cell in header] == HEADER:
+        return []
+    return [f"{path}: line 1: header is {','.join(header)!r}; expected {','.join(HEADER)!r}"]
+
+
+def _check_row(row, line_no, path, expected, known_labels, first_line_of, min_labels, max_labels) -> list:
+    where = f"{path}: line {line_no}"
+    if len(row) != 2:
+        return [f"{where}: malformed: {len(row)} column(s) {row!r}; expected 2 (image_id,label_id)"]
+    image_id, label_field = row[0].strip(), row[1]
+    where = f"{where} (image_id {image_id!r})"
+    problems = []
+    if image_id in first_line_of:
+        problems.append(f"{where}: duplicate image_id, first on line {first_line_of[image_id]}")
+    else:
+        first_line_of[image_id] = line_no
+    if image_id not in expected:
+        problems.append(f"{where}: extra image_id, not in the test set")
+    labels = label_field.split()
+    if not labels:
+        problems.append(f"{where}: empty label_id field; every image needs {min_labels}..{max_labels} labels")
+    elif len(labels) < min_labels:
+        problems.append(f"{where}: {len(labels)} label(s), fewer than the minimum {min_labels}")
+    if len(labels) > max_labels:
+        problems.append(f"{where}: {len(labels)} labels, more than the maximum {max_labels}")
+    repeated = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if repeated:
+        problems.append(f"{where}: repeated label(s) {' '.join(repeated)}")
+    if known_labels is not None:
+        unknown = list(dict.fromkeys(lab for lab in labels if lab not in known_labels))
+        if unknown:
+            problems.append(f"{where}: unknown label(s) {' '.join(unknown)} not in the label map")
+    return problems
+
+
+def _check_missing(expected: set, first_line_of: dict, path: Path) -> list:
+    missing = sorted(expected - set(first_line_of), key=_natural_key)
+    if not missing:
+        return []
+    shown = ", ".join(missing[:EXAMPLES_SHOWN])
+    more = f" (and {len(missing) - EXAMPLES_SHOWN} more)" if len(missing) > EXAMPLES_SHOWN else ""
+    return [f"{path}: missing {len(missing)} test image_id(s): {shown}{more}"]
+
+
+def _natural_key(image_id: str):
+    return (0, int(image_id), "") if image_id.isdigit() else (1, 0, image_id)
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = _parse_args(argv)
+    # imported here so that `validate_submission` itself needs nothing beyond the standard library
+    from core.labels import LabelError, LabelSpace
+    from datasets.competition import CompetitionDataError, read_split
+    try:
+        test_ids = read_split(args.test, "test", labelled=False).image_ids
+        label_ids = LabelSpace.from_csv(args.label_map).label_ids if args.label_map else None
+    except (OSError, CompetitionDataError, LabelError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    problems = validate_submission(args.file, test_ids, label_ids, args.min_labels, args.max_labels)
+    if not problems:
+        print(f"valid: {len(test_ids)} rows")
+        return 0
+    shown = problems if args.limit == 0 else problems[:args.limit]
+    for problem in shown:
+        print(problem)
+    if len(shown) < len(problems):
+        print(f"... {len(problems) - len(shown)} more problem(s) not shown; --limit 0 shows all")
+    print(f"invalid: {len(problems)} problem(s)")
+    return 1
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m submissions.validate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("file", type=Path, help="submission CSV to check")
+    parser.add_argument("--test", required=True, type=Path, help="test.json (or test.json.zip)")
+    parser.add_argument("--label-map", type=Path, help="label map CSV (labelId,labelName,...)")
+    parser.add_argument("--min-labels", type=int, default=1)
+    parser.add_argument("--max-labels", type=int, default=23)
+    parser.add_argument("--limit", type=int, default=200, help="problems printed at most (0: all)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+import os
+
+import pandas as pd
+import pytest
+
+from core import atomic
+from core.rundir import StaleArtifactError, environment_record, is_done, mark_done
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "a" / "x.json"
+    atomic.write_json(target, {"k": 1})
+    assert atomic.read_json(target) == {"k": 1}
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert atomic.read_json(target) == {"k": 1}
+    assert os.listdir(target.parent) == ["x.json"]
+
+
+def test_parquet_round_trip(tmp_path):
+    frame = pd.DataFrame({"a": [1.5, 2.5]}, index=pd.Index(["1", "2"], name="imageId"))
+    atomic.write_parquet(tmp_path / "p.parquet", frame)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "p.parquet"), frame)
+
+
+def test_done_skip_stale_and_redo(tmp_path):
+    unit = tmp_path / "unit"
+    assert not is_done(unit, "c1", "f1")
+    unit.mkdir()
+    (unit / "out.txt").write_text("result")
+    mark_done(unit, "c1", "f1", seconds=3)
+    assert is_done(unit, "c1", "f1")
+    with pytest.raises(StaleArtifactError, match="--redo"):
+        is_done(unit, "c2", "f1")
+    with pytest.raises(StaleArtifactError):
+        is_done(unit, "c1", "f2")
+    assert not is_done(unit, "c2", "f1", redo=True)
+    assert not unit.exists()
+
+
+def test_environment_record_has_versions():
+    record = environment_record()
+    assert "numpy" in record["packages"] and record["python"]
