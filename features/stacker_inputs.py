@@ -11,7 +11,7 @@ affordable (benchmarks/bench_stacker.py measures both).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Mapping, Optional, Sequence
 
@@ -40,7 +40,6 @@ class MemberStack:
     label_ids: tuple
     probs: np.ndarray  # float32 (images, members, labels)
     label_groups: Optional[tuple] = None  # group name per label, None for an ungrouped space
-    _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         shape = (len(self.image_ids), len(self.member_names), len(self.label_ids))

@@ -1,0 +1,50 @@
+"""The submit stage: decision/test_labels.csv -> <run>/submission.csv, validated."""
+from __future__ import annotations
+
+import numpy as np
+
+from core.context import StageContext
+from reports.run_data import USABLE, RunDataError, label_frequencies, read_label_sets, read_manifest
+from submissions.writer import write_submission
+
+
+def run_submit(ctx: StageContext) -> dict:
+    log = ctx.logger("submit")
+    manifest = read_manifest(ctx.run)
+    label_space = ctx.label_space()
+    decided = read_label_sets(ctx.run.decision_dir / "test_labels.csv")
+    test_rows = manifest[manifest["split"] == "test"]  # the manifest keeps test.json's order
+    usable = test_rows["status"].isin(USABLE)
+    undecided = [i for i in test_rows.loc[usable, "imageId"] if i not in decided]
+    if undecided:
+        raise RunDataError(
+            f"{ctx.run.decision_dir / 'test_labels.csv'} has no labels for {len(undecided)} usable test "
+            f"image(s), e.g. {undecided[:10]}; rerun with --redo decide")
+    unusable = [i for i in test_rows.loc[~usable, "imageId"] if i not in decided]
+    label_sets = dict(decided)
+    fallback = []
+    if unusable:
+        fallback = fallback_labels(manifest, label_space, ctx.config.decision.min_labels,
+                                   ctx.config.decision.max_labels)
+        label_sets.update({image_id: fallback for image_id in unusable})
+        log.warning("%d test image(s) missing or unreadable got the fallback labels %s: %s",
+                    len(unusable), " ".join(fallback), ", ".join(unusable[:10]))
+    path = write_submission(ctx.run.submission, list(test_rows["imageId"]), label_sets, label_space,
+                            ctx.config.decision.min_labels, ctx.config.decision.max_labels)
+    log.info("wrote %s (%d rows, valid)", path, len(test_rows))
+    return {"rows": len(test_rows), "path": str(path), "fallback_rows": unusable,
+            "fallback_labels": fallback}
+
+
+def fallback_labels(manifest, label_space, min_labels: int = 1, max_labels: int = 23) -> list:
+    """The most frequent training labels, as many as the median training cardinality: the best
+    constant guess for an image we cannot see."""
+    labelled = manifest[(manifest["split"] != "test") & manifest["status"].isin(USABLE)]
+    if labelled.empty:
+        raise RunDataError("the manifest has no usable labelled image to derive fallback labels from")
+    cardinality = int(round(float(np.median(labelled["labels"].str.split().str.len()))))
+    k = min(max(cardinality, min_labels), max_labels)
+    counts = label_frequencies(manifest, label_space)
+    # stable sort: ties keep label-space order, so the fallback is deterministic
+    ranked = counts.sort_values(ascending=False, kind="stable")
+    return list(ranked.index[:k])
