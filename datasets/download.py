@@ -8,6 +8,7 @@ Only transient failures (timeouts, broken connections, HTTP 429 and 5xx) are ret
 from __future__ import annotations
 
 import os
+import re
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Iterable, Optional
 import pandas as pd
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
 
 from core import atomic
 from core.config import DownloadConfig
@@ -164,7 +166,7 @@ def fetch_one(image_id: str, url: str, images_dir: Path, cfg: DownloadConfig,
     try:
         image, _ = imageops.to_upright_rgb(imageops.open_image(body))
     except imageops.UnreadableImage as err:
-        raise FetchFailed(f"not an image (content-type {content_type or 'unknown'}): {err}") from None
+        raise FetchFailed(f"{err} (content-type {content_type or 'not given'})") from None
     target = image_path(images_dir, image_id)
     jpeg = imageops.encode_jpeg(imageops.fit_within(image, cfg.max_side), cfg.jpeg_quality)
     atomic.write_bytes(target, jpeg)
@@ -192,23 +194,29 @@ def _get_once(url: str, cfg: DownloadConfig, session: requests.Session) -> tuple
             if response.status_code != 200:
                 raise FetchFailed(f"HTTP {response.status_code}")
             body = response.content
-            expected = response.headers.get("Content-Length")
             content_type = response.headers.get("Content-Type", "")
-            encoded = response.headers.get("Content-Encoding", "identity") != "identity"
     except requests.exceptions.ChunkedEncodingError as err:
-        # urllib3 enforces Content-Length: a body that ends early is a broken transfer
-        raise _Transient(f"truncated body: {_short(err)}") from None
+        # urllib3 2 enforces Content-Length, so a body that ends early lands here
+        raise _Transient(f"truncated body: {_incomplete_read(err)}") from None
     except requests.exceptions.Timeout:
         raise _Transient(f"timeout ({cfg.timeout_s:g} s)") from None
     except requests.exceptions.ConnectionError as err:
+        if err.args and isinstance(err.args[0], ReadTimeoutError):  # how requests reports a stalled body
+            raise _Transient(f"timeout ({cfg.timeout_s:g} s)") from None
         raise _Transient(f"connection error: {_short(err)}") from None
     except requests.exceptions.RequestException as err:
         raise FetchFailed(f"request failed: {_short(err)}") from None
     if not body:
         raise FetchFailed("empty body")
-    if expected and expected.isdigit() and not encoded and int(expected) != len(body):
-        raise _Transient(f"truncated body: received {len(body)} of {expected} bytes")
     return body, content_type
+
+
+def _incomplete_read(err: Exception) -> str:
+    counts = re.search(r"IncompleteRead\((\d+) bytes read, (\d+) more expected", str(err))
+    if counts is None:
+        return _short(err)
+    received, missing = map(int, counts.groups())
+    return f"received {received} of {received + missing} bytes"
 
 
 def _short(err: Exception, limit: int = 160) -> str:
