@@ -31,6 +31,9 @@ class DataConfig:
     # validation pool and test; the stacker trains k-fold on validation (regime b, 1M images).
     pool: str = "train+validation"
     allow_missing_test_images: bool = False  # a submission needs every test row
+    # "flat": images/<imageId>.jpg (CCP, the demo). "per_split": images/<split>/<imageId>.jpg, needed
+    # for the real competition, whose train, validation and test files reuse the same imageIds.
+    image_layout: str = "flat"
     validate_workers: int = 2
 
 
@@ -74,6 +77,7 @@ class MemberConfig:
     batch_size: int = 32
     head_epochs: int = 2  # phase 1: frozen backbone
     finetune_epochs: int = 4  # phase 2: top blocks unfrozen (all epochs when the backbone is from scratch)
+    frozen_epochs: int = 20  # mode "frozen": epochs of the head on cached embeddings (cheap)
     learning_rate: float = 1e-3
     finetune_learning_rate: float = 1e-4
     unfreeze: str = "top"  # "top" | "all"
@@ -94,6 +98,10 @@ class XGBoostConfig:
     early_stopping_rounds: int = 20
     min_positives: int = 10  # rarer labels fall back to the linear stacker
     n_jobs: int = 2
+    n_context: int = 8  # other labels' mean probabilities per label's features (label correlation)
+    max_bin: int = 64  # hist bins; ~20 probability columns need no more
+    inner_fraction: float = 0.2  # training rows held out for early stopping
+    seed: int = 0
 
 
 @dataclass
@@ -238,6 +246,8 @@ def validate(config: PipelineConfig) -> None:
     """Cross-field checks that a single type cannot express."""
     if config.data.pool not in ("train+validation", "train", "validation"):
         raise ConfigError(f"data.pool: {config.data.pool!r}; use train+validation, train or validation")
+    if config.data.image_layout not in ("flat", "per_split"):
+        raise ConfigError(f"data.image_layout: {config.data.image_layout!r}; use flat or per_split")
     if config.folds.k < 2:
         raise ConfigError("folds.k must be at least 2")
     names = [m.name for m in config.members]

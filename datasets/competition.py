@@ -151,6 +151,12 @@ def _read_annotations(records, images: pd.DataFrame, path: Path, label_space: Op
     return [by_id[i] for i in images["imageId"]], merged
 
 
+def images_dir(data_dir: Path, split: str, layout: str = "flat") -> Path:
+    """Where a split's images live: images/ (flat) or images/<split>/ (per_split)."""
+    root = Path(data_dir) / "images"
+    return root / split if layout == "per_split" else root
+
+
 def read_competition(data_dir: Path, files: dict, label_space: LabelSpace) -> dict:
     """{'train': Split, 'validation': Split, 'test': Split} for the files that exist.
 

@@ -25,7 +25,7 @@ from core.config import DownloadConfig
 from core.context import StageContext
 from core.log import progress
 from datasets import imageops
-from datasets.competition import CompetitionDataError, read_competition
+from datasets.competition import CompetitionDataError, images_dir, read_competition
 
 FAILURE_COLUMNS = ["imageId", "url", "reason"]
 FAILURES_FILE = "download_failures.csv"
@@ -122,7 +122,8 @@ def _unique_items(items: Iterable[tuple]):
         elif seen[image_id] != url:
             raise CompetitionDataError(
                 f"imageId {image_id!r} has two urls ({seen[image_id]!r} and {url!r}) but "
-                f"images/{image_id}.jpg can hold only one; give each source its own data dir")
+                f"images/{image_id}.jpg can hold only one; set data.image_layout: per_split (as the real "
+                f"competition needs: its splits reuse imageIds)")
 
 
 def _unfetchable(image_id: str, url: str) -> str:
@@ -225,18 +226,30 @@ def _short(err: Exception, limit: int = 160) -> str:
 
 
 def run_download(ctx: StageContext) -> dict:
-    """Fetch every image of train/validation/test missing under <data_dir>/images; list failures."""
+    """Fetch every image of train/validation/test missing under the data dir's images; list failures."""
     data = ctx.config.data
     splits = read_competition(ctx.data_dir, {"train": data.train, "validation": data.validation,
                                              "test": data.test}, ctx.label_space())
-    wanted = pd.concat([split.images[["imageId", "url"]].assign(split=name)
-                        for name, split in splits.items()], ignore_index=True)
-    result = download_images(zip(wanted["imageId"], wanted["url"]), Path(ctx.data_dir) / "images",
-                             ctx.config.download)
-    failures = wanted.merge(result.failures[["imageId", "reason"]], on="imageId", how="inner")
+    # Flat layout: one folder, so an id shared by splits is fetched once (and two urls for one id
+    # are refused). Per-split layout: each split is its own batch.
+    if data.image_layout == "per_split":
+        batches = [(images_dir(ctx.data_dir, name, "per_split"), split.images.assign(split=name))
+                   for name, split in splits.items()]
+    else:
+        batches = [(images_dir(ctx.data_dir, "", "flat"),
+                    pd.concat([split.images.assign(split=name) for name, split in splits.items()],
+                              ignore_index=True))]
+    fetched, present, seconds, failure_tables = 0, 0, 0.0, []
+    for folder, wanted in batches:
+        result = download_images(zip(wanted["imageId"], wanted["url"]), folder, ctx.config.download)
+        fetched += len(result.fetched)
+        present += result.already_present
+        seconds += result.seconds
+        failure_tables.append(wanted.merge(result.failures[["imageId", "reason"]], on="imageId", how="inner"))
+    failures = pd.concat(failure_tables, ignore_index=True)[["imageId", "split", "url", "reason"]]
     failures_file = ctx.run.root / FAILURES_FILE
-    atomic.write_csv(failures_file, failures[["imageId", "split", "url", "reason"]])
-    summary = {"fetched": len(result.fetched), "already_present": result.already_present,
-               "failed": int(result.failures["imageId"].nunique()), "failures_file": str(failures_file)}
-    ctx.logger("download").info("download: %s in %.1f s", summary, result.seconds)
+    atomic.write_csv(failures_file, failures)
+    summary = {"fetched": fetched, "already_present": present,
+               "failed": len(failures.drop_duplicates(["imageId", "split"])), "failures_file": str(failures_file)}
+    ctx.logger("download").info("download: %s in %.1f s", summary, seconds)
     return summary

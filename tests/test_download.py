@@ -266,3 +266,17 @@ def test_run_download_on_ccp_finds_every_image_present(ccp_dir, tmp_path):
     config.data.dir = str(ccp_dir)
     summary = run_download(StageContext(config=config, run=RunDir(tmp_path / "run"), data_dir=ccp_dir))
     assert (summary["fetched"], summary["already_present"], summary["failed"]) == (0, 2098, 0)
+
+
+def test_reused_ids_need_the_per_split_layout(server, tmp_path):
+    # the real competition's splits reuse imageIds 1..N for different photos
+    data_dir = tmp_path / "data"
+    write_competition(data_dir, train=[("1", server.url("/good/a.jpg"))], validation=[],
+                      test=[(1, server.url("/good/b.jpg"))])
+    ctx = stage_context(tmp_path, data_dir)
+    with pytest.raises(CompetitionDataError, match="per_split"):
+        run_download(ctx)
+    ctx.config.data.image_layout = "per_split"
+    summary = run_download(ctx)
+    assert (summary["fetched"], summary["failed"]) == (2, 0)
+    assert (data_dir / "images" / "train" / "1.jpg").exists() and (data_dir / "images" / "test" / "1.jpg").exists()
