@@ -89,7 +89,7 @@ def read_folds(path: Path) -> pd.Series:
 
 
 def run_folds(ctx) -> dict:
-    from datasets.manifest import manifest_labels, pool_ids, read_manifest
+    from datasets.manifest import POOLS, manifest_labels, pool_ids, read_manifest
 
     cfg = ctx.config
     run = ctx.run
@@ -103,7 +103,7 @@ def run_folds(ctx) -> dict:
     manifest = read_manifest(run.manifest)
     ids = pool_ids(manifest, cfg.data.pool)
     label_space = ctx.label_space()
-    labels = manifest_labels(manifest, ids, label_space)
+    labels = manifest_labels(manifest, ids, label_space, splits=POOLS[cfg.data.pool])
     fold_of = assign_folds(labels, cfg.folds.k, cfg.folds.seed)
     digest = write_folds(run.folds, ids, fold_of)
     atomic.write_csv(run.root / "fold_label_counts.csv", fold_label_counts(labels, fold_of, label_space), index=True)

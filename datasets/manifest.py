@@ -3,6 +3,7 @@ that later stages take from it. The format is in docs/CONTRACTS.md (manifest.par
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,10 @@ class ManifestError(ValueError):
 
 def make_manifest(rows: list) -> pd.DataFrame:
     """Rows (dicts with the manifest columns) -> a manifest with the contract's column order and dtypes."""
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    return _typed(pd.DataFrame(rows, columns=list(COLUMNS)))
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({**{c: str for c in _STRING_COLUMNS}, **{c: "int64" for c in _INT_COLUMNS}})
 
 
@@ -40,7 +44,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     unknown = sorted(set(frame["status"]) - set(STATUSES))
     if unknown:
         raise ManifestError(f"{path}: unknown status value(s) {unknown}; expected one of {list(STATUSES)}")
-    return make_manifest(frame[list(COLUMNS)].to_dict("records"))
+    return _typed(frame[list(COLUMNS)])
 
 
 def usable(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -49,11 +53,21 @@ def usable(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def pool_ids(manifest: pd.DataFrame, pool: str) -> list:
-    """Usable imageIds of the splits that make up `pool` (config.data.pool), in manifest order."""
+    """Usable imageIds of the splits that make up `pool` (config.data.pool), in manifest order.
+
+    The pool is keyed by imageId (folds.csv, prediction tables), so ids that its splits share
+    (per_split layout of the real data) raise, naming them.
+    """
     if pool not in POOLS:
         raise ManifestError(f"pool {pool!r} is not one of {sorted(POOLS)} (config data.pool)")
     rows = usable(manifest)
-    return list(rows.loc[rows["split"].isin(POOLS[pool]), "imageId"])
+    ids = rows.loc[rows["split"].isin(POOLS[pool]), "imageId"]
+    shared = list(ids[ids.duplicated()].unique())
+    if shared:
+        raise ManifestError(
+            f"pool {pool!r}: imageId(s) {_examples(shared)} occur in both of its splits, but the pool is keyed "
+            "by imageId; use data.pool: validation or train (the real competition's splits reuse ids)")
+    return list(ids)
 
 
 def test_ids(manifest: pd.DataFrame) -> list:
@@ -62,22 +76,28 @@ def test_ids(manifest: pd.DataFrame) -> list:
     return list(rows.loc[rows["split"] == "test", "imageId"])
 
 
-def manifest_labels(manifest: pd.DataFrame, image_ids, label_space: LabelSpace) -> np.ndarray:
+def manifest_labels(manifest: pd.DataFrame, image_ids, label_space: LabelSpace,
+                    splits: Sequence[str] = LABELLED_SPLITS) -> np.ndarray:
     """Multi-hot uint8 (len(image_ids), len(label_space)), row i for image_ids[i].
 
-    Ids are looked up among the labelled splits by imageId; an id that is not there, or that
-    two labelled splits share (its labels would be ambiguous), raises naming the ids.
+    Ids are looked up by imageId among the rows of `splits` (default: both labelled splits;
+    pass POOLS[pool] or ("train",) where the real data's splits reuse ids). An id that is not
+    there, or that two of those splits share (its labels would be ambiguous), raises naming it.
     """
-    labelled = manifest[manifest["split"].isin(LABELLED_SPLITS)]
+    unknown = sorted(set(splits) - set(LABELLED_SPLITS))
+    if unknown:
+        raise ManifestError(f"splits {unknown} carry no labels; choose from {list(LABELLED_SPLITS)}")
+    labelled = manifest[manifest["split"].isin(splits)]
     labels_by_id = pd.Series(labelled["labels"].to_numpy(), index=labelled["imageId"].to_numpy())
     wanted = [str(i) for i in image_ids]
     absent = [i for i in wanted if i not in labels_by_id.index]
     if absent:
         raise ManifestError(
-            f"imageId(s) not among the manifest's labelled images: {_examples(absent)}; "
-            "the ids must come from the train/validation rows of this run's manifest")
+            f"imageId(s) not among the manifest's {'/'.join(splits)} images: {_examples(absent)}; "
+            "the ids must come from those rows of this run's manifest")
     ambiguous = sorted(set(labels_by_id.index[labels_by_id.index.duplicated()]) & set(wanted))
     if ambiguous:
         raise ManifestError(
-            f"imageId(s) appear in more than one labelled split, labels ambiguous: {_examples(ambiguous)}")
+            f"imageId(s) appear in more than one labelled split, labels ambiguous: {_examples(ambiguous)}; "
+            "pass splits= to say which split the ids come from")
     return label_space.encode(labels.split() for labels in labels_by_id.loc[wanted])
