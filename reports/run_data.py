@@ -1,6 +1,6 @@
 """Readers for the run artifacts that the submit, compare, ablate and report stages share:
 manifest, folds, label-set CSVs (decision/*_labels.csv) and true label matrices, all joined by
-imageId, never by row position."""
+imageId, never by row position. Manifest and folds are read by the datasets floor's own readers."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +10,9 @@ import pandas as pd
 
 from core.labels import LabelSpace
 from core.rundir import RunDir
-
-USABLE = ("ok", "repaired")
+from datasets import folds as folds_io
+from datasets import manifest as manifest_io
+from datasets.images import USABLE_STATUSES as USABLE
 
 
 class RunDataError(ValueError):
@@ -19,22 +20,12 @@ class RunDataError(ValueError):
 
 
 def read_manifest(run: RunDir) -> pd.DataFrame:
-    if not run.manifest.exists():
-        raise RunDataError(f"{run.manifest} not found; run --stages prepare first")
-    manifest = pd.read_parquet(run.manifest)
-    manifest["imageId"] = manifest["imageId"].astype(str)
-    manifest["labels"] = manifest["labels"].fillna("").astype(str)
-    return manifest
+    return manifest_io.read_manifest(run.manifest)
 
 
 def read_folds(run: RunDir) -> pd.Series:
-    """fold (int) indexed by imageId (str)."""
-    if not run.folds.exists():
-        raise RunDataError(f"{run.folds} not found; run --stages folds first")
-    folds = pd.read_csv(run.folds, dtype={"imageId": str})
-    if not {"imageId", "fold"} <= set(folds.columns):
-        raise RunDataError(f"{run.folds}: needs columns imageId,fold; has {list(folds.columns)}")
-    return folds.set_index("imageId")["fold"].astype(int)
+    """fold (int) indexed by imageId (str), checked against folds.csv.sha256."""
+    return folds_io.read_folds(run.folds)
 
 
 def read_label_sets(path: str | Path) -> dict:
@@ -53,18 +44,7 @@ def read_label_sets(path: str | Path) -> dict:
 
 def true_labels(manifest: pd.DataFrame, image_ids, label_space: LabelSpace) -> np.ndarray:
     """Multi-hot truth in `image_ids` order, from the manifest's labels column."""
-    try:  # the datasets floor owns this when it provides it
-        from datasets.manifest import manifest_labels
-    except ImportError:
-        manifest_labels = None
-    if manifest_labels is not None:
-        return manifest_labels(manifest, list(image_ids), label_space)
-    labels_of = manifest.set_index("imageId")["labels"]
-    image_ids = [str(i) for i in image_ids]
-    absent = [i for i in image_ids if i not in labels_of.index]
-    if absent:
-        raise RunDataError(f"imageId(s) not in the manifest: {absent[:10]}; the run's artifacts do not match")
-    return label_space.encode(labels_of.loc[image_ids].str.split())
+    return manifest_io.manifest_labels(manifest, list(image_ids), label_space)
 
 
 def label_frequencies(manifest: pd.DataFrame, label_space: LabelSpace) -> pd.Series:

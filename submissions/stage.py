@@ -37,12 +37,12 @@ def run_submit(ctx: StageContext) -> dict:
 
 
 def fallback_labels(manifest, label_space, min_labels: int = 1, max_labels: int = 23) -> list:
-    """The most frequent training labels, as many as the median training cardinality: the best
-    constant guess for an image we cannot see."""
+    """The most frequent training labels, as many as the median training cardinality (rounded
+    down): the best constant guess for an image we cannot see."""
     labelled = manifest[(manifest["split"] != "test") & manifest["status"].isin(USABLE)]
     if labelled.empty:
         raise RunDataError("the manifest has no usable labelled image to derive fallback labels from")
-    cardinality = int(round(float(np.median(labelled["labels"].str.split().str.len()))))
+    cardinality = int(np.floor(np.median(labelled["labels"].str.split().str.len())))
     k = min(max(cardinality, min_labels), max_labels)
     counts = label_frequencies(manifest, label_space)
     # stable sort: ties keep label-space order, so the fallback is deterministic

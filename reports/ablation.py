@@ -1,0 +1,182 @@
+"""Ablation of the members: the full ensemble, each leave-one-member-out subset and each member
+alone, refitting only the stacker and the decision rule on the cached member OOF predictions (no
+CNN is retrained). Every score is nested: second-level OOF from the stacker, then the decision
+rule fitted on the other folds and applied to each fold.
+
+Interval of a subset's change against the full ensemble: a paired bootstrap that resamples images
+within each fold (a stratified bootstrap with the folds as strata). Resampling the k fold-level
+deltas instead would give at most a handful of distinct values for k = 3..5 folds, far too coarse
+for a 95% interval. Both systems are scored on the same resampled images (paired), and every
+subset sees the same resamples (same seed), so the intervals are comparable. It measures the
+uncertainty from which images were scored, not from refitting the stacker on other data.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from core import atomic
+from core.context import StageContext
+from core.log import progress
+from core.metrics import micro_f1, sample_f1s, samples_f1
+from core.rundir import is_done, mark_done
+from ensemble.decide_stage import rule_params
+from ensemble.decision import nested_cv_predict
+from ensemble.stackers import stacker_params
+from ensemble.stacking import second_level_oof
+from features.stacker_inputs import MemberStack
+from features.stage import load_member_stacks
+from reports import plots
+from reports.run_data import RunDataError, read_folds, read_manifest, true_labels
+from reports.tables import markdown_table
+
+CHUNK = 100  # bootstrap resamples drawn at once; bounds memory at CHUNK x images weights
+
+
+def member_subsets(members: list) -> list:
+    """(subset name, kind, members): the full set, each leave-one-out, each single member."""
+    subsets = [("all members", "full", list(members))]
+    if len(members) > 1:
+        subsets += [(f"without {m}", "leave_one_out", [x for x in members if x != m]) for m in members]
+        subsets += [(f"only {m}", "single", [m]) for m in members]
+    return subsets
+
+
+def ablation_table(member_stack: MemberStack, y_true: np.ndarray, folds: np.ndarray, stacker_name: str,
+                   stacker_settings: dict, rule_name: str, rule_settings: dict, metric: str = "micro",
+                   n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per member subset: nested-CV micro-F1 and samples-F1 overall and per fold, the
+    change of `metric` against the full ensemble overall and per fold, and its bootstrap 95%
+    interval. `y_true` and `folds` are in `member_stack.image_ids` order."""
+    subsets = member_subsets(list(member_stack.member_names))
+    labels_of: dict = {}  # two members: "without a" is "only b"; fit each distinct subset once
+    for _, _, members in progress(subsets, desc="ablation subsets", unit="subset"):
+        if tuple(members) not in labels_of:
+            subset = select_members(member_stack, members)
+            probs = second_level_oof(stacker_name, stacker_settings, subset, y_true, folds)
+            labels_of[tuple(members)] = np.asarray(
+                nested_cv_predict(rule_name, probs, y_true, folds, rule_settings), dtype=bool)
+    full = labels_of[tuple(subsets[0][2])]
+    rows = [_row(name, kind, members, labels_of[tuple(members)], full, y_true, folds, metric,
+                 n_bootstrap, seed) for name, kind, members in subsets]
+    return pd.DataFrame(rows)
+
+
+def select_members(member_stack: MemberStack, members: list) -> MemberStack:
+    """The stack with only `members`' columns, in the given order."""
+    positions = [member_stack.member_names.index(m) for m in members]
+    return MemberStack(member_stack.image_ids, tuple(members), member_stack.label_ids,
+                       member_stack.probs[:, positions, :], member_stack.label_groups)
+
+
+def _row(name, kind, members, labels, full_labels, y_true, folds, metric, n_bootstrap, seed) -> dict:
+    score = micro_f1 if metric == "micro" else samples_f1
+    row = {"subset": name, "kind": kind, "members": " ".join(members), "n_members": len(members),
+           "micro_f1": micro_f1(y_true, labels), "samples_f1": samples_f1(y_true, labels)}
+    row[f"delta_{metric}_f1"] = score(y_true, labels) - score(y_true, full_labels)
+    low, high = paired_bootstrap_interval(y_true, labels, full_labels, folds, metric, n_bootstrap, seed)
+    row.update({"ci_low": low, "ci_high": high})
+    for fold in np.unique(folds):
+        rows = folds == fold
+        row[f"{metric}_f1_fold{fold}"] = score(y_true[rows], labels[rows])
+        row[f"delta_fold{fold}"] = score(y_true[rows], labels[rows]) - score(y_true[rows], full_labels[rows])
+    return row
+
+
+def paired_bootstrap_interval(y_true, labels, reference_labels, folds, metric: str = "micro",
+                              n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95) -> tuple:
+    """Percentile interval of metric(labels) - metric(reference_labels) over resamples of images
+    drawn with replacement within each fold (fold sizes kept). (nan, nan) when n_bootstrap is 0."""
+    if n_bootstrap <= 0:
+        return float("nan"), float("nan")
+    stats_a, stats_b = _image_stats(y_true, labels), _image_stats(y_true, reference_labels)
+    rng = np.random.default_rng(seed)
+    members_of_fold = [np.flatnonzero(folds == f) for f in np.unique(folds)]
+    deltas = []
+    for start in range(0, n_bootstrap, CHUNK):
+        weights = _resample_weights(members_of_fold, len(folds), min(CHUNK, n_bootstrap - start), rng)
+        deltas.append(_weighted_score(weights, stats_a, metric) - _weighted_score(weights, stats_b, metric))
+    deltas = np.concatenate(deltas)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(deltas, tail)), float(np.percentile(deltas, 100 - tail))
+
+
+def _image_stats(y_true, labels) -> np.ndarray:
+    # micro-F1 of a resample is 2 sum(tp) / (sum(true) + sum(pred)) with each image's counts
+    # weighted by how often it was drawn, so a resample costs one matrix product
+    t, p = np.asarray(y_true, dtype=bool), np.asarray(labels, dtype=bool)
+    return np.column_stack([(t & p).sum(axis=1), t.sum(axis=1), p.sum(axis=1),
+                            sample_f1s(t, p)]).astype(np.float64)
+
+
+def _resample_weights(members_of_fold, n_images: int, n_draws: int, rng) -> np.ndarray:
+    weights = np.zeros((n_draws, n_images))
+    for rows in members_of_fold:
+        weights[:, rows] = rng.multinomial(rows.size, np.full(rows.size, 1.0 / rows.size), size=n_draws)
+    return weights
+
+
+def _weighted_score(weights, stats, metric: str) -> np.ndarray:
+    totals = weights @ stats
+    if metric == "micro":
+        denom = totals[:, 1] + totals[:, 2]
+        return np.divide(2 * totals[:, 0], denom, out=np.zeros_like(denom), where=denom > 0)
+    return totals[:, 3] / weights.sum(axis=1)
+
+
+def run_ablate(ctx: StageContext) -> dict:
+    log = ctx.logger("ablate")
+    rule = atomic.read_json(_require(ctx.run.decision_dir / "rule.json", "decide"))
+    stacker_name = _stacker_of(rule)
+    unit = ctx.run.report_dir / "ablation"
+    # the chosen rule is part of the hash: a redone decide stage may pick another one
+    sections = ctx.config.section_hash("ablation", "decision", "stack", "members")
+    config_hash = f"{sections}:{stacker_name}:{rule['rule']}"
+    paths = [ctx.run.report_dir / f"ablation.{ext}" for ext in ("csv", "md", "png")]
+    if is_done(unit, config_hash, ctx.run.folds_hash(), redo=ctx.redo_stage("ablate")) and all(
+            p.exists() for p in paths):
+        log.info("ablation already done under this config; skipped (--redo ablate recomputes)")
+        return {"skipped": True, "path": str(paths[0])}
+    label_space = ctx.label_space()
+    member_stack, _ = load_member_stacks(ctx)  # the stack stage's own loading and checks
+    folds = read_folds(ctx.run).loc[list(member_stack.image_ids)].to_numpy()
+    y_true = true_labels(read_manifest(ctx.run), member_stack.image_ids, label_space)
+    metric = ctx.config.decision.metric
+    table = ablation_table(member_stack, y_true, folds, stacker_name,
+                           stacker_params(stacker_name, ctx.config.stack), rule["rule"],
+                           rule_params(rule["rule"], ctx, label_space), metric,
+                           ctx.config.ablation.bootstrap, ctx.config.ablation.seed)
+    _write(ctx, table, stacker_name, rule, metric)
+    mark_done(unit, config_hash, ctx.run.folds_hash(), subsets=len(table))
+    full = table.iloc[0]
+    log.info("ablation: %d subsets; full ensemble %s-F1 %.4f", len(table), metric, full[f"{metric}_f1"])
+    return {"subsets": len(table), "stacker": stacker_name, "rule": rule["rule"],
+            f"full_{metric}_f1": float(full[f"{metric}_f1"]), "path": str(paths[0])}
+
+
+def _stacker_of(rule: dict) -> str:
+    # a member chosen as the source means no stacker was run; its subsets combine members by the mean
+    return rule["source"] if rule.get("kind", "stacker") == "stacker" else "mean"
+
+
+def _require(path, stage: str):
+    if not path.exists():
+        raise RunDataError(f"{path} not found; run --stages {stage} first")
+    return path
+
+
+def _write(ctx: StageContext, table: pd.DataFrame, stacker_name: str, rule: dict, metric: str) -> None:
+    report = ctx.run.report_dir
+    atomic.write_csv(report / "ablation.csv", table)
+    head = (f"# Ablation\n\nStacker **{stacker_name}**, decision rule **{rule['rule']}** (chosen source "
+            f"{rule['source']}), refitted on the cached member OOF predictions for each member subset. "
+            f"Scores are nested-CV over the folds. delta = subset - full ensemble ({metric}-F1); "
+            f"interval: 95% paired bootstrap over images resampled within folds "
+            f"({ctx.config.ablation.bootstrap} resamples, seed {ctx.config.ablation.seed}).\n\n")
+    shown = table[["subset", "kind", "micro_f1", "samples_f1", f"delta_{metric}_f1", "ci_low", "ci_high"]]
+    atomic.write_text(report / "ablation.md", head + markdown_table(shown) + "\n## Per fold\n\n"
+                      + markdown_table(table.drop(columns=["members", "n_members"])))
+    others = table.iloc[1:] if len(table) > 1 else table
+    plots.interval_bars(report / "ablation.png", list(others["subset"]), others[f"delta_{metric}_f1"],
+                        others["ci_low"], others["ci_high"], xlabel=f"change in {metric}-F1 vs all members",
+                        title=f"Ablation ({stacker_name} + {rule['rule']}), 95% paired bootstrap")

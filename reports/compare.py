@@ -1,0 +1,135 @@
+"""Fold-score comparison of the members: member x fold table (micro-F1, sample-F1, loss), mean and
+standard deviation per member, the best member, and fold-paired differences against it.
+
+Paired by fold because every member is scored on the same fold's images: the fold-to-fold spread
+(some folds are simply harder) cancels in the difference, which is what tells whether one member
+is really better than another.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import atomic
+from core.context import StageContext
+from core.rundir import RunDir
+from reports import plots
+from reports.run_data import RunDataError
+from reports.tables import markdown_table
+
+METRICS = {"micro_f1": "micro_f1@best", "samples_f1": "samples_f1@best", "loss": "loss"}
+BEST_BY = "micro_f1"  # the competition's metric
+DIFF = {m: f"d_{m}" for m in METRICS}  # paired difference member - best, same fold
+
+
+def member_fold_scores(run: RunDir) -> pd.DataFrame:
+    """Long table: member, fold, micro_f1, samples_f1, loss, read from members/*/scores.json."""
+    paths = sorted((run.root / "members").glob("*/scores.json"))
+    if not paths:
+        raise RunDataError(f"{run.root / 'members'}: no <member>/scores.json; run --stages members first")
+    rows = []
+    for path in paths:
+        record = atomic.read_json(path)
+        member = record.get("member", path.parent.name)
+        for position, fold in enumerate(record.get("folds", [])):
+            missing = [key for key in ["fold", *METRICS.values()] if key not in fold]
+            if missing:
+                raise RunDataError(f"{path}: folds[{position}] lacks {missing}; rerun --redo members")
+            rows.append({"member": member, "fold": int(fold["fold"]),
+                         **{name: float(fold[key]) for name, key in METRICS.items()}})
+        if not record.get("folds"):
+            raise RunDataError(f"{path}: no per-fold scores; rerun --redo members")
+    return pd.DataFrame(rows)
+
+
+def fold_score_table(run: RunDir | str | Path) -> pd.DataFrame:
+    """Member x fold rows, then a "mean" and a "std" (sample, ddof=1) row per member.
+
+    Columns: member, fold ("0".."k-1", "mean", "std"), micro_f1, samples_f1, loss, best (bool),
+    d_micro_f1, d_samples_f1, d_loss (member minus the best member on the same fold; on the
+    mean/std rows, the mean and std of those paired differences). attrs["best_member"] names the
+    member with the highest mean micro-F1.
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    scores = member_fold_scores(run)
+    means = scores.groupby("member", sort=False)[list(METRICS)].mean()
+    best = str(means[BEST_BY].idxmax())
+    _check_same_folds(scores, best, run)
+    best_scores = scores[scores["member"] == best].set_index("fold")[list(METRICS)]
+    blocks = []
+    for member, block in scores.groupby("member", sort=False):
+        block = block.sort_values("fold").reset_index(drop=True)
+        paired = block[list(METRICS)].to_numpy() - best_scores.loc[block["fold"]].to_numpy()
+        block[list(DIFF.values())] = paired
+        summary = pd.DataFrame([block[list(METRICS) + list(DIFF.values())].mean(),
+                                block[list(METRICS) + list(DIFF.values())].std(ddof=1)])
+        summary.insert(0, "fold", ["mean", "std"])
+        summary.insert(0, "member", member)
+        block["fold"] = block["fold"].astype(str)
+        blocks += [block, summary]
+    table = pd.concat(blocks, ignore_index=True)
+    table.insert(5, "best", table["member"] == best)
+    table.attrs["best_member"] = best
+    return table
+
+
+def _check_same_folds(scores: pd.DataFrame, best: str, run: RunDir) -> None:
+    folds_of = scores.groupby("member")["fold"].apply(lambda f: sorted(f))
+    for member, folds in folds_of.items():
+        if folds != folds_of[best]:
+            raise RunDataError(
+                f"{run.member_dir(member) / 'scores.json'} has folds {folds} but the best member {best!r} "
+                f"has {folds_of[best]}; fold-paired differences need the same folds (finish the members stage)")
+
+
+def paired_differences(table: pd.DataFrame) -> pd.DataFrame:
+    """Per member (except the best) and metric: each fold's difference vs the best member, their
+    mean and std, and on how many folds the member beat the best (lower loss counts as better)."""
+    best = table.attrs["best_member"]
+    per_fold = table[~table["fold"].isin(["mean", "std"]) & (table["member"] != best)]
+    rows = []
+    for member, block in per_fold.groupby("member", sort=False):
+        for metric, diff in DIFF.items():
+            values = block[diff].to_numpy()
+            better = values < 0 if metric == "loss" else values > 0
+            rows.append({"member": member, "vs": best, "metric": metric,
+                         **{f"fold{f}": v for f, v in zip(block["fold"], values)},
+                         "mean": values.mean(), "std": values.std(ddof=1) if values.size > 1 else np.nan,
+                         "folds_better": int(better.sum()), "folds": int(values.size)})
+    return pd.DataFrame(rows)
+
+
+def run_compare(ctx: StageContext) -> dict:
+    log = ctx.logger("compare")
+    table = fold_score_table(ctx.run)
+    best = table.attrs["best_member"]
+    report = ctx.run.report_dir
+    atomic.write_csv(report / "fold_scores.csv", table)
+    differences = paired_differences(table)
+    atomic.write_csv(report / "paired_differences.csv", differences)
+    atomic.write_text(report / "fold_scores.md", _markdown(table, differences))
+    per_fold = table[~table["fold"].isin(["mean", "std"])]
+    plots.fold_points(report / "fold_scores.png",
+                      {m: list(b["micro_f1"]) for m, b in per_fold.groupby("member", sort=False)},
+                      ylabel="micro-F1 at best threshold", best=best,
+                      title="Members: micro-F1 per fold (points) and mean ± std (bars)")
+    log.info("fold scores of %d member(s); best %s", table["member"].nunique(), best)
+    return {"members": int(table["member"].nunique()), "best_member": best,
+            "path": str(report / "fold_scores.csv")}
+
+
+def _markdown(table: pd.DataFrame, differences: pd.DataFrame) -> str:
+    summary = table[table["fold"] == "mean"].drop(columns=["fold"]).copy()
+    stds = table[table["fold"] == "std"].set_index("member")
+    for metric in METRICS:
+        summary[f"{metric}_std"] = summary["member"].map(stds[metric])
+    summary = summary[["member", "best"] + [c for m in METRICS for c in (m, f"{m}_std")] + list(DIFF.values())]
+    parts = [f"# Fold scores\n\nBest member by mean micro-F1: **{table.attrs['best_member']}**. "
+             "Std is the sample standard deviation over folds; d_* are fold-paired differences "
+             "member - best.\n\n## Per member\n\n", markdown_table(summary),
+             "\n## Per fold\n\n", markdown_table(table)]
+    if not differences.empty:
+        parts += ["\n## Paired differences vs the best member\n\n", markdown_table(differences)]
+    return "".join(parts)

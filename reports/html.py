@@ -1,0 +1,289 @@
+"""The run report: report/index.html, static and offline (inline CSS, PNGs beside it, no scripts).
+
+Each section reads its own artifacts; a section whose inputs are missing says "not run" and which
+stage makes them, so the report renders at any point of a run.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import atomic, predictions
+from core.config import dump_config
+from core.context import StageContext
+from core.labels import LabelError
+from core.metrics import best_global_threshold, f1, per_label_f1
+from core.predictions import PredictionError
+from datasets.folds import FoldsError
+from datasets.manifest import ManifestError
+from reports import plots
+from reports.run_data import (USABLE, RunDataError, label_frequencies, read_label_sets, read_manifest,
+                              true_labels)
+from reports.tables import html_table
+
+ARTIFACT_ERRORS = (RunDataError, ManifestError, FoldsError, PredictionError, LabelError)
+THRESHOLD_GRID = np.linspace(0.02, 0.98, 49)  # core.metrics.best_global_threshold's grid
+LABELS_SHOWN = 10  # best and worst labels listed
+FREQUENT_SHOWN = 30
+
+
+class NotRun(Exception):
+    """A section's input artifact is absent; the message says which stage makes it."""
+
+
+def run_report(ctx: StageContext) -> dict:
+    log = ctx.logger("report")
+    report = ctx.run.report_dir
+    report.mkdir(parents=True, exist_ok=True)
+    inputs = _Inputs(ctx)
+    parts, not_run = [], []
+    for anchor, title, render in SECTIONS:
+        try:
+            body = render(inputs)
+        except (NotRun, FileNotFoundError) as err:
+            body = f'<p class="notrun">not run: {html.escape(str(err))}</p>'
+            not_run.append(anchor)
+        except ARTIFACT_ERRORS as err:  # a broken artifact spoils its section, not the whole report
+            body = f'<p class="notrun">could not render: {html.escape(str(err))}</p>'
+            not_run.append(anchor)
+        parts.append(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>')
+    path = report / "index.html"
+    atomic.write_text(path, _page(ctx, parts))
+    log.info("wrote %s (%d sections, not run: %s)", path, len(SECTIONS), ", ".join(not_run) or "none")
+    return {"path": str(path), "sections": len(SECTIONS), "not_run": not_run}
+
+
+class _Inputs:
+    """Lazy, cached access to the run's artifacts, shared by the sections."""
+
+    def __init__(self, ctx: StageContext):
+        self.ctx, self.run, self.report = ctx, ctx.run, ctx.run.report_dir
+        self._cache: dict = {}
+
+    def _cached(self, key, load):
+        if key not in self._cache:
+            self._cache[key] = load()
+        return self._cache[key]
+
+    @property
+    def label_space(self):
+        return self._cached("label_space", self.ctx.label_space)
+
+    @property
+    def manifest(self) -> pd.DataFrame:
+        return self._cached("manifest", lambda: read_manifest(self.run))
+
+    @property
+    def rule(self) -> dict:
+        return atomic.read_json(require(self.run.decision_dir / "rule.json", "decide"))
+
+    def oof_labels(self) -> tuple:
+        """(image ids, true multi-hot, predicted multi-hot) of decision/oof_labels.csv."""
+        def load():
+            label_sets = read_label_sets(require(self.run.decision_dir / "oof_labels.csv", "decide"))
+            ids = list(label_sets)
+            return ids, true_labels(self.manifest, ids, self.label_space), \
+                self.label_space.encode(label_sets.values())
+        return self._cached("oof_labels", load)
+
+    def scores(self, kind: str) -> dict:
+        """name -> scores.json of members ("members") or stackers ("ensemble")."""
+        return {p.parent.name: atomic.read_json(p) for p in sorted((self.run.root / kind).glob("*/scores.json"))}
+
+
+def require(path: Path, stage: str) -> Path:
+    if not Path(path).exists():
+        raise NotRun(f"{Path(path).name} is missing (made by --stages {stage})")
+    return Path(path)
+
+
+def _img(name: str, alt: str) -> str:
+    return f'<img src="{html.escape(name)}" alt="{html.escape(alt)}">'
+
+
+# ---- sections ------------------------------------------------------------------------------
+
+def config_section(inputs: _Inputs) -> str:
+    config = inputs.ctx.config
+    path = inputs.run.root / "config.yaml"
+    text = path.read_text(encoding="utf-8") if path.exists() else dump_config(config)
+    source = "config.yaml of the run" if path.exists() else "resolved config (config.yaml not saved yet)"
+    facts = pd.DataFrame([
+        ("members", ", ".join(f"{m.name} ({m.backbone}, {m.image_size or 'native'} px, {m.mode})"
+                              for m in config.members) or "none"),
+        ("data", f"{config.data.dir or 'built-in demo'}; pool {config.data.pool}; label map {config.data.label_map}"),
+        ("folds", f"k = {config.folds.k}, seed {config.folds.seed}"),
+        ("stackers", ", ".join(config.stack.stackers)),
+        ("decision", f"rules {', '.join(config.decision.rules)}; metric {config.decision.metric}; "
+                     f"{config.decision.min_labels}..{config.decision.max_labels} labels per image"),
+    ], columns=["setting", "value"])
+    return (html_table(facts) + f"<details><summary>full {source}</summary><pre>{html.escape(text)}</pre>"
+            "</details>")
+
+
+def data_section(inputs: _Inputs) -> str:
+    manifest = inputs.manifest
+    statuses = pd.crosstab(manifest["split"], manifest["status"], margins=True, margins_name="all")
+    statuses = statuses.reset_index().rename(columns={"split": "split \\ status"})
+    labelled = manifest[(manifest["split"] != "test") & manifest["status"].isin(USABLE)]
+    cardinality = labelled["labels"].str.split().str.len()
+    card_table = cardinality.groupby(labelled["split"]).describe()[["count", "min", "mean", "50%", "max"]]
+    card_table = card_table.rename(columns={"50%": "median"}).astype({"count": int, "min": int, "max": int})
+    card_table = card_table.reset_index()
+    frequencies = label_frequencies(manifest, inputs.label_space)
+    names = dict(zip(inputs.label_space.label_ids, inputs.label_space.names))
+    top = frequencies.sort_values(ascending=False, kind="stable").head(FREQUENT_SHOWN)
+    plots.bars(inputs.report / "label_frequencies.png", [f"{i} {names[i]}" for i in top.index], top.to_numpy(),
+               ylabel="labelled usable images", title=f"{len(top)} most frequent labels", horizontal=True)
+    never = int((frequencies == 0).sum())
+    return ("<h3>Manifest statuses</h3>" + html_table(statuses)
+            + "<h3>Labels per image (labelled, usable)</h3>" + html_table(card_table, digits=2)
+            + f"<h3>Label frequencies</h3><p>{len(frequencies)} labels, {never} of them never seen in the "
+              f"labelled usable images.</p>" + _img("label_frequencies.png", "label frequencies"))
+
+
+def fold_section(inputs: _Inputs) -> str:
+    table = pd.read_csv(require(inputs.report / "fold_scores.csv", "compare"), dtype={"fold": str})
+    summary = table[table["fold"].isin(["mean", "std"])]
+    best = table.loc[table["best"].astype(bool), "member"].iloc[0]
+    highlight = [i for i, m in enumerate(summary["member"]) if m == best]
+    folds_img = _img("fold_scores.png", "fold scores") if (inputs.report / "fold_scores.png").exists() else ""
+    return (f"<p>Best member by mean micro-F1: <b>{html.escape(best)}</b>. d_* columns: fold-paired "
+            "difference member - best (mean and sample std over folds).</p>"
+            + html_table(summary, highlight_rows=highlight) + folds_img
+            + "<details><summary>per fold</summary>" + html_table(table) + "</details>")
+
+
+def stacking_section(inputs: _Inputs) -> str:
+    members, stackers = inputs.scores("members"), inputs.scores("ensemble")
+    if not members:
+        raise NotRun("members/*/scores.json are missing (made by --stages members)")
+    if not stackers:
+        raise NotRun("ensemble/*/scores.json are missing (made by --stages stack)")
+    rows = [{"source": n, "kind": "member", **_oof_scores(s)} for n, s in members.items()]
+    rows += [{"source": n, "kind": "stacker", **_oof_scores(s)} for n, s in stackers.items()]
+    table = pd.DataFrame(rows)
+    best_member = table[table["kind"] == "member"]["micro_f1@best"].max()
+    table["gain_vs_best_member"] = table["micro_f1@best"] - best_member
+    plots.bars(inputs.report / "stacking_gain.png", table["source"], table["micro_f1@best"],
+               ylabel="OOF micro-F1 at best threshold", title="Members and stackers (pool OOF)",
+               highlight=table.loc[table["micro_f1@best"].idxmax(), "source"])
+    return ("<p>OOF scores over the whole pool (stackers: second-level OOF). Gain = micro-F1 minus the best "
+            "member's.</p>" + html_table(table) + _img("stacking_gain.png", "stacking gain"))
+
+
+def _oof_scores(record: dict) -> dict:
+    oof = record.get("oof", {})
+    return {key: oof.get(key, np.nan) for key in ("micro_f1@best", "samples_f1@best", "loss", "mAP")}
+
+
+def decision_section(inputs: _Inputs) -> str:
+    rule = inputs.rule
+    scores = pd.read_csv(require(inputs.run.decision_dir / "scores.csv", "decide"))
+    metric_column = f"{rule.get('metric', inputs.ctx.config.decision.metric)}_f1"
+    if metric_column in scores.columns:
+        scores = scores.sort_values(metric_column, ascending=False, kind="stable").reset_index(drop=True)
+    kinds = scores["kind"] if "kind" in scores.columns else pd.Series([None] * len(scores))
+    chosen = [i for i, (s, k, r) in enumerate(zip(scores["source"], kinds, scores["rule"]))
+              if str(s) == str(rule["source"]) and r == rule["rule"] and k in (None, rule.get("kind", k))]
+    return (f"<p>Chosen: source <b>{html.escape(str(rule['source']))}</b>, rule <b>{html.escape(rule['rule'])}"
+            f"</b> (nested-CV {html.escape(metric_column)} {rule.get('score', float('nan')):.4f}). All "
+            "candidates, nested cross-validated on the OOF pool:</p>" + html_table(scores, highlight_rows=chosen))
+
+
+def ablation_section(inputs: _Inputs) -> str:
+    table = pd.read_csv(require(inputs.report / "ablation.csv", "ablate"))
+    shown = [c for c in table.columns if not (c.startswith("delta_fold") or "_fold" in c)]
+    image = _img("ablation.png", "ablation") if (inputs.report / "ablation.png").exists() else ""
+    return ("<p>Stacker and decision rule refitted per member subset on the cached member OOF; "
+            "delta vs all members with a 95% paired bootstrap interval (images resampled within folds).</p>"
+            + html_table(table[shown], highlight_rows=[0]) + image)
+
+
+def per_label_section(inputs: _Inputs) -> str:
+    _, truth, predicted = inputs.oof_labels()
+    space = inputs.label_space
+    table = pd.DataFrame({"labelId": space.label_ids, "name": space.names,
+                          "group": space.groups if space.has_groups() else "",
+                          "true": truth.sum(axis=0), "predicted": predicted.sum(axis=0),
+                          "f1": per_label_f1(truth, predicted)})
+    if not space.has_groups():
+        table = table.drop(columns=["group"])
+    present = table[table["true"] > 0].sort_values(["f1", "true"], ascending=[False, False], kind="stable")
+    intro = (f"<p>Decision-stage OOF labels against the truth: {len(present)} labels that occur in the pool "
+             f"(left out, never occurring there: {len(table) - len(present)}).</p>")
+    if len(present) <= 2 * LABELS_SHOWN:  # best and worst lists would overlap
+        return intro + "<h3>All labels, best first</h3>" + html_table(present, digits=3)
+    return (intro + "<div class='pair'><div><h3>Best</h3>" + html_table(present.head(LABELS_SHOWN), digits=3)
+            + "</div><div><h3>Worst</h3>" + html_table(present.tail(LABELS_SHOWN).iloc[::-1], digits=3)
+            + "</div></div>")
+
+
+def cardinality_section(inputs: _Inputs) -> str:
+    _, truth, predicted = inputs.oof_labels()
+    true_counts, predicted_counts = truth.sum(axis=1), predicted.sum(axis=1)
+    plots.count_histograms(inputs.report / "cardinality.png",
+                           {"true": true_counts, "predicted": predicted_counts},
+                           xlabel="labels per image", title="Labels per image: predicted (OOF) vs true")
+    error = np.abs(true_counts.astype(int) - predicted_counts.astype(int)).mean()
+    return (f"<p>Mean true {true_counts.mean():.2f}, mean predicted {predicted_counts.mean():.2f}, "
+            f"mean absolute difference {error:.2f} labels per image.</p>" + _img("cardinality.png", "cardinality"))
+
+
+def threshold_section(inputs: _Inputs) -> str:
+    source = str(inputs.rule["source"])
+    path = inputs.run.stacker_dir(source) / "oof.parquet"
+    if not path.exists():
+        path = require(inputs.run.member_dir(source) / "oof.parquet", "members")
+    oof = predictions.read(path, inputs.label_space.label_ids)
+    truth = true_labels(inputs.manifest, list(oof.index), inputs.label_space)
+    probs = oof.to_numpy()
+    curves = {m: [f1(truth, probs >= th, m) for th in THRESHOLD_GRID] for m in ("micro", "samples")}
+    best_th, best_score = best_global_threshold(truth, probs, "micro", THRESHOLD_GRID)
+    plots.curve(inputs.report / "threshold_curve.png", THRESHOLD_GRID,
+                {f"{m}-F1": v for m, v in curves.items()}, xlabel="global threshold", ylabel="F1",
+                title=f"F1 vs one global threshold on {source}'s OOF",
+                mark=(best_th, best_score, f"best micro {best_score:.4f} at {best_th:.2f}"))
+    return (f"<p>One threshold for every label on the chosen source's OOF ({html.escape(source)}); "
+            f"in-sample over the pool, so an upper bound for the global rule.</p>"
+            + _img("threshold_curve.png", "threshold curve"))
+
+
+SECTIONS = [
+    ("config", "Run config", config_section),
+    ("data", "Data summary", data_section),
+    ("folds", "Fold scores per member", fold_section),
+    ("stacking", "Stacking gain over members", stacking_section),
+    ("decision", "Decision rule scores", decision_section),
+    ("ablation", "Ablation", ablation_section),
+    ("per-label", "Per-label F1", per_label_section),
+    ("cardinality", "Predicted vs true cardinality", cardinality_section),
+    ("threshold", "Threshold curve", threshold_section),
+]
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1150px;padding:0 24px 48px;
+color:#1d2330;line-height:1.4}
+h1{margin:24px 0 4px}h2{border-bottom:2px solid #d9dee8;padding-bottom:4px;margin-top:36px}h3{margin:18px 0 6px}
+nav{position:sticky;top:0;background:#fff;padding:8px 0;border-bottom:1px solid #e4e7ee;font-size:14px}
+nav a{margin-right:14px;color:#2456a6;text-decoration:none}
+table{border-collapse:collapse;font-size:13px;margin:8px 0;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #d9dee8;padding:3px 8px;text-align:left}th{background:#f1f4f9}td.num{text-align:right}tr.hl td{background:#fff4e0;font-weight:600}
+img{max-width:100%;margin:8px 0;border:1px solid #eef0f4}
+pre{background:#f6f8fa;padding:10px;font-size:12px;overflow:auto;max-height:420px}
+.notrun{color:#8a5a00;background:#fff8e6;border-left:4px solid #f0b429;padding:6px 10px}
+.pair{display:flex;gap:24px;flex-wrap:wrap}.meta{color:#5b6475;font-size:14px}
+"""
+
+
+def _page(ctx: StageContext, parts: list) -> str:
+    nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in SECTIONS)
+    title = f"Run report: {html.escape(ctx.config.name)}"
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{title}</h1>"
+            f"<p class='meta'>Run directory <code>{html.escape(ctx.run.root.name)}</code>. "
+            f"Static page, no external resources; plots are the PNG files beside it.</p>"
+            f"<nav>{nav}</nav>{''.join(parts)}</body></html>\n")
