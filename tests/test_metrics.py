@@ -141,3 +141,14 @@ def test_score_probabilities_bundle_matches_sklearn():
         _sk(f1_score, y_true, probs >= threshold, average="samples", zero_division=0.0))
     assert bundle["mAP"] == pytest.approx(average_precision_score(y_true, probs, average="macro"))
     assert bundle["n_images"] == 40
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("average", ["micro", "samples"])
+def test_f1_from_counts_equals_sklearn(case, average):
+    y_true, y_pred = CASES[case]
+    t, p = y_true.astype(bool), y_pred.astype(bool)
+    ours = metrics.f1_from_counts((t & p).sum(axis=1), p.sum(axis=1), t.sum(axis=1), average)
+    assert ours == pytest.approx(_sk(f1_score, y_true, y_pred, average=average, zero_division=0.0))
+    with pytest.raises(ValueError, match="micro"):
+        metrics.f1_from_counts([1], [1], [1], "weighted")

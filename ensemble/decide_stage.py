@@ -1,0 +1,171 @@
+"""The decide stage: score every decision rule on every OOF source by nested CV, keep the best.
+
+Sources are the members' OOF and the stackers' second-level OOF. Each rule is scored on a
+source by fitting it on the other folds' rows and predicting each fold in turn (the run's own
+folds), so no score comes from a row that helped fit the rule. The best stacker source + rule
+(members only when no stacker exists) is then fitted on that source's whole OOF and applied to
+its test predictions.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import atomic, predictions
+from core.context import StageContext
+from core.labels import LabelSpace
+from core.log import progress
+from core.metrics import cardinality_error, micro_f1, samples_f1
+from core.rundir import is_done, mark_done
+from datasets.manifest import manifest_labels
+from ensemble.decision import RULES, make_rule, nested_cv_predict
+
+STAGE = "decide"
+METRIC_COLUMNS = {"micro": "micro_f1", "samples": "samples_f1"}
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    kind: str  # "member" | "stacker"
+    folder: Path
+
+    @property
+    def oof(self) -> Path:
+        return self.folder / "oof.parquet"
+
+    @property
+    def test(self) -> Path:
+        return self.folder / "test.parquet"
+
+
+def run_decide(ctx: StageContext) -> dict:
+    out_dir = ctx.run.decision_dir
+    config_hash = ctx.config.section_hash("decision", "stack", "members")
+    folds_hash = ctx.run.folds_hash()
+    if is_done(out_dir, config_hash, folds_hash, redo=ctx.redo_stage(STAGE)):
+        ctx.logger(STAGE).info("decision already done under this config; skipped")
+        return _summary(atomic.read_json(out_dir / "rule.json"), out_dir)
+    label_space = ctx.label_space()
+    params = {rule: rule_params(rule, ctx, label_space) for rule in ctx.config.decision.rules}  # bad names fail now
+    sources = find_sources(ctx)
+    manifest = pd.read_parquet(ctx.run.manifest)
+    fold_table = read_folds(ctx.run.folds)
+    rows = []
+    for source in progress(sources, desc="decide: sources", disable=len(sources) < 2):
+        oof = predictions.read(source.oof, label_space.label_ids)
+        y_true = truth_for(manifest, oof.index, label_space, where=str(source.oof))
+        fold_of = folds_for(fold_table, oof.index, where=str(source.oof))
+        probs = oof.to_numpy()
+        for rule_name in ctx.config.decision.rules:
+            start = time.perf_counter()
+            predicted = nested_cv_predict(rule_name, probs, y_true, fold_of, params[rule_name])
+            rows.append(_score_row(source, rule_name, y_true, predicted, time.perf_counter() - start))
+            ctx.logger(STAGE).info("%s %s: micro-F1 %.4f, samples-F1 %.4f", source.name, rule_name,
+                                   rows[-1]["micro_f1"], rows[-1]["samples_f1"])
+    scores = pd.DataFrame(rows)
+    atomic.write_csv(out_dir / "scores.csv", scores)
+    record = _apply_best(ctx, choose_best(scores, ctx.config.decision.metric), sources, label_space,
+                         manifest, fold_table)
+    mark_done(out_dir, config_hash, folds_hash, source=record["source"], rule=record["rule"],
+              metric=record["metric"], score=record["score"])
+    return _summary(record, out_dir)
+
+
+def find_sources(ctx: StageContext) -> list:
+    """Members' and stackers' folders that hold an oof.parquet, in config order."""
+    candidates = [Source(m.name, "member", ctx.run.member_dir(m.name)) for m in ctx.config.members]
+    candidates += [Source(s, "stacker", ctx.run.stacker_dir(s)) for s in ctx.config.stack.stackers]
+    present = [source for source in candidates if source.oof.exists()]
+    skipped = [f"{source.kind} {source.name}" for source in candidates if not source.oof.exists()]
+    if skipped:
+        ctx.logger(STAGE).info("no oof.parquet yet for %s; not scored", ", ".join(skipped))
+    if not present:
+        raise FileNotFoundError(f"{ctx.run.root}: no member or stacker oof.parquet to decide on; "
+                                "run the members (and stack) stages first")
+    return present
+
+
+def rule_params(rule_name: str, ctx: StageContext, label_space: LabelSpace) -> dict:
+    decision = ctx.config.decision
+    params = {"min_labels": decision.min_labels, "max_labels": decision.max_labels, "metric": decision.metric}
+    if rule_name not in RULES:
+        make_rule(rule_name)  # raises, listing the valid names
+    if "groups" in RULES[rule_name]().get_params():
+        params["groups"] = label_space.groups
+    return params
+
+
+def read_folds(path: Path) -> pd.Series:
+    folds = pd.read_csv(path, dtype={"imageId": str})
+    if not {"imageId", "fold"} <= set(folds.columns):
+        raise ValueError(f"{path}: needs columns imageId and fold, has {list(folds.columns)}")
+    return folds.set_index("imageId")["fold"]
+
+
+def folds_for(fold_table: pd.Series, image_ids: pd.Index, where: str) -> np.ndarray:
+    missing = image_ids.difference(fold_table.index)
+    if len(missing):
+        raise ValueError(f"{where}: imageId(s) {list(missing[:10])} have no fold in folds.csv; "
+                         "the OOF was made under other folds: rerun it with --redo")
+    return fold_table.reindex(image_ids).to_numpy()
+
+
+def truth_for(manifest: pd.DataFrame, image_ids: pd.Index, label_space: LabelSpace, where: str) -> np.ndarray:
+    """Multi-hot truth in `image_ids` order, joined by imageId."""
+    try:
+        return manifest_labels(manifest, list(image_ids), label_space)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+
+
+def _score_row(source: Source, rule_name: str, y_true, predicted, seconds: float) -> dict:
+    return {"source": source.name, "kind": source.kind, "rule": rule_name,
+            "micro_f1": micro_f1(y_true, predicted), "samples_f1": samples_f1(y_true, predicted),
+            "cardinality_error": cardinality_error(y_true, predicted), "seconds": round(seconds, 3)}
+
+
+def choose_best(scores: pd.DataFrame, metric: str) -> pd.Series:
+    """The best stacker row by the metric; member rows only when no stacker was scored.
+    Ties go to the earlier row (config order)."""
+    pool = scores[scores["kind"] == "stacker"]
+    if pool.empty:
+        pool = scores
+    return pool.loc[pool[METRIC_COLUMNS[metric]].idxmax()]
+
+
+def _apply_best(ctx, best: pd.Series, sources, label_space, manifest, fold_table) -> dict:
+    """Write the chosen rule's honest OOF label sets (nested CV again: keeping every candidate's
+    would hold sources x rules boolean matrices), then fit it on the whole OOF for the test set."""
+    out_dir, metric = ctx.run.decision_dir, ctx.config.decision.metric
+    source = next(s for s in sources if s.name == best["source"] and s.kind == best["kind"])
+    oof = predictions.read(source.oof, label_space.label_ids)
+    test = predictions.read(source.test, label_space.label_ids)
+    y_true = truth_for(manifest, oof.index, label_space, where=str(source.oof))
+    params = rule_params(best["rule"], ctx, label_space)
+    oof_pred = nested_cv_predict(best["rule"], oof.to_numpy(), y_true,
+                                 folds_for(fold_table, oof.index, where=str(source.oof)), params)
+    rule = make_rule(best["rule"], **params).fit(oof.to_numpy(), y_true)
+    record = {"source": source.name, "kind": source.kind, "rule": best["rule"], "metric": metric,
+              "score": float(best[METRIC_COLUMNS[metric]]),
+              "params": {k: v for k, v in rule.get_params().items() if k != "groups"},
+              "fitted": rule.fitted_params(), "n_oof": len(oof), "n_test": len(test)}
+    atomic.write_csv(out_dir / "oof_labels.csv", label_table(oof.index, oof_pred, label_space))
+    atomic.write_csv(out_dir / "test_labels.csv", label_table(test.index, rule.predict(test.to_numpy()), label_space))
+    atomic.write_json(out_dir / "rule.json", record)
+    return record
+
+
+def label_table(image_ids, predicted: np.ndarray, label_space: LabelSpace) -> pd.DataFrame:
+    """imageId, labels (space-separated labelIds in label-space order)."""
+    labels = [" ".join(row) for row in label_space.decode(predicted)]
+    return pd.DataFrame({"imageId": list(image_ids), "labels": labels})
+
+
+def _summary(record: dict, out_dir: Path) -> dict:
+    return {"source": record["source"], "rule": record["rule"], "metric": record["metric"],
+            "score": record["score"], "decision_dir": str(out_dir)}
