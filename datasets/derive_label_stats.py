@@ -11,6 +11,7 @@ a reader can smooth as it likes. Rerun it when the source or the label map chang
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +76,22 @@ def derive(source_dir: Path, out_path: Path = LABEL_STATS) -> dict:
     source = (f"iMaterialist Challenge (Fashion) at FGVC5, validation.json ({len(split.images)} images; "
               f"{split.duplicate_labels_merged} repeated labelIds merged)")
     stats = label_statistics(split.label_matrix(label_space), label_space, source)
-    atomic.write_json(out_path, stats)
+    atomic.write_text(out_path, _compact_json(stats))
     return stats
+
+
+def _compact_json(stats: dict) -> str:
+    # one line per top-level key and per category keeps the embedded file small and diffable
+    def dump(value) -> str:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    lines = [f"  {dump(key)}: {dump(value)}" for key, value in sorted(stats.items()) if key != "by_category"]
+    categories = [f"    {dump(cat)}: {dump(entry)}" for cat, entry in sorted(stats["by_category"].items(), key=_numeric)]
+    lines.append('  "by_category": {\n' + ",\n".join(categories) + "\n  }")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def _numeric(item) -> int:
+    return int(item[0])
 
 
 def main(argv=None) -> None:

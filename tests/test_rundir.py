@@ -43,3 +43,12 @@ def test_done_skip_stale_and_redo(tmp_path):
 def test_environment_record_has_versions():
     record = environment_record()
     assert "numpy" in record["packages"] and record["python"]
+
+
+def test_atomic_files_get_the_usual_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic.write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~0o022 or os.name != "posix"
