@@ -1,0 +1,62 @@
+"""The stack stage: for each configured stacker, second-level OOF over the pool (same folds as the
+members), a full-pool model applied to the members' test predictions, scores and timing."""
+from __future__ import annotations
+
+import time
+
+from core import atomic, predictions
+from core.context import StageContext
+from core.metrics import score_probabilities
+from core.rundir import is_done, mark_done
+from datasets.folds import read_folds
+from ensemble.stackers import make_stacker, stacker_params
+from ensemble.stacking import second_level_oof
+from features.stage import load_member_stacks, pool_truth
+
+
+def run_stack(ctx: StageContext) -> dict:
+    log = ctx.logger("stack")
+    config_hash = ctx.config.section_hash("stack", "members")
+    folds_hash = ctx.run.folds_hash()
+    for name in ctx.config.stack.stackers:
+        make_stacker(name)  # an unknown name fails here, before any work, listing the valid ones
+    todo = [name for name in ctx.config.stack.stackers
+            if not is_done(ctx.run.stacker_dir(name), config_hash, folds_hash, redo=ctx.redo_stage("stack"))]
+    summary = {}
+    if todo:
+        oof_stack, test_stack = load_member_stacks(ctx)
+        folds = read_folds(ctx.run.folds).reindex(list(oof_stack.image_ids)).to_numpy()
+        y_true = pool_truth(ctx, oof_stack.image_ids)
+    for name in ctx.config.stack.stackers:
+        unit = ctx.run.stacker_dir(name)
+        if name in todo:
+            scores = _run_stacker(ctx, name, oof_stack, test_stack, y_true, folds)
+            mark_done(unit, config_hash, folds_hash, seconds=scores["seconds"], oof=scores["oof"])
+        else:
+            log.info("stacker %s already done under this config and folds; skipped", name)
+            scores = atomic.read_json(unit / "scores.json")
+        summary[name] = {"micro_f1@best": scores["oof"]["micro_f1@best"], "seconds": scores["seconds"],
+                         "fallback_labels": len(scores["fallback_labels"]), "skipped": name not in todo}
+    return {"stackers": summary}
+
+
+def _run_stacker(ctx, name, oof_stack, test_stack, y_true, folds) -> dict:
+    log = ctx.logger("stack")
+    unit = ctx.run.stacker_dir(name)
+    params = stacker_params(name, ctx.config.stack)
+    started = time.perf_counter()
+    fold_records = []
+    oof = second_level_oof(name, params, oof_stack, y_true, folds, fold_records)
+    predictions.write(unit / "oof.parquet", predictions.make_table(oof_stack.image_ids, oof, oof_stack.label_ids))
+    full_pool = make_stacker(name, **params).fit(oof_stack, y_true)
+    full_pool.save(unit / "model")
+    test = full_pool.predict_proba(test_stack)
+    predictions.write(unit / "test.parquet", predictions.make_table(test_stack.image_ids, test, test_stack.label_ids))
+    scores = {"stacker": name, "folds": fold_records, "oof": score_probabilities(y_true, oof),
+              "seconds": time.perf_counter() - started,
+              "fallback_labels": list(full_pool.fallback_labels_)}
+    atomic.write_json(unit / "scores.json", scores)
+    log.info("stacker %s: OOF micro-F1@best %.4f in %.1f s; %d label(s) on a fallback model%s",
+             name, scores["oof"]["micro_f1@best"], scores["seconds"], len(scores["fallback_labels"]),
+             f" ({scores['fallback_labels'][:20]})" if scores["fallback_labels"] else "")
+    return scores

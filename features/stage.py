@@ -1,0 +1,70 @@
+"""The features stage: check that every member's OOF and test tables can be stacked (same ids,
+labels and folds as the run) and summarise the stacker inputs. The stack stage loads its inputs
+through load_member_stacks, so both stages apply the same checks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from core import atomic, predictions
+from core.context import StageContext
+from core.rundir import DONE
+from datasets.folds import read_folds
+from datasets.manifest import manifest_labels, read_manifest, test_ids
+from features.stacker_inputs import (StackerInputError, base_feature_names,
+                                     join_members)
+
+def run_features(ctx: StageContext) -> dict:
+    oof_stack, test_stack = load_member_stacks(ctx)
+    n_context = ctx.config.stack.xgboost.n_context
+    names = base_feature_names(oof_stack) + [f"context:{k + 1}" for k in range(min(n_context, oof_stack.n_labels - 1))]
+    summary = {"members": list(oof_stack.member_names), "labels": oof_stack.n_labels,
+               "rows": {"oof": len(oof_stack), "test": len(test_stack)},
+               "folds_hash": ctx.run.folds_hash(), "features_per_label": len(names),
+               "feature_names": names}
+    atomic.write_json(features_dir(ctx) / "summary.json", summary)
+    ctx.logger("features").info("stacker inputs: %d members, %d pool rows, %d test rows, %d features per label",
+                                len(oof_stack.member_names), len(oof_stack), len(test_stack), len(names))
+    return {"members": len(oof_stack.member_names), "oof_rows": len(oof_stack),
+            "test_rows": len(test_stack), "features_per_label": len(names)}
+
+
+def features_dir(ctx: StageContext) -> Path:
+    return ctx.run.root / "features"
+
+
+def load_member_stacks(ctx: StageContext) -> tuple:
+    """(OOF stack over the pool in folds.csv order, test stack over the usable test ids), every
+    configured member joined by imageId and checked against the run's ids and folds hash."""
+    members = [m.name for m in ctx.config.members]
+    if not members:
+        raise StackerInputError("config has no members; the stacker needs at least one")
+    label_space = ctx.label_space()
+    hashes = {name: member_folds_hash(ctx, name) for name in members}
+    stacks = []
+    pool = read_folds(ctx.run.folds).index
+    for kind, ids in (("oof", pool), ("test", test_ids(read_manifest(ctx.run.manifest)))):
+        tables = {name: predictions.read(ctx.run.member_dir(name) / f"{kind}.parquet") for name in members}
+        stacks.append(join_members(tables, label_space.label_ids, hashes, expected_ids=list(ids),
+                                   expected_folds_hash=ctx.run.folds_hash(),
+                                   label_groups=label_space.groups))
+    return tuple(stacks)
+
+
+def member_folds_hash(ctx: StageContext, member: str):
+    """The folds hash the member's DONE.json files record (member level, else its folds)."""
+    member_dir = ctx.run.member_dir(member)
+    markers = [member_dir / DONE] if (member_dir / DONE).exists() else sorted(member_dir.glob(f"fold*/{DONE}"))
+    if not markers:
+        raise StackerInputError(f"member {member!r} has no {DONE} under {member_dir}; run the members stage first")
+    hashes = {atomic.read_json(marker).get("folds_hash") for marker in markers}
+    if len(hashes) > 1:
+        raise StackerInputError(f"member {member!r}: its folds were trained under different folds hashes "
+                                f"{sorted(map(str, hashes))}; redo the members stage")
+    return hashes.pop()
+
+
+def pool_truth(ctx: StageContext, image_ids) -> np.ndarray:
+    """Multi-hot truth (images, labels) uint8 for `image_ids`, from the run's manifest."""
+    return manifest_labels(read_manifest(ctx.run.manifest), list(image_ids), ctx.label_space())
