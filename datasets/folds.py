@@ -94,11 +94,11 @@ def run_folds(ctx) -> dict:
     cfg = ctx.config
     run = ctx.run
     unit = run.root / "folds_unit"
-    config_hash = cfg.section_hash("data", "folds")
+    config_hash = ctx.data_hash("folds")
     from core.rundir import is_done, mark_done
     if run.folds.exists() and is_done(unit, config_hash, None, redo=ctx.redo_stage("folds")):
         folds = read_folds(run.folds)
-        return {"pool": len(folds), "k": cfg.folds.k, "skipped": True,
+        return {"pool": len(folds), "k": cfg.folds.k, "up_to_date": True,
                 "fold_sizes": folds.value_counts().sort_index().tolist()}
     manifest = read_manifest(run.manifest)
     ids = pool_ids(manifest, cfg.data.pool)

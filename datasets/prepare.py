@@ -112,10 +112,10 @@ def run_prepare(ctx: StageContext) -> dict:
     """Stage entry point: manifest to ctx.run.manifest, skipped images to <run>/skipped_images.csv."""
     log = ctx.logger("prepare")
     unit_dir = ctx.run.root / "prepare"
-    config_hash = ctx.config.section_hash("data")
+    config_hash = ctx.data_hash()
     if is_done(unit_dir, config_hash, None, redo=ctx.redo_stage("prepare")) and ctx.run.manifest.exists():
         log.info("prepare: manifest is up to date (%s), skipped", ctx.run.manifest)
-        return read_done(unit_dir)["summary"]
+        return {**read_done(unit_dir)["summary"], "up_to_date": True}
     started = time.perf_counter()
     data = ctx.config.data
     splits = read_competition(ctx.data_dir, {"train": data.train, "validation": data.validation,

@@ -9,7 +9,7 @@ import pandas as pd
 def _short(summary: dict) -> str:
     parts = []
     for key, value in summary.items():
-        if key == "seconds" or isinstance(value, (dict, list)) and len(str(value)) > 60:
+        if key in ("seconds", "up_to_date") or isinstance(value, (dict, list)) and len(str(value)) > 60:
             continue
         if isinstance(value, float):
             value = f"{value:.4g}"
@@ -21,7 +21,7 @@ def final_screen(ctx, summaries: dict) -> str:
     run = ctx.run
     lines = ["", f"Run directory: {run.root.resolve()}"]
     for stage, summary in summaries.items():
-        skipped = " (already done, skipped)" if summary.get("skipped") else ""
+        skipped = " (already done, skipped)" if summary.get("up_to_date") else ""
         lines.append(f"  {stage:<9} {summary.get('seconds', 0):>7.1f} s{skipped}  {_short(summary)}")
     scores = run.decision_dir / "scores.csv"
     rule = run.decision_dir / "rule.json"

@@ -127,12 +127,20 @@ def test_run_prepare_is_skipped_when_done_and_stale_on_config_change(data_dir, t
     def must_not_decode(*args):
         raise AssertionError("a finished prepare stage decoded images again")
     monkeypatch.setattr(prepare, "inspect_image", must_not_decode)
-    assert run_prepare(make_context(data_dir, tmp_path / "run")) == first
+    assert run_prepare(make_context(data_dir, tmp_path / "run")) == {**first, "up_to_date": True}
     with pytest.raises(StaleArtifactError, match="prepare"):
         run_prepare(make_context(data_dir, tmp_path / "run", allow_missing_test_images=True))
     monkeypatch.undo()
     redone = run_prepare(make_context(data_dir, tmp_path / "run", redo={"prepare"}, allow_missing_test_images=True))
     assert redone == first
+
+
+def test_editing_a_competition_file_makes_the_manifest_stale(data_dir, tmp_path):
+    run_prepare(make_context(data_dir, tmp_path / "run"))
+    train = data_dir / "train.json"
+    train.write_text(train.read_text() + " ")
+    with pytest.raises(StaleArtifactError, match="prepare"):
+        run_prepare(make_context(data_dir, tmp_path / "run"))
 
 
 def test_unreadable_test_image_is_an_error_naming_it(data_dir, tmp_path):
