@@ -1,0 +1,184 @@
+"""Backbone registry: every CNN trunk by name, with its input sizes, preprocessing and top blocks.
+
+Each entry carries its own preprocessing style because the keras.applications trunks were trained
+on differently scaled inputs ("tf": [-1, 1]; "caffe": BGR minus the ImageNet mean; "torch": [0, 1]
+standardised per channel). A wrong pairing raises nothing and only costs accuracy, so the pairing
+lives here, beside the trunk, and models take it from the spec rather than from the caller.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import keras
+from keras import layers, ops
+
+
+class BackboneError(ValueError):
+    """An unknown backbone name, an input size it cannot take, or weights it cannot load."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    native_size: int  # the size its ImageNet weights were trained at
+    min_size: int  # smallest input keras.applications accepts
+    preprocess_style: str  # "tf" | "caffe" | "torch"
+    top_blocks_after: str  # layers after this one form the "top blocks" that phase 2 unfreezes
+    builder: Callable  # (input_shape, weights) -> keras.Model without its classifier
+
+    def preprocess(self, images):
+        """Images in 0..255 (RGB, channels last) -> what the trunk expects."""
+        return preprocess_images(images, self.preprocess_style)
+
+
+_REGISTRY: dict = {}
+
+
+def register_backbone(name: str, native_size: int, min_size: int, preprocess_style: str, top_blocks_after: str):
+    """Decorator: register `builder(input_shape, weights) -> keras.Model` under `name`."""
+    if preprocess_style not in _STYLES:
+        raise BackboneError(f"backbone {name!r}: preprocess style {preprocess_style!r} is not one of {sorted(_STYLES)}")
+
+    def decorate(builder: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise BackboneError(f"backbone {name!r} is registered twice")
+        _REGISTRY[name] = BackboneSpec(name, native_size, min_size, preprocess_style, top_blocks_after, builder)
+        return builder
+
+    return decorate
+
+
+def backbone_names() -> list:
+    return sorted(_REGISTRY)
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise BackboneError(f"unknown backbone {name!r}; registered backbones: {backbone_names()}") from None
+
+
+def resolve_size(name: str, image_size: Optional[int]) -> int:
+    """The configured size, or the backbone's native one; below its minimum is an error."""
+    spec = backbone_spec(name)
+    size = spec.native_size if image_size is None else int(image_size)
+    if size < spec.min_size:
+        raise BackboneError(f"backbone {name!r} needs image_size >= {spec.min_size}, got {size}; "
+                            f"raise the member's image_size (native: {spec.native_size})")
+    return size
+
+
+def create_backbone(name: str, input_size: Optional[int] = None, weights: Optional[str] = None) -> keras.Model:
+    """The trunk without its classifier, for square `input_size` RGB inputs.
+
+    weights: "imagenet" (Keras downloads them; needs the internet once), a local .h5 /
+    .weights.h5 file saved from the same trunk without its top, or None (random init).
+    """
+    spec = backbone_spec(name)
+    size = resolve_size(name, input_size)
+    shape = (size, size, 3)
+    if weights is None or weights == "imagenet":
+        return spec.builder(shape, weights)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise BackboneError(f"weights file {path} for backbone {name!r} not found; give an existing "
+                            "local .weights.h5 file, 'imagenet', or null for random init")
+    trunk = spec.builder(shape, None)
+    try:
+        with warnings.catch_warnings():
+            # Keras only warns when parts of a file do not match and leaves them random
+            warnings.simplefilter("error", UserWarning)
+            trunk.load_weights(str(path))
+    except (ValueError, OSError, UserWarning) as err:
+        raise BackboneError(f"weights file {path} does not fit backbone {name!r} (include_top=False): {err}") from err
+    return trunk
+
+
+def is_pretrained(weights: Optional[str]) -> bool:
+    return weights is not None
+
+
+# ---- preprocessing -------------------------------------------------------------------------
+
+_IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
+_IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+_IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+
+
+def _tf_style(x):
+    return x / 127.5 - 1.0
+
+
+def _caffe_style(x):
+    bgr = ops.flip(x, axis=-1)
+    return bgr - ops.convert_to_tensor(_IMAGENET_MEAN_BGR, dtype=x.dtype)
+
+
+def _torch_style(x):
+    mean = ops.convert_to_tensor(_IMAGENET_MEAN_RGB, dtype=x.dtype)
+    std = ops.convert_to_tensor(_IMAGENET_STD_RGB, dtype=x.dtype)
+    return (x / 255.0 - mean) / std
+
+
+_STYLES = {"tf": _tf_style, "caffe": _caffe_style, "torch": _torch_style}
+
+
+def preprocess_images(images, style: str):
+    if style not in _STYLES:
+        raise BackboneError(f"unknown preprocess style {style!r}; use one of {sorted(_STYLES)}")
+    images = ops.convert_to_tensor(images)
+    if "float" not in keras.backend.standardize_dtype(images.dtype):
+        images = ops.cast(images, "float32")
+    return _STYLES[style](images)
+
+
+@keras.saving.register_keras_serializable(package="fashion")
+class ImagePreprocess(layers.Layer):
+    """A backbone's preprocessing as a layer, so a saved model carries its own pairing."""
+
+    def __init__(self, style: str, **kwargs):
+        super().__init__(**kwargs)
+        if style not in _STYLES:
+            raise BackboneError(f"unknown preprocess style {style!r}; use one of {sorted(_STYLES)}")
+        self.style = style
+
+    def call(self, images):
+        return _STYLES[self.style](ops.cast(images, self.compute_dtype))
+
+    def get_config(self):
+        return {**super().get_config(), "style": self.style}
+
+
+# ---- the registered trunks ---------------------------------------------------------------
+
+
+def _application(constructor):
+    def build(shape, weights):
+        return constructor(include_top=False, weights=weights, input_shape=shape)
+    return build
+
+
+register_backbone("inception_v3", 299, 75, "tf", "mixed8")(_application(keras.applications.InceptionV3))
+register_backbone("resnet50", 224, 32, "caffe", "conv4_block6_out")(_application(keras.applications.ResNet50))
+register_backbone("xception", 299, 71, "tf", "block12_sepconv3_bn")(_application(keras.applications.Xception))
+register_backbone("densenet201", 224, 32, "torch", "pool4_pool")(_application(keras.applications.DenseNet201))
+register_backbone("mobilenet_v2", 224, 32, "tf", "block_15_add")(_application(keras.applications.MobileNetV2))
+
+
+@register_backbone("tiny_cnn", 64, 16, "tf", "tiny_block2_pool")
+def tiny_cnn(shape, weights):
+    """Three conv blocks (about 25k parameters): for tests and the CPU demo, no pretrained weights."""
+    if weights == "imagenet":
+        raise BackboneError("tiny_cnn has no ImageNet weights; use weights null or a local file")
+    inputs = keras.Input(shape)
+    x = inputs
+    for block, filters in enumerate((16, 32, 64), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"tiny_block{block}_conv")(x)
+        x = layers.BatchNormalization(name=f"tiny_block{block}_bn")(x)
+        x = layers.ReLU(name=f"tiny_block{block}_relu")(x)
+        x = layers.MaxPooling2D(2, name=f"tiny_block{block}_pool")(x)
+    return keras.Model(inputs, x, name="tiny_cnn")

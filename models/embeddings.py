@@ -1,0 +1,113 @@
+"""Frozen-feature fast path: each image goes through the member's trunk once, the pooled
+features are cached under members/<m>/embeddings/, and every fold trains only a head on them.
+
+On a 2-core CPU this turns a member's k folds of fine-tuning into one forward pass plus seconds
+of head training, which is what makes ablations over members affordable here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from core import atomic
+from core.config import MemberConfig
+from core.log import get_logger, progress
+from core.rundir import DONE, mark_done, read_done
+from models.backbones import resolve_size
+from models.heads import build_embedding_model
+from models.inputs import image_batches
+
+log = get_logger("members")
+# The member fields that change the embeddings; head fields (dropout, loss...) do not.
+EMBEDDING_FIELDS = ("backbone", "image_size", "weights", "resize", "pooling", "mixed_precision", "tta_flip")
+
+
+@dataclass
+class EmbeddingTable:
+    image_ids: list
+    features: np.ndarray  # (n_images, dim) float32
+    mirrored: Optional[np.ndarray]  # features of the horizontally flipped images (flip TTA), or None
+
+    def __post_init__(self):
+        self._row = {image_id: i for i, image_id in enumerate(self.image_ids)}
+
+    def rows(self, image_ids: Sequence[str], mirrored: bool = False) -> np.ndarray:
+        source = self.mirrored if mirrored else self.features
+        if source is None:
+            raise ValueError("no mirrored embeddings were computed (member tta_flip is off)")
+        missing = [i for i in image_ids if i not in self._row]
+        if missing:
+            raise KeyError(f"no cached embedding for imageId(s) {missing[:10]}")
+        return source[[self._row[i] for i in image_ids]]
+
+
+def embedding_hash(member: MemberConfig) -> str:
+    chosen = {name: getattr(member, name) for name in EMBEDDING_FIELDS}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def member_embeddings(member: MemberConfig, image_ids: Sequence[str], paths: Sequence[str],
+                      cache_dir: Path, redo: bool = False) -> EmbeddingTable:
+    """Embeddings of these images, from the cache when it was made for the same trunk settings
+    and the same ids; otherwise computed (all at once) and cached."""
+    cache_dir = Path(cache_dir)
+    image_ids = [str(i) for i in image_ids]
+    wanted = embedding_hash(member)
+    if not redo and _cache_matches(cache_dir, wanted, image_ids):
+        return _read(cache_dir, image_ids, member.tta_flip)
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    features, mirrored = compute_embeddings(member, paths)
+    atomic.write_csv(cache_dir / "image_ids.csv", pd.DataFrame({"imageId": image_ids}))
+    _write_array(cache_dir / "features.npy", features)
+    if mirrored is not None:
+        _write_array(cache_dir / "mirrored.npy", mirrored)
+    mark_done(cache_dir, wanted, None, n_images=len(image_ids), dim=int(features.shape[1]))
+    return EmbeddingTable(image_ids, features, mirrored)
+
+
+def compute_embeddings(member: MemberConfig, paths: Sequence[str]) -> tuple:
+    """(features, mirrored features or None), one row per path, in order."""
+    model = build_embedding_model(member)
+    size = resolve_size(member.backbone, member.image_size)
+    batches = image_batches(paths, None, size, member.resize, member.batch_size, shuffle=False)
+    plain, mirrored = [], []
+    total = math.ceil(len(paths) / member.batch_size)
+    for images in progress(batches, desc=f"embed {member.name}", total=total):
+        images = np.asarray(images, dtype=np.float32)
+        plain.append(np.asarray(model.predict_on_batch(images), dtype=np.float32))
+        if member.tta_flip:
+            flipped = np.ascontiguousarray(images[:, :, ::-1])
+            mirrored.append(np.asarray(model.predict_on_batch(flipped), dtype=np.float32))
+    return np.concatenate(plain), (np.concatenate(mirrored) if member.tta_flip else None)
+
+
+def _cache_matches(cache_dir: Path, wanted: str, image_ids: list) -> bool:
+    if not (cache_dir / DONE).exists():
+        return False
+    if read_done(cache_dir).get("config_hash") != wanted:
+        log.info("embedding cache %s was made with other trunk settings; recomputing", cache_dir)
+        return False
+    cached = list(pd.read_csv(cache_dir / "image_ids.csv", dtype=str)["imageId"])
+    if cached != image_ids:
+        log.info("embedding cache %s holds other images; recomputing", cache_dir)
+        return False
+    return True
+
+
+def _read(cache_dir: Path, image_ids: list, with_mirrored: bool) -> EmbeddingTable:
+    features = np.load(cache_dir / "features.npy")
+    mirrored = np.load(cache_dir / "mirrored.npy") if with_mirrored else None
+    return EmbeddingTable(image_ids, features, mirrored)
+
+
+def _write_array(path: Path, array: np.ndarray) -> None:
+    with atomic.atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, np.asarray(array, dtype=np.float32))

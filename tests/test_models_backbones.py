@@ -1,0 +1,92 @@
+"""Backbone registry: names, sizes, preprocessing pairs, building, local weights files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from conftest import shared_path  # noqa: E402
+from models.backbones import (BackboneError, backbone_names, backbone_spec, create_backbone,  # noqa: E402
+                              preprocess_images, resolve_size)
+from models.heads import build_member_model, set_trainable, trunk_of  # noqa: E402
+from models_synthetic import tiny_member  # noqa: E402
+
+MOBILENET_WEIGHTS = ("weights", "mobilenet_v2_1.0_224_imagenet_notop.weights.h5")
+
+
+def test_registry_holds_the_lead_backbones_and_small_cpu_members():
+    assert {"inception_v3", "resnet50", "xception", "densenet201", "mobilenet_v2", "tiny_cnn"} <= set(backbone_names())
+
+
+def test_unknown_backbone_error_lists_the_valid_names():
+    with pytest.raises(BackboneError, match="inception_v3.*resnet50|registered backbones"):
+        backbone_spec("inceptionv3")
+
+
+def test_size_below_minimum_is_an_error_and_none_means_native():
+    assert resolve_size("inception_v3", None) == 299
+    with pytest.raises(BackboneError, match="image_size >= 75"):
+        resolve_size("inception_v3", 64)
+
+
+@pytest.mark.parametrize("backbone, reference", [
+    ("inception_v3", keras.applications.inception_v3.preprocess_input),
+    ("xception", keras.applications.xception.preprocess_input),
+    ("mobilenet_v2", keras.applications.mobilenet_v2.preprocess_input),
+    ("resnet50", keras.applications.resnet50.preprocess_input),
+    ("densenet201", keras.applications.densenet.preprocess_input),
+])
+def test_each_backbone_preprocesses_as_its_keras_application_does(backbone, reference):
+    images = np.random.default_rng(0).uniform(0, 255, size=(2, 8, 8, 3)).astype(np.float32)
+    ours = keras.ops.convert_to_numpy(preprocess_images(images, backbone_spec(backbone).preprocess_style))
+    np.testing.assert_allclose(ours, reference(images.copy()), rtol=1e-5, atol=1e-4)
+
+
+def test_preprocess_styles_differ_so_a_wrong_pairing_would_show():
+    images = np.full((1, 2, 2, 3), 200.0, np.float32)
+    outputs = {s: keras.ops.convert_to_numpy(preprocess_images(images, s)) for s in ("tf", "caffe", "torch")}
+    assert not np.allclose(outputs["tf"], outputs["caffe"]) and not np.allclose(outputs["tf"], outputs["torch"])
+
+
+def _check_builds(backbone: str):
+    size = backbone_spec(backbone).min_size
+    model = build_member_model(tiny_member(backbone=backbone, image_size=size, augment=True), n_labels=5)
+    images = np.random.default_rng(1).uniform(0, 255, size=(2, size, size, 3)).astype(np.float32)
+    probs = np.asarray(model.predict_on_batch(images))
+    assert probs.shape == (2, 5) and np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()
+    set_trainable(model, backbone, "top", pretrained=True)
+    trunk = trunk_of(model)
+    assert 0 < len(trunk.trainable_weights) < len(trunk.weights)
+
+
+@pytest.mark.parametrize("backbone", ["tiny_cnn", "mobilenet_v2"])
+def test_small_backbones_build_at_minimum_size_with_finite_probabilities(backbone):
+    _check_builds(backbone)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", backbone_names())
+def test_every_registered_backbone_builds_at_minimum_size(backbone):
+    _check_builds(backbone)
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(BackboneError, match="not found"):
+        create_backbone("mobilenet_v2", 32, str(tmp_path / "absent.weights.h5"))
+
+
+def test_local_weights_file_is_loaded():
+    path = shared_path(*MOBILENET_WEIGHTS)
+    loaded = create_backbone("mobilenet_v2", 32, str(path))
+    again = create_backbone("mobilenet_v2", 96, str(path))
+    random = create_backbone("mobilenet_v2", 32, None)
+    kernel = lambda model: np.asarray(model.get_layer("Conv1").kernel)  # noqa: E731
+    np.testing.assert_array_equal(kernel(loaded), kernel(again))  # same file, any input size
+    assert not np.allclose(kernel(loaded), kernel(random))
+
+
+def test_weights_for_another_trunk_are_refused(tmp_path):
+    path = shared_path(*MOBILENET_WEIGHTS)
+    with pytest.raises(BackboneError, match="does not fit"):
+        create_backbone("tiny_cnn", 32, str(path))
