@@ -25,7 +25,7 @@ from core.config import MemberConfig
 from core.metrics import score_probabilities
 from core.rundir import is_done, mark_done, read_done
 from datasets.folds import read_folds
-from datasets.manifest import manifest_labels, pool_ids, read_manifest, test_ids, usable
+from datasets.manifest import POOLS, manifest_labels, pool_ids, read_manifest, test_ids, usable
 from models import trainer
 from models.embeddings import member_embeddings
 
@@ -43,6 +43,7 @@ class Unit:
     fold: object  # int k, or "all"
     train_ids: tuple
     predict_ids: tuple
+    train_side: str = "pool"  # "pool" (k-fold) or "train" (regime b); predictions are always "pool"
 
 
 @dataclass
@@ -54,10 +55,12 @@ class StageData:
     test: list
     units: list
     folds_hash: str
-    path_of: dict  # (split group, imageId) is unambiguous inside a group; see _paths
+    path_of: dict  # side ("pool" | "train" | "test") -> imageId -> path; see _paths
+    pool_splits: tuple = ("train", "validation")
 
-    def labels(self, image_ids) -> np.ndarray:
-        return manifest_labels(self.manifest, image_ids, self.label_space)
+    def labels(self, image_ids, side: str = "pool") -> np.ndarray:
+        splits = self.pool_splits if side == "pool" else ("train",)
+        return manifest_labels(self.manifest, image_ids, self.label_space, splits=splits)
 
 
 def run_members(ctx) -> dict:
@@ -84,7 +87,8 @@ def load_stage_data(ctx) -> StageData:
     rows = usable(manifest)
     train = list(rows.loc[rows["split"] == "train", "imageId"])
     units = plan_units(cfg.data.pool, pool, fold_of.reindex(pool).to_numpy(), train)
-    return StageData(manifest, ctx.label_space(), pool, test_ids(manifest), units, folds_hash, _paths(rows))
+    return StageData(manifest, ctx.label_space(), pool, test_ids(manifest), units, folds_hash,
+                     _paths(rows, POOLS[cfg.data.pool]), POOLS[cfg.data.pool])
 
 
 def plan_units(pool_name: str, pool: list, fold_of: np.ndarray, train_ids: list) -> list:
@@ -92,18 +96,19 @@ def plan_units(pool_name: str, pool: list, fold_of: np.ndarray, train_ids: list)
     if pool_name == "validation":
         if not train_ids:
             raise MembersError("data.pool is 'validation' but the manifest has no usable train images to train on")
-        return [Unit("fold_all", "all", tuple(train_ids), tuple(pool))]
+        return [Unit("fold_all", "all", tuple(train_ids), tuple(pool), train_side="train")]
     pool_array = np.asarray(pool, dtype=object)
     return [Unit(f"fold{k}", int(k), tuple(pool_array[fold_of != k]), tuple(pool_array[fold_of == k]))
             for k in sorted(set(int(f) for f in fold_of))]
 
 
-def _paths(rows: pd.DataFrame) -> dict:
-    # the real competition reuses small integers as imageIds across train and test: look paths up
-    # per side (labelled / test), never across them
-    labelled = rows["split"] != "test"
-    return {"labelled": dict(zip(rows.loc[labelled, "imageId"], rows.loc[labelled, "path"])),
-            "test": dict(zip(rows.loc[~labelled, "imageId"], rows.loc[~labelled, "path"]))}
+def _paths(rows: pd.DataFrame, pool_splits: tuple) -> dict:
+    # the real competition reuses small integers as imageIds across train, validation and test:
+    # look paths up per side (pool / train / test), never across them
+    def side(splits):
+        chosen = rows["split"].isin(splits)
+        return dict(zip(rows.loc[chosen, "imageId"], rows.loc[chosen, "path"]))
+    return {"pool": side(pool_splits), "train": side(("train",)), "test": side(("test",))}
 
 
 def member_hash(member: MemberConfig, pool_name: str, label_ids) -> str:
@@ -152,8 +157,9 @@ def _discard_foreign_partial(unit_dir: Path, config_hash: str, folds_hash: str, 
 
 
 def _embeddings(member: MemberConfig, data: StageData, cache_dir: Path, redo: bool):
-    train_side = sorted({i for unit in data.units for i in unit.train_ids + unit.predict_ids}, key=str)
-    ids = [("labelled", i) for i in train_side] + [("test", i) for i in data.test]
+    needed = {(unit.train_side, i) for unit in data.units for i in unit.train_ids}
+    needed |= {("pool", i) for unit in data.units for i in unit.predict_ids}
+    ids = sorted(needed, key=str) + [("test", i) for i in data.test]
     keys = [f"{side}:{i}" for side, i in ids]
     paths = [data.path_of[side][i] for side, i in ids]
     return member_embeddings(member, keys, paths, cache_dir, redo=redo)
@@ -166,16 +172,16 @@ def run_unit(member: MemberConfig, unit: Unit, unit_dir: Path, data: StageData, 
     started = time.perf_counter()
     where = f"{member.name} {unit.name}"
     seed = member.seed * 1000 + (unit.fold if isinstance(unit.fold, int) else 999)
-    train_labels = data.labels(list(unit.train_ids))
+    train_labels = data.labels(list(unit.train_ids), unit.train_side)
     if member.mode == "frozen":
-        model = trainer.train_head(member, embeddings.rows([f"labelled:{i}" for i in unit.train_ids]),
+        model = trainer.train_head(member, embeddings.rows([f"{unit.train_side}:{i}" for i in unit.train_ids]),
                                    train_labels, unit_dir, seed, where, callbacks)
-        oof = _predict_frozen(model, member, embeddings, [f"labelled:{i}" for i in unit.predict_ids])
+        oof = _predict_frozen(model, member, embeddings, [f"pool:{i}" for i in unit.predict_ids])
         test = _predict_frozen(model, member, embeddings, [f"test:{i}" for i in data.test])
     else:
-        model = trainer.train_finetune(member, [data.path_of["labelled"][i] for i in unit.train_ids],
+        model = trainer.train_finetune(member, [data.path_of[unit.train_side][i] for i in unit.train_ids],
                                        train_labels, unit_dir, seed, where, callbacks)
-        oof = trainer.predict_images(model, member, [data.path_of["labelled"][i] for i in unit.predict_ids],
+        oof = trainer.predict_images(model, member, [data.path_of["pool"][i] for i in unit.predict_ids],
                                      desc=f"{where} oof")
         test = trainer.predict_images(model, member, [data.path_of["test"][i] for i in data.test],
                                       desc=f"{where} test")

@@ -28,7 +28,7 @@ def synthetic_image(labels: np.ndarray, rng: np.random.Generator, width: int = 4
 
 
 def make_run(root: Path, n_train: int = 24, n_validation: int = 12, n_test: int = 8, k: int = 3,
-             pool: str = "train+validation", seed: int = 0) -> StageContext:
+             pool: str = "train+validation", seed: int = 0, reuse_ids: bool = False) -> StageContext:
     """A run directory with manifest.parquet and folds.csv over `pool`, and the data dir."""
     rng = np.random.default_rng(seed)
     data_dir, run_dir = root / "data", root / "run"
@@ -39,10 +39,12 @@ def make_run(root: Path, n_train: int = 24, n_validation: int = 12, n_test: int 
     rows = []
     for split, count in (("train", n_train), ("validation", n_validation), ("test", n_test)):
         for n in range(count):
-            image_id = f"{split[0]}{n}"
+            # reuse_ids: every split numbers its images 0..n-1, as the real competition's do
+            image_id = str(n) if reuse_ids else f"{split[0]}{n}"
             labels = rng.random(N_LABELS) < 0.4
             labels[rng.integers(N_LABELS)] = True
-            path = data_dir / "images" / f"{image_id}.jpg"
+            (data_dir / "images" / split).mkdir(exist_ok=True)
+            path = data_dir / "images" / split / f"{image_id}.jpg"
             synthetic_image(labels, rng).save(path, quality=95)
             label_text = "" if split == "test" else " ".join(str(j + 1) for j in np.flatnonzero(labels))
             rows.append({"imageId": image_id, "split": split, "labels": label_text, "path": str(path),

@@ -11,6 +11,7 @@ keras = pytest.importorskip("keras")
 
 from core import predictions  # noqa: E402
 from core.rundir import StaleArtifactError  # noqa: E402
+from models import trainer  # noqa: E402
 from models.backbones import create_backbone  # noqa: E402
 from models.stage import load_stage_data, run_member, run_members  # noqa: E402
 from models.trainer import NonFiniteLossError, read_history  # noqa: E402
@@ -111,6 +112,28 @@ def test_regime_b_trains_on_train_and_predicts_the_validation_pool(tmp_path):
     assert done["trained_ids"] == list(manifest.loc[manifest["split"] == "train", "imageId"])
     assert done["predicted_ids"] == _pool(ctx)
     assert list(predictions.read(ctx.run.member_dir("tiny") / "oof.parquet").index) == _pool(ctx)
+
+
+def test_regime_b_never_mixes_up_splits_that_reuse_ids(tmp_path, monkeypatch):
+    # real competition: train, validation and test all number their images from 1
+    ctx = make_run(tmp_path, pool="validation", k=2, reuse_ids=True)
+    ctx.config.members = [tiny_member("tiny")]
+    seen = {}
+    real_train, real_predict = trainer.train_finetune, trainer.predict_images
+
+    def spy_train(member, paths, *args, **kwargs):
+        seen["train"] = list(paths)
+        return real_train(member, paths, *args, **kwargs)
+
+    def spy_predict(model, member, paths, **kwargs):
+        seen.setdefault("predict", []).append(list(paths))
+        return real_predict(model, member, paths, **kwargs)
+    monkeypatch.setattr(trainer, "train_finetune", spy_train)
+    monkeypatch.setattr(trainer, "predict_images", spy_predict)
+    run_members(ctx)
+    assert all("/train/" in p for p in seen["train"])
+    oof_paths, test_paths = seen["predict"]
+    assert all("/validation/" in p for p in oof_paths) and all("/test/" in p for p in test_paths)
 
 
 def test_same_seed_gives_the_same_oof(tmp_path):
