@@ -101,3 +101,10 @@ def manifest_labels(manifest: pd.DataFrame, image_ids, label_space: LabelSpace,
             f"imageId(s) appear in more than one labelled split, labels ambiguous: {_examples(ambiguous)}; "
             "pass splits= to say which split the ids come from")
     return label_space.encode(labels.split() for labels in labels_by_id.loc[wanted])
+
+
+def pool_labels(manifest: pd.DataFrame, image_ids, label_space: LabelSpace, pool: str) -> np.ndarray:
+    """Truth for stacking-pool ids (config.data.pool), looked up among the pool's splits only."""
+    if pool not in POOLS:
+        raise ManifestError(f"unknown pool {pool!r}; use one of {sorted(POOLS)}")
+    return manifest_labels(manifest, image_ids, label_space, splits=POOLS[pool])

@@ -21,7 +21,7 @@ from core.labels import LabelSpace
 from core.log import progress
 from core.metrics import cardinality_error, micro_f1, samples_f1
 from core.rundir import is_done, mark_done
-from datasets.manifest import manifest_labels
+from datasets.manifest import pool_labels
 from ensemble.decision import RULES, make_rule, nested_cv_predict
 
 STAGE = "decide"
@@ -58,7 +58,7 @@ def run_decide(ctx: StageContext) -> dict:
     rows = []
     for source in progress(sources, desc="decide: sources", disable=len(sources) < 2):
         oof = predictions.read(source.oof, label_space.label_ids)
-        y_true = truth_for(manifest, oof.index, label_space, where=str(source.oof))
+        y_true = truth_for(manifest, oof.index, label_space, ctx.config.data.pool, where=str(source.oof))
         fold_of = folds_for(fold_table, oof.index, where=str(source.oof))
         probs = oof.to_numpy()
         for rule_name in ctx.config.decision.rules:
@@ -115,10 +115,11 @@ def folds_for(fold_table: pd.Series, image_ids: pd.Index, where: str) -> np.ndar
     return fold_table.reindex(image_ids).to_numpy()
 
 
-def truth_for(manifest: pd.DataFrame, image_ids: pd.Index, label_space: LabelSpace, where: str) -> np.ndarray:
-    """Multi-hot truth in `image_ids` order, joined by imageId."""
+def truth_for(manifest: pd.DataFrame, image_ids: pd.Index, label_space: LabelSpace, pool: str,
+              where: str) -> np.ndarray:
+    """Multi-hot truth in `image_ids` order, joined by imageId among the pool's splits."""
     try:
-        return manifest_labels(manifest, list(image_ids), label_space)
+        return pool_labels(manifest, list(image_ids), label_space, pool)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from err
 
@@ -145,7 +146,7 @@ def _apply_best(ctx, best: pd.Series, sources, label_space, manifest, fold_table
     source = next(s for s in sources if s.name == best["source"] and s.kind == best["kind"])
     oof = predictions.read(source.oof, label_space.label_ids)
     test = predictions.read(source.test, label_space.label_ids)
-    y_true = truth_for(manifest, oof.index, label_space, where=str(source.oof))
+    y_true = truth_for(manifest, oof.index, label_space, ctx.config.data.pool, where=str(source.oof))
     params = rule_params(best["rule"], ctx, label_space)
     oof_pred = nested_cv_predict(best["rule"], oof.to_numpy(), y_true,
                                  folds_for(fold_table, oof.index, where=str(source.oof)), params)

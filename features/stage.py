@@ -11,7 +11,7 @@ from core import atomic, predictions
 from core.context import StageContext
 from core.rundir import DONE
 from datasets.folds import read_folds
-from datasets.manifest import manifest_labels, read_manifest, test_ids
+from datasets.manifest import pool_labels, read_manifest, test_ids
 from features.stacker_inputs import (StackerInputError, base_feature_names,
                                      join_members)
 
@@ -67,4 +67,4 @@ def member_folds_hash(ctx: StageContext, member: str):
 
 def pool_truth(ctx: StageContext, image_ids) -> np.ndarray:
     """Multi-hot truth (images, labels) uint8 for `image_ids`, from the run's manifest."""
-    return manifest_labels(read_manifest(ctx.run.manifest), list(image_ids), ctx.label_space())
+    return pool_labels(read_manifest(ctx.run.manifest), list(image_ids), ctx.label_space(), ctx.config.data.pool)

@@ -140,7 +140,7 @@ def run_ablate(ctx: StageContext) -> dict:
     label_space = ctx.label_space()
     member_stack, _ = load_member_stacks(ctx)  # the stack stage's own loading and checks
     folds = read_folds(ctx.run).loc[list(member_stack.image_ids)].to_numpy()
-    y_true = true_labels(read_manifest(ctx.run), member_stack.image_ids, label_space)
+    y_true = true_labels(read_manifest(ctx.run), member_stack.image_ids, label_space, ctx.config.data.pool)
     metric = ctx.config.decision.metric
     table = ablation_table(member_stack, y_true, folds, stacker_name,
                            stacker_params(stacker_name, ctx.config.stack), rule["rule"],

@@ -85,7 +85,7 @@ class _Inputs:
         def load():
             label_sets = read_label_sets(require(self.run.decision_dir / "oof_labels.csv", "decide"))
             ids = list(label_sets)
-            return ids, true_labels(self.manifest, ids, self.label_space), \
+            return ids, true_labels(self.manifest, ids, self.label_space, self.ctx.config.data.pool), \
                 self.label_space.encode(label_sets.values())
         return self._cached("oof_labels", load)
 
@@ -239,7 +239,7 @@ def threshold_section(inputs: _Inputs) -> str:
     if not path.exists():
         path = require(inputs.run.member_dir(source) / "oof.parquet", "members")
     oof = predictions.read(path, inputs.label_space.label_ids)
-    truth = true_labels(inputs.manifest, list(oof.index), inputs.label_space)
+    truth = true_labels(inputs.manifest, list(oof.index), inputs.label_space, inputs.ctx.config.data.pool)
     probs = oof.to_numpy()
     curves = {m: [f1(truth, probs >= th, m) for th in THRESHOLD_GRID] for m in ("micro", "samples")}
     best_th, best_score = best_global_threshold(truth, probs, "micro", THRESHOLD_GRID)

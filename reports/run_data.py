@@ -42,9 +42,9 @@ def read_label_sets(path: str | Path) -> dict:
     return {image_id.strip(): labels.split() for image_id, labels in zip(frame["imageId"], frame["labels"])}
 
 
-def true_labels(manifest: pd.DataFrame, image_ids, label_space: LabelSpace) -> np.ndarray:
-    """Multi-hot truth in `image_ids` order, from the manifest's labels column."""
-    return manifest_io.manifest_labels(manifest, list(image_ids), label_space)
+def true_labels(manifest: pd.DataFrame, image_ids, label_space: LabelSpace, pool: str) -> np.ndarray:
+    """Multi-hot truth of stacking-pool ids in `image_ids` order, from the manifest's labels column."""
+    return manifest_io.pool_labels(manifest, list(image_ids), label_space, pool)
 
 
 def label_frequencies(manifest: pd.DataFrame, label_space: LabelSpace) -> pd.Series:
