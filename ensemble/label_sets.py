@@ -11,6 +11,9 @@ import numpy as np
 from core.log import progress
 
 METRICS = ("micro", "samples")
+# The expected-F1 decoder ignores counts of true labels outside the top K that have at most this
+# much probability in all: an expected F1 moves by less than twice that, below float64 rounding.
+TAIL_MASS = 1e-16
 
 
 # ---------------------------------------------------------------- validation
@@ -131,10 +134,14 @@ def expected_f1_of_top_k(probs, max_k: int, chunk: int = 1024) -> np.ndarray:
     """(images, K): expected F1 of predicting each image's k most probable labels, k = 1..K
     (K = min(max_k, labels)), when labels are independent with these marginal probabilities.
 
-    Exact, by Ye et al.'s dynamic programme: with TP the true labels among the top k and R those
-    among the rest, E[F1] = sum_a P(TP = a) 2a E[1 / (k + a + R)]. P(TP = a) builds forward over
-    the top k; E[1 / (c + R)] builds backward from 1 / c as labels join the rest, in any order,
-    so only the top K need sorting.
+    Ye et al.'s dynamic programme: with TP the true labels among the top k and R those among
+    the rest, E[F1] = sum_a P(TP = a) 2a E[1 / (k + a + R)]. P(TP = a) builds forward over the
+    top k. E[1 / (c + R)] starts from the count distribution of the labels outside the top K,
+    then builds backward as the top labels join the rest, so only the top K need sorting.
+
+    Exact to float64 rounding: that count distribution is computed only up to a width beyond
+    which a Chernoff bound puts at most TAIL_MASS of probability (about 22 counts at ~8 labels
+    per image, instead of all ~205), so the cost is labels x width, not labels squared.
     """
     probs = check_probabilities(probs)
     return expected_f1_of_ranking(probs, TopLabels(probs, max_k), chunk)
@@ -143,13 +150,21 @@ def expected_f1_of_top_k(probs, max_k: int, chunk: int = 1024) -> np.ndarray:
 def expected_f1_of_ranking(probs: np.ndarray, top: "TopLabels", chunk: int = 1024) -> np.ndarray:
     """expected_f1_of_top_k for an already checked matrix and its ranking."""
     rest = _rest_probs(probs, top)
+    widths = _rest_count_widths(rest)
+    # images that need similar widths share a chunk, so that few pay for the widest
+    order = np.argsort(widths, kind="stable")
     out = np.empty((probs.shape[0], top.depth))
     starts = range(0, probs.shape[0], chunk)
     for start in progress(starts, desc="expected F1", leave=False, disable=len(starts) < 8):
-        stop = start + chunk
-        out[start:stop] = _expected_f1_chunk(top.probs[start:stop].astype(np.float64),
-                                             rest[start:stop].astype(np.float64))
+        rows = order[start:start + chunk]
+        # labels x images: each step of the recursions below then works on contiguous rows
+        out[rows] = _expected_f1_chunk(_labels_first(top.probs[rows]), _labels_first(rest[rows]),
+                                       int(widths[rows].max())).T
     return out
+
+
+def _labels_first(probs: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(probs.T, dtype=np.float64)
 
 
 def _rest_probs(probs: np.ndarray, top: TopLabels) -> np.ndarray:
@@ -158,37 +173,72 @@ def _rest_probs(probs: np.ndarray, top: TopLabels) -> np.ndarray:
     return probs[outside].reshape(probs.shape[0], probs.shape[1] - top.depth)
 
 
-def _expected_f1_chunk(top: np.ndarray, rest: np.ndarray) -> np.ndarray:
-    n_images, depth = top.shape
-    n_labels = depth + rest.shape[1]
-    # inverse[:, c - 1] = E[1 / (c + R)]; R = 0 before any label joins the rest
-    inverse = np.tile(1.0 / np.arange(1, depth + n_labels + 1), (n_images, 1))
-    for step in range(rest.shape[1]):
-        # the rest now holds labels ranked k..L; later steps need c up to depth + k - 1
-        k = n_labels - step
-        _add_to_rest(inverse, rest[:, step], depth + k - 1)
-    prefix = _count_distributions(top)  # prefix[:, k, a] = P(a true among the top k)
-    expected = np.empty((n_images, depth))
+def _rest_count_widths(rest: np.ndarray) -> np.ndarray:
+    """Per image, the smallest w with P(R > w) <= TAIL_MASS by Chernoff's bound for a sum of
+    independent Bernoullis with mean mu: P(R >= t) <= exp(t - mu + t log(mu / t)) for t > mu.
+    The bound falls as t grows past mu; w never exceeds the number of labels (then exact)."""
+    mu = rest.sum(axis=1, dtype=np.float64)
+    widths = np.full(mu.shape, rest.shape[1])
+    pending = np.arange(mu.size)
+    for t in range(1, rest.shape[1] + 1):
+        m = mu[pending]
+        with np.errstate(divide="ignore"):  # mu = 0: R = 0 for sure, log bound -inf
+            log_tail = t - m + t * np.log(m / t)
+        settled = (t > m) & (log_tail <= np.log(TAIL_MASS))
+        widths[pending[settled]] = t - 1
+        pending = pending[~settled]
+        if not pending.size:
+            break
+    return widths
+
+
+def _expected_f1_chunk(top: np.ndarray, rest: np.ndarray, width: int) -> np.ndarray:
+    """(K, images) from the top K's probabilities (K, images) and the rest's (labels, images)."""
+    depth, n_images = top.shape
+    # inverse[c - 1] = E[1 / (c + R)] for c = 1..2K, R the count among the rest
+    reciprocal = 1.0 / (np.arange(1, 2 * depth + 1)[:, None] + np.arange(width + 1)[None, :])  # 1 / (c + r)
+    inverse = reciprocal @ _rest_count_distribution(rest, width)
+    prefix = _count_distributions(top)  # prefix[k, a] = P(a true among the top k)
+    expected = np.empty((depth, n_images))
+    buffer = np.empty(inverse.shape)
     for k in range(depth, 0, -1):
-        a = np.arange(1, k + 1)
-        expected[:, k - 1] = (prefix[:, k, 1:k + 1] * 2 * a * inverse[:, k:2 * k]).sum(axis=1)
-        _add_to_rest(inverse, top[:, k - 1], 2 * (k - 1))
+        twice_a = 2.0 * np.arange(1, k + 1)[:, None]
+        expected[k - 1] = np.einsum("ai,ai->i", prefix[k, 1:k + 1] * twice_a, inverse[k:2 * k])
+        _add_to_rest(inverse, top[k - 1], 2 * (k - 1), buffer)
     return expected
 
 
-def _add_to_rest(inverse: np.ndarray, p: np.ndarray, width: int) -> None:
+def _rest_count_distribution(rest: np.ndarray, width: int) -> np.ndarray:
+    """(width + 1, images): P(R = r), r = 0..width. Counts above width are dropped: the
+    recursion for a count reads only that count and the one below, so the kept ones are exact."""
+    dist = np.zeros((width + 2, rest.shape[1]))  # row 0 holds P(R = -1) = 0
+    dist[1] = 1.0
+    buffer = np.empty((width + 1, rest.shape[1]))
+    for j, p in enumerate(rest):
+        # P'(r) = P(r) - p (P(r) - P(r - 1)); after j + 1 labels R <= j + 1
+        reach = min(j + 1, width) + 1
+        change = np.subtract(dist[1:reach + 1], dist[:reach], out=buffer[:reach])
+        change *= p
+        dist[1:reach + 1] -= change
+    return dist[1:]
+
+
+def _add_to_rest(inverse: np.ndarray, p: np.ndarray, width: int, buffer: np.ndarray) -> None:
     # E[1 / (c + R + Y)] = (1 - p) E[1 / (c + R)] + p E[1 / (c + 1 + R)]
-    inverse[:, :width] += p[:, None] * (inverse[:, 1:width + 1] - inverse[:, :width])
+    change = np.subtract(inverse[1:width + 1], inverse[:width], out=buffer[:width])
+    change *= p
+    inverse[:width] += change
 
 
 def _count_distributions(top: np.ndarray) -> np.ndarray:
-    n_images, depth = top.shape
-    dist = np.zeros((n_images, depth + 1, depth + 1))
-    dist[:, 0, 0] = 1.0
+    """(K + 1, K + 1, images): [k, a] = P(a true among the top k)."""
+    depth, n_images = top.shape
+    dist = np.zeros((depth + 1, depth + 1, n_images))
+    dist[0, 0] = 1.0
     for k in range(1, depth + 1):
-        p = top[:, k - 1:k]
-        dist[:, k, :] = dist[:, k - 1, :] * (1 - p)
-        dist[:, k, 1:] += dist[:, k - 1, :-1] * p
+        p = top[k - 1]
+        np.multiply(dist[k - 1, :k], 1 - p, out=dist[k, :k])
+        dist[k, 1:k + 1] += dist[k - 1, :k] * p
     return dist
 
 

@@ -22,6 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 from core import atomic
 from core.log import get_logger, progress
@@ -52,11 +53,12 @@ def make_stacker(name: str, **params) -> "Stacker":
 
 def stacker_params(name: str, stack_config) -> dict:
     """Constructor arguments for `name` from core.config.StackConfig (XGBoost's come from
-    stack.xgboost; the context width is shared with the linear stacker)."""
+    stack.xgboost; the context width and the number of parallel labels are shared with the
+    linear stacker)."""
     if name == "xgboost":
         return dataclasses.asdict(stack_config.xgboost)
     if name == "linear":
-        return {"n_context": stack_config.xgboost.n_context}
+        return {"n_context": stack_config.xgboost.n_context, "n_jobs": stack_config.xgboost.n_jobs}
     return {}
 
 
@@ -179,10 +181,13 @@ class _PerLabelStacker(Stacker):
         # every label's design matrix has the same column kinds, so one mask serves all
         names = label_features(stack.take([0]), 0, self.context_labels_[0])[1]
         self.probability_columns_ = np.array([name.startswith(PROBABILITY_FEATURES) for name in names])
-        fitted = Parallel(n_jobs=self._label_jobs(), backend="threading", return_as="generator")(
-            delayed(self._fit_one)(stack, y[:, j], j) for j in range(stack.n_labels))
-        self.label_models_ = list(progress(fitted, total=stack.n_labels, desc=f"{self.name} labels",
-                                           leave=False))
+        # One thread per label's fit: BLAS and OpenMP pools inside each would contend for the cores
+        # the labels already share, and their spinning threads stall when other processes load them.
+        with threadpool_limits(limits=1):
+            fitted = Parallel(n_jobs=self._label_jobs(), backend="threading", return_as="generator")(
+                delayed(self._fit_one)(stack, y[:, j], j) for j in range(stack.n_labels))
+            self.label_models_ = list(progress(fitted, total=stack.n_labels, desc=f"{self.name} labels",
+                                               leave=False))
         self.fallback_labels_ = [lid for lid, (kind, _) in zip(self.label_ids_, self.label_models_)
                                  if kind != self.primary]
         if self.fallback_labels_:
@@ -198,7 +203,11 @@ class _PerLabelStacker(Stacker):
         return label_features(stack, j, self.context_labels_[j])[0]
 
     def _label_jobs(self) -> int:
-        return 1
+        # Each label's model is too small to split across threads, so labels run n_jobs at a time
+        # in threads; every label's fit is the same whatever n_jobs. Boosters gain (XGBoost releases
+        # the GIL); a logistic regression on ~20 columns spends most of its time in Python holding
+        # it, so the linear stacker gains little.
+        return max(1, int(self.n_jobs))
 
     def _predict(self, stack):
         out = np.empty((len(stack), stack.n_labels), dtype=np.float32)
@@ -239,16 +248,17 @@ def _fit_logistic(X, y_label, probability_columns, C, max_iter):
 class LinearStacker(_PerLabelStacker):
     """Per-label L2-regularised logistic regression on the label's features (probabilities as
     logits, standardised). Labels with fewer than `min_positives` positives (or negatives) in
-    the training rows fall back to the members' mean."""
+    the training rows fall back to the members' mean. `n_jobs` labels are fitted at a time."""
 
     primary = "linear"
 
     def __init__(self, C: float = 1.0, n_context: int = 8, min_positives: int = LINEAR_MIN_POSITIVES,
-                 max_iter: int = 200):
+                 max_iter: int = 200, n_jobs: int = 2):
         self.C = C
         self.n_context = n_context
         self.min_positives = min_positives
         self.max_iter = max_iter
+        self.n_jobs = n_jobs
 
     def _fit_label(self, X, y_label):
         if _too_rare(y_label, self.min_positives):
@@ -281,11 +291,6 @@ class XGBoostStacker(_PerLabelStacker):
         self.max_bin = max_bin
         self.inner_fraction = inner_fraction
         self.seed = seed
-
-    def _label_jobs(self) -> int:
-        # Trees on ~20 columns are too small to split across threads; labels parallelise well
-        # (XGBoost releases the GIL), so each booster gets one thread.
-        return max(1, int(self.n_jobs))
 
     def _booster_params(self) -> dict:
         return {"objective": "binary:logistic", "eval_metric": "logloss", "tree_method": "hist",

@@ -84,6 +84,52 @@ def test_expected_f1_rule_picks_the_best_of_all_subsets(n_labels, min_labels, ma
         assert _brute_expected_f1(row, chosen[None, :])[0] == pytest.approx(best, abs=1e-12)
 
 
+def _full_distribution(p: np.ndarray) -> np.ndarray:
+    """P(count = r), r = 0..len(p), for independent labels, one convolution per label."""
+    dist = np.ones(1)
+    for q in p:
+        dist = np.convolve(dist, [1 - q, q])
+    return dist
+
+
+def _reference_expected_f1(row: np.ndarray, max_k: int) -> np.ndarray:
+    """E[F1] of each top-k prefix from the full count distributions of the prefix and the rest."""
+    ranked = np.sort(row)[::-1]
+    out = []
+    for k in range(1, max_k + 1):
+        hits, others = _full_distribution(ranked[:k]), _full_distribution(ranked[k:])
+        a, r = np.arange(k + 1)[:, None], np.arange(row.size - k + 1)[None, :]
+        out.append((np.outer(hits, others) * 2 * a / (k + a + r)).sum())
+    return np.array(out)
+
+
+@pytest.mark.parametrize("n_labels,max_k", [(10, 3), (12, 1)])
+def test_expected_f1_of_a_few_top_labels_equals_brute_force(n_labels, max_k):
+    # the labels outside the top max_k (the rest) include near-certain ones in some rows
+    rows = _probability_rows(n_labels)
+    ours = expected_f1_of_top_k(rows, max_k=max_k)
+    for row, expected in zip(rows, ours):
+        order = np.argsort(-row, kind="stable")
+        prefixes = np.zeros((max_k, n_labels), dtype=bool)
+        for k in range(1, max_k + 1):
+            prefixes[k - 1, order[:k]] = True
+        np.testing.assert_allclose(expected, _brute_expected_f1(row, prefixes), atol=1e-12)
+
+
+def test_expected_f1_over_many_labels_equals_full_count_distributions():
+    # 200 labels, too many for brute force: sparse rows (a few likely labels and a long tail of
+    # unlikely ones that add up to several, as on the real data, where the decoder keeps only the
+    # likely counts of the labels outside the top 23) and dense ones
+    rng = np.random.default_rng(5)
+    sparse = rng.random((6, 200)) * rng.uniform(0.02, 0.1, (6, 1))
+    sparse[:, :6] = rng.uniform(0.3, 0.99, (6, 6))
+    dense = np.vstack([rng.random((2, 200)), np.full((1, 200), 0.5), rng.random((1, 200)) ** 0.1])
+    rows = np.vstack([sparse, dense])
+    ours = expected_f1_of_top_k(rows, max_k=23, chunk=3)  # small chunks: sparse rows are not held to dense widths
+    for row, expected in zip(rows, ours):
+        np.testing.assert_allclose(expected, _reference_expected_f1(row, 23), atol=1e-12)
+
+
 # ---------------------------------------------------------------- per-label thresholds: exhaustive
 
 def _exhaustive_coordinate_pass(probs, y_true, base, metric):

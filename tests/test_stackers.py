@@ -109,6 +109,19 @@ def test_rare_labels_fall_back_and_are_listed(name, fallback_kind, data):
     np.testing.assert_allclose(stacker.predict_proba(probs)[:, 7], probs[:, :, 7].mean(axis=1), rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["linear", "xgboost"])
+def test_labels_fitted_in_parallel_predict_as_labels_fitted_one_at_a_time(name, data, monkeypatch):
+    probs, y = data
+    asked = []
+    parallel = stackers_module.Parallel
+    monkeypatch.setattr(stackers_module, "Parallel",
+                        lambda n_jobs, **kwargs: asked.append(n_jobs) or parallel(n_jobs=n_jobs, **kwargs))
+    one_at_a_time = make_stacker(name, **{**FAST[name], "n_jobs": 1}).fit(probs, y)
+    two_at_a_time = make_stacker(name, **{**FAST[name], "n_jobs": 2}).fit(probs, y)
+    assert asked == [1, 2]
+    np.testing.assert_array_equal(two_at_a_time.predict_proba(probs), one_at_a_time.predict_proba(probs))
+
+
 class _SpyStacker(Stacker):
     fitted_on: list = []
 
