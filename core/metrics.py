@@ -130,3 +130,28 @@ def score_probabilities(y_true, probs) -> dict:
         "mAP": mean_average_precision(y_true, probs),
         "n_images": int(t.shape[0]),
     }
+
+
+def frequency_floor(y_true, fold_of, metric: str = "micro", max_k: int = 23) -> dict:
+    """The score to beat: every image gets the k labels most frequent in the other folds, with k
+    chosen on those folds too (so the floor is out-of-fold, like the members it is compared with).
+
+    Returns {"k": per-fold k, "folds": per-fold score, "oof": score of the pooled predictions}."""
+    y = _as_bool(y_true)
+    fold_of = np.asarray(fold_of)
+    predicted = np.zeros_like(y)
+    ks, fold_scores = [], []
+    for fold in np.unique(fold_of):
+        train, held = fold_of != fold, fold_of == fold
+        ranking = np.argsort(-y[train].sum(axis=0), kind="stable")
+        best_k = max(range(1, max_k + 1), key=lambda k: f1(y[train], _top_mask(ranking[:k], train.sum(), y.shape[1]), metric))
+        predicted[held] = _top_mask(ranking[:best_k], held.sum(), y.shape[1])
+        ks.append(int(best_k))
+        fold_scores.append(f1(y[held], predicted[held], metric))
+    return {"k": ks, "folds": fold_scores, "oof": f1(y, predicted, metric)}
+
+
+def _top_mask(columns, n_rows: int, n_labels: int) -> np.ndarray:
+    row = np.zeros(n_labels, dtype=bool)
+    row[columns] = True
+    return np.broadcast_to(row, (n_rows, n_labels))

@@ -16,7 +16,8 @@ from core import atomic
 from core.context import StageContext
 from core.rundir import RunDir
 from reports import plots
-from reports.run_data import RunDataError
+from core.metrics import frequency_floor
+from reports.run_data import RunDataError, read_folds, read_manifest, true_labels
 from reports.tables import markdown_table
 
 METRICS = {"micro_f1": "micro_f1@best", "samples_f1": "samples_f1@best", "loss": "loss"}
@@ -101,6 +102,13 @@ def paired_differences(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def frequency_floor_scores(ctx: StageContext) -> dict:
+    """The out-of-fold frequency floor (top-k most frequent labels for every image) on the pool."""
+    fold_of = read_folds(ctx.run)
+    truth = true_labels(read_manifest(ctx.run), list(fold_of.index), ctx.label_space(), ctx.config.data.pool)
+    return frequency_floor(truth, fold_of.to_numpy(), ctx.config.decision.metric, ctx.config.decision.max_labels)
+
+
 def run_compare(ctx: StageContext) -> dict:
     log = ctx.logger("compare")
     table = fold_score_table(ctx.run)
@@ -109,18 +117,22 @@ def run_compare(ctx: StageContext) -> dict:
     atomic.write_csv(report / "fold_scores.csv", table)
     differences = paired_differences(table)
     atomic.write_csv(report / "paired_differences.csv", differences)
-    atomic.write_text(report / "fold_scores.md", _markdown(table, differences))
+    floor = frequency_floor_scores(ctx)
+    atomic.write_json(report / "frequency_floor.json", floor)
+    atomic.write_text(report / "fold_scores.md", _markdown(table, differences, floor))
     per_fold = table[~table["fold"].isin(["mean", "std"])]
     plots.fold_points(report / "fold_scores.png",
                       {m: list(b["micro_f1"]) for m, b in per_fold.groupby("member", sort=False)},
                       ylabel="micro-F1 at best threshold", best=best,
                       title="Members: micro-F1 per fold (points) and mean ± std (bars)")
     log.info("fold scores of %d member(s); best %s", table["member"].nunique(), best)
+    means = table[table["fold"] == "mean"].set_index("member")["micro_f1"]
     return {"members": int(table["member"].nunique()), "best_member": best,
+            "best_member_micro_f1": float(means[best]), "frequency_floor": floor["oof"],
             "path": str(report / "fold_scores.csv")}
 
 
-def _markdown(table: pd.DataFrame, differences: pd.DataFrame) -> str:
+def _markdown(table: pd.DataFrame, differences: pd.DataFrame, floor: dict) -> str:
     summary = table[table["fold"] == "mean"].drop(columns=["fold"]).copy()
     stds = table[table["fold"] == "std"].set_index("member")
     for metric in METRICS:
@@ -128,7 +140,10 @@ def _markdown(table: pd.DataFrame, differences: pd.DataFrame) -> str:
     summary = summary[["member", "best"] + [c for m in METRICS for c in (m, f"{m}_std")] + list(DIFF.values())]
     parts = [f"# Fold scores\n\nBest member by mean micro-F1: **{table.attrs['best_member']}**. "
              "Std is the sample standard deviation over folds; d_* are fold-paired differences "
-             "member - best.\n\n## Per member\n\n", markdown_table(summary),
+             "member - best.\n\n"
+             f"Frequency floor (the top-k most frequent labels of the other folds for every image, k "
+             f"chosen on those folds: {floor['k']}): out-of-fold F1 {floor['oof']:.4f}, per fold "
+             f"{', '.join(f'{v:.4f}' for v in floor['folds'])}.\n\n## Per member\n\n", markdown_table(summary),
              "\n## Per fold\n\n", markdown_table(table)]
     if not differences.empty:
         parts += ["\n## Paired differences vs the best member\n\n", markdown_table(differences)]

@@ -35,6 +35,9 @@ def final_screen(ctx, summaries: dict) -> str:
         if len(best_member):
             row = best_member.iloc[0]
             lines.append(f"Best single member: {row['source']} + {row['rule']}: micro-F1 {row['micro_f1']:.4f}")
+    floor = run.report_dir / "frequency_floor.json"
+    if floor.exists():
+        lines.append(f"Frequency floor (top-k frequent labels for all): micro-F1 {json.loads(floor.read_text())['oof']:.4f}")
     for label, path in (("Submission", run.submission), ("Report", run.report_dir / "index.html")):
         if path.exists():
             lines.append(f"{label}: {path.resolve()}")

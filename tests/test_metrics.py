@@ -152,3 +152,21 @@ def test_f1_from_counts_equals_sklearn(case, average):
     assert ours == pytest.approx(_sk(f1_score, y_true, y_pred, average=average, zero_division=0.0))
     with pytest.raises(ValueError, match="micro"):
         metrics.f1_from_counts([1], [1], [1], "weighted")
+
+
+def test_frequency_floor_is_out_of_fold_and_picks_k_on_training_folds():
+    from core.metrics import frequency_floor
+    rng = np.random.default_rng(0)
+    y = rng.random((90, 8)) < np.array([0.9, 0.8, 0.6, 0.3, 0.2, 0.1, 0.05, 0.02])
+    fold_of = np.arange(90) % 3
+    floor = frequency_floor(y, fold_of, max_k=8)
+    for fold, k in enumerate(floor["k"]):
+        train = fold_of != fold
+        ranking = np.argsort(-y[train].sum(axis=0), kind="stable")
+        # brute force: the k that maximises training-fold micro-F1
+        scores = [f1_score(y[train], np.tile(np.isin(np.arange(8), ranking[:kk]), (train.sum(), 1)), average="micro")
+                  for kk in range(1, 9)]
+        assert k == int(np.argmax(scores)) + 1
+        held = fold_of == fold
+        pred = np.tile(np.isin(np.arange(8), ranking[:k]), (held.sum(), 1))
+        assert floor["folds"][fold] == pytest.approx(f1_score(y[held], pred, average="micro"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import statistics
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -158,10 +160,13 @@ def test_fold_score_table_without_members_says_which_stage(tmp_path):
 
 
 def test_run_compare_writes_its_artifacts(tmp_path):
-    ctx = build_run(tmp_path, stages=("members",))
+    ctx = build_run(tmp_path, stages=("prepare", "folds", "members"))
     summary = run_compare(ctx)
     assert summary["best_member"] == "m_b" and summary["members"] == 3
     report = ctx.run.report_dir
+    floor = json.loads((report / "frequency_floor.json").read_text())
+    assert summary["frequency_floor"] == floor["oof"] and len(floor["folds"]) == len(floor["k"])
+    assert "Frequency floor" in (report / "fold_scores.md").read_text()
     for name in ["fold_scores.csv", "fold_scores.md", "fold_scores.png", "paired_differences.csv"]:
         assert (report / name).stat().st_size > 0
     assert "Best member by mean micro-F1: **m_b**" in (report / "fold_scores.md").read_text()
