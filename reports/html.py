@@ -151,7 +151,13 @@ def fold_section(inputs: _Inputs) -> str:
     best = table.loc[table["best"].astype(bool), "member"].iloc[0]
     highlight = [i for i, m in enumerate(summary["member"]) if m == best]
     folds_img = _img("fold_scores.png", "fold scores") if (inputs.report / "fold_scores.png").exists() else ""
-    return (f"<p>Best member by mean micro-F1: <b>{html.escape(best)}</b>. d_* columns: fold-paired "
+    floor_path = inputs.report / "frequency_floor.json"
+    floor = ""
+    if floor_path.exists():
+        record = atomic.read_json(floor_path)
+        floor = (f" Frequency floor (the k most frequent labels of the other folds for every image): "
+                 f"<b>{record['oof']:.4f}</b>.")
+    return (f"<p>Best member by mean micro-F1: <b>{html.escape(best)}</b>.{floor} d_* columns: fold-paired "
             "difference member - best (mean and sample std over folds).</p>"
             + html_table(summary, highlight_rows=highlight) + folds_img
             + "<details><summary>per fold</summary>" + html_table(table) + "</details>")
