@@ -49,7 +49,7 @@ def run_decide(ctx: StageContext) -> dict:
     folds_hash = ctx.run.folds_hash()
     if is_done(out_dir, config_hash, folds_hash, redo=ctx.redo_stage(STAGE)):
         ctx.logger(STAGE).info("decision already done under this config; skipped")
-        return _summary(atomic.read_json(out_dir / "rule.json"), out_dir)
+        return {**_summary(atomic.read_json(out_dir / "rule.json"), out_dir), "up_to_date": True}
     label_space = ctx.label_space()
     params = {rule: rule_params(rule, ctx, label_space) for rule in ctx.config.decision.rules}  # bad names fail now
     sources = find_sources(ctx)

@@ -37,7 +37,7 @@ def run_stack(ctx: StageContext) -> dict:
             scores = atomic.read_json(unit / "scores.json")
         summary[name] = {"micro_f1@best": scores["oof"]["micro_f1@best"], "seconds": scores["seconds"],
                          "fallback_labels": len(scores["fallback_labels"]), "skipped": name not in todo}
-    return {"stackers": summary}
+    return {"stackers": summary, "up_to_date": not todo}
 
 
 def _run_stacker(ctx, name, oof_stack, test_stack, y_true, folds) -> dict:

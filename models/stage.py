@@ -68,7 +68,9 @@ def run_members(ctx) -> dict:
     summary = {}
     for member in ctx.selected_members():
         summary[member.name] = run_member(ctx, member, data)
-    return {"members": summary, "units_per_member": len(data.units), "pool": len(data.pool), "test": len(data.test)}
+    up_to_date = all(m["units_trained"] == 0 for m in summary.values())
+    return {"members": summary, "units_per_member": len(data.units), "pool": len(data.pool), "test": len(data.test),
+            "up_to_date": up_to_date}
 
 
 def load_stage_data(ctx) -> StageData:

@@ -136,7 +136,7 @@ def run_ablate(ctx: StageContext) -> dict:
     if is_done(unit, config_hash, ctx.run.folds_hash(), redo=ctx.redo_stage("ablate")) and all(
             p.exists() for p in paths):
         log.info("ablation already done under this config; skipped (--redo ablate recomputes)")
-        return {"skipped": True, "path": str(paths[0])}
+        return {"up_to_date": True, "path": str(paths[0])}
     label_space = ctx.label_space()
     member_stack, _ = load_member_stacks(ctx)  # the stack stage's own loading and checks
     folds = read_folds(ctx.run).loc[list(member_stack.image_ids)].to_numpy()

@@ -9,6 +9,12 @@ import pandas as pd
 def _short(summary: dict) -> str:
     parts = []
     for key, value in summary.items():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            # per-member / per-stacker records: show each one's out-of-fold micro-F1
+            scores = {name: v.get("oof_micro_f1@best", v.get("micro_f1@best")) for name, v in value.items()}
+            parts.append(f"{key} OOF micro-F1@best: " + ", ".join(
+                f"{name}={score:.4f}" for name, score in scores.items() if score is not None))
+            continue
         if key in ("seconds", "up_to_date") or isinstance(value, (dict, list)) and len(str(value)) > 60:
             continue
         if isinstance(value, float):

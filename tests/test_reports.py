@@ -220,7 +220,7 @@ def test_ablation_rows_and_scores_match_an_independent_computation(tmp_path, fix
 def test_ablation_is_skipped_when_done_and_redone_on_request(tmp_path, fixed_decision, monkeypatch):
     ctx = build_run(tmp_path)
     run_ablate(ctx)
-    assert run_ablate(ctx)["skipped"] is True
+    assert run_ablate(ctx)["up_to_date"] is True
     ctx.redo = {"ablate"}
     assert run_ablate(ctx)["subsets"] == 7
 

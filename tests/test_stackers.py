@@ -175,7 +175,8 @@ def test_run_stack_writes_every_artifact_and_skips_when_done(tmp_path, monkeypat
         assert {"oof", "seconds", "fallback_labels"} <= set(scores) and (unit / "DONE.json").exists()
         np.testing.assert_array_equal(load_stacker(unit / "model").predict_proba(_test_stack(ctx)), test.to_numpy())
     monkeypatch.setattr(stackers_module.MeanStacker, "fit", _refuse)
-    assert all(s["skipped"] for s in run_stack(ctx)["stackers"].values())
+    again = run_stack(ctx)
+    assert again["up_to_date"] and all(s["skipped"] for s in again["stackers"].values())
     ctx.redo = {"stack"}
     with pytest.raises(AssertionError, match="refit"):
         run_stack(ctx)
