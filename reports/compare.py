@@ -124,7 +124,7 @@ def run_compare(ctx: StageContext) -> dict:
     plots.fold_points(report / "fold_scores.png",
                       {m: list(b["micro_f1"]) for m, b in per_fold.groupby("member", sort=False)},
                       ylabel="micro-F1 at best threshold", best=best,
-                      title="Members: micro-F1 per fold (points) and mean ± std (bars)")
+                      title="micro-F1 per fold (points), mean ± std (bars)")
     log.info("fold scores of %d member(s); best %s", table["member"].nunique(), best)
     means = table[table["fold"] == "mean"].set_index("member")["micro_f1"]
     return {"members": int(table["member"].nunique()), "best_member": best,

@@ -221,3 +221,23 @@ def test_run_submit_refuses_usable_test_image_without_labels(tmp_path):
     with pytest.raises(ValueError, match=r"no labels for 1 usable test image\(s\), e.g. \['10'\]"):
         run_submit(ctx)
     assert not ctx.run.submission.exists()
+
+
+def test_score_submission_equals_scikit_learn(tmp_path):
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import MultiLabelBinarizer
+    from submissions.score import main as score_main, score_submission
+    truth = {"1": ["a", "b"], "2": ["c"], "3": ["a", "d", "e"]}
+    guess = {"3": ["a", "e", "f"], "1": ["b"], "2": ["c", "a"]}  # other row order: joined by id
+    for name, rows in (("sol.csv", truth), ("sub.csv", guess)):
+        (tmp_path / name).write_text("image_id,label_id\n" + "".join(f"{k},{' '.join(v)}\n" for k, v in rows.items()))
+    binarizer = MultiLabelBinarizer().fit(list(truth.values()) + list(guess.values()))
+    y_true = binarizer.transform([truth[k] for k in truth])
+    y_pred = binarizer.transform([guess[k] for k in truth])
+    scores = score_submission(tmp_path / "sub.csv", tmp_path / "sol.csv")
+    assert scores["micro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="micro"))
+    assert scores["samples_f1"] == pytest.approx(f1_score(y_true, y_pred, average="samples"))
+    (tmp_path / "short.csv").write_text("image_id,label_id\n1,a\n")
+    with pytest.raises(ValueError, match="no row for 2"):
+        score_submission(tmp_path / "short.csv", tmp_path / "sol.csv")
+    assert score_main([str(tmp_path / "short.csv"), str(tmp_path / "sol.csv")]) == 2
