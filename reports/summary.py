@@ -44,6 +44,10 @@ def final_screen(ctx, summaries: dict) -> str:
     floor = run.report_dir / "frequency_floor.json"
     if floor.exists():
         lines.append(f"Frequency floor (top-k frequent labels for all): micro-F1 {json.loads(floor.read_text())['oof']:.4f}")
+    submit = summaries.get("submit", {})
+    if "test_micro_f1" in submit:
+        lines.append(f"Submission scored on the hidden test labels: micro-F1 {submit['test_micro_f1']:.4f}, "
+                     f"sample-F1 {submit['test_samples_f1']:.4f}")
     for label, path in (("Submission", run.submission), ("Report", run.report_dir / "index.html")):
         if path.exists():
             lines.append(f"{label}: {path.resolve()}")
