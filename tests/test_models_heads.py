@@ -69,9 +69,9 @@ def test_phases_unfreeze_the_top_blocks_and_keep_pretrained_batchnorm_frozen():
     assert trunk.trainable_weights == []
     set_trainable(model, "tiny_cnn", "top", pretrained=True)
     trainable = {w.path.split("/")[-2] for w in trunk.trainable_weights}
-    assert trainable == {"tiny_block3_conv"}  # after tiny_block2_pool; its BatchNorm stays frozen
+    assert trainable == {"tiny_block4_conv"}  # after tiny_block3_pool; its BatchNorm stays frozen
     set_trainable(model, "tiny_cnn", "all", pretrained=False)
-    assert len(trunk.trainable_weights) == 3 + 2 * 3  # kernels + BN gamma/beta
+    assert len(trunk.trainable_weights) == 4 + 2 * 4  # kernels + BN gamma/beta
 
 
 @pytest.mark.parametrize("augment", [False, True])
