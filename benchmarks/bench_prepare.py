@@ -1,6 +1,6 @@
 """Image validation throughput of the prepare stage, by worker count.
 
-    .venv/bin/python -m benchmarks.prepare_throughput [--repeats 3]
+    .venv/bin/python -m benchmarks.bench_prepare [--repeats 3]
 
 Two workloads from the CCP photos in ../shared/data/ccp (skipped if absent):
   ccp-as-is   2,098 plain RGB JPEGs: decode only, every row "ok"

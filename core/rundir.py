@@ -6,6 +6,7 @@ means the inputs changed under finished work: that is an error unless the user a
 """
 from __future__ import annotations
 
+import hashlib
 import platform
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from core import atomic
+from core.log import get_logger
 
 DONE = "DONE.json"
 
@@ -63,17 +65,24 @@ class RunDir:
         return path.read_text().split()[0] if path.exists() else None
 
 
-def is_done(unit_dir: Path, config_hash: str, folds_hash: Optional[str], redo: bool = False) -> bool:
-    """True if the unit finished under these hashes. Raises if it finished under others,
-    unless `redo`, in which case the old unit is removed and False is returned."""
+def is_done(unit_dir: Path, config_hash: str, folds_hash: Optional[str], redo: bool = False,
+            inputs_hash: Optional[str] = None) -> bool:
+    """True if the unit finished under these hashes. Raises if it finished under another config or
+    folds, unless `redo`, in which case the old unit is removed and False is returned.
+
+    `inputs_hash` fingerprints upstream artifacts (a stacker's member predictions, say). When only
+    those changed, e.g. a member was added or retrained, the unit is derived work that is simply out
+    of date: it is removed and recomputed without asking, and the log says so."""
     marker = Path(unit_dir) / DONE
     if not marker.exists():
         return False
     record = atomic.read_json(marker)
     same = record.get("config_hash") == config_hash and record.get("folds_hash") == folds_hash
-    if same and not redo:
+    if same and not redo and record.get("inputs_hash") == inputs_hash:
         return True
-    if redo:
+    if redo or same:
+        if same:
+            get_logger("rundir").info("%s: its inputs changed since it was made; recomputing", unit_dir)
         shutil.rmtree(unit_dir)
         return False
     raise StaleArtifactError(
@@ -83,10 +92,22 @@ def is_done(unit_dir: Path, config_hash: str, folds_hash: Optional[str], redo: b
     )
 
 
-def mark_done(unit_dir: Path, config_hash: str, folds_hash: Optional[str], **info) -> None:
+def mark_done(unit_dir: Path, config_hash: str, folds_hash: Optional[str], inputs_hash: Optional[str] = None,
+              **info) -> None:
     """Write DONE.json last, after every other file of the unit."""
-    record = {"config_hash": config_hash, "folds_hash": folds_hash, "finished_at": time.time(), **info}
+    record = {"config_hash": config_hash, "folds_hash": folds_hash, "inputs_hash": inputs_hash,
+              "finished_at": time.time(), **info}
     atomic.write_json(Path(unit_dir) / DONE, record)
+
+
+def files_hash(paths) -> str:
+    """Fingerprint of artifacts by name, size and modification time (their writers replace them
+    atomically, so a rewrite always changes the mtime); a missing file counts as its own state."""
+    parts = []
+    for path in sorted(map(Path, paths)):
+        stat = path.stat() if path.exists() else None
+        parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}" if stat else f"{path}:missing")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def read_done(unit_dir: Path) -> dict:

@@ -52,3 +52,20 @@ def test_atomic_files_get_the_usual_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~0o022 or os.name != "posix"
+
+
+def test_changed_inputs_recompute_without_asking(tmp_path):
+    from core.rundir import files_hash
+    member_oof = tmp_path / "oof.parquet"
+    member_oof.write_text("v1")
+    unit = tmp_path / "stacker"
+    unit.mkdir()
+    mark_done(unit, "c1", "f1", inputs_hash=files_hash([member_oof]))
+    assert is_done(unit, "c1", "f1", inputs_hash=files_hash([member_oof]))
+    os.utime(member_oof, ns=(1, 1))  # the member was retrained: its file was replaced
+    assert not is_done(unit, "c1", "f1", inputs_hash=files_hash([member_oof]))
+    assert not unit.exists()
+    unit.mkdir()
+    mark_done(unit, "c1", "f1", inputs_hash="x")
+    with pytest.raises(StaleArtifactError):  # its own config changed: that still needs --redo
+        is_done(unit, "c2", "f1", inputs_hash="y")
