@@ -20,7 +20,7 @@ from core.context import StageContext
 from core.labels import LabelSpace
 from core.log import progress
 from core.metrics import cardinality_error, micro_f1, samples_f1
-from core.rundir import is_done, mark_done
+from core.rundir import files_hash, is_done, mark_done
 from datasets.manifest import pool_labels
 from ensemble.decision import RULES, make_rule, nested_cv_predict
 
@@ -45,9 +45,13 @@ class Source:
 
 def run_decide(ctx: StageContext) -> dict:
     out_dir = ctx.run.decision_dir
-    config_hash = ctx.config.section_hash("decision", "stack", "members")
+    config_hash = ctx.config.section_hash("decision")
     folds_hash = ctx.run.folds_hash()
-    if is_done(out_dir, config_hash, folds_hash, redo=ctx.redo_stage(STAGE)):
+    # every candidate source's predictions are inputs: a new or refitted member or stacker makes
+    # the decision out of date (recomputed); a changed decision config needs --redo decide
+    candidates = _candidate_sources(ctx)
+    inputs_hash = files_hash([path for source in candidates for path in (source.oof, source.test)])
+    if is_done(out_dir, config_hash, folds_hash, redo=ctx.redo_stage(STAGE), inputs_hash=inputs_hash):
         ctx.logger(STAGE).info("decision already done under this config; skipped")
         return {**_summary(atomic.read_json(out_dir / "rule.json"), out_dir), "up_to_date": True}
     label_space = ctx.label_space()
@@ -71,15 +75,14 @@ def run_decide(ctx: StageContext) -> dict:
     atomic.write_csv(out_dir / "scores.csv", scores)
     record = _apply_best(ctx, choose_best(scores, ctx.config.decision.metric), sources, label_space,
                          manifest, fold_table)
-    mark_done(out_dir, config_hash, folds_hash, source=record["source"], rule=record["rule"],
+    mark_done(out_dir, config_hash, folds_hash, inputs_hash=inputs_hash, source=record["source"], rule=record["rule"],
               metric=record["metric"], score=record["score"])
     return _summary(record, out_dir)
 
 
 def find_sources(ctx: StageContext) -> list:
     """Members' and stackers' folders that hold an oof.parquet, in config order."""
-    candidates = [Source(m.name, "member", ctx.run.member_dir(m.name)) for m in ctx.config.members]
-    candidates += [Source(s, "stacker", ctx.run.stacker_dir(s)) for s in ctx.config.stack.stackers]
+    candidates = _candidate_sources(ctx)
     present = [source for source in candidates if source.oof.exists()]
     skipped = [f"{source.kind} {source.name}" for source in candidates if not source.oof.exists()]
     if skipped:
@@ -88,6 +91,11 @@ def find_sources(ctx: StageContext) -> list:
         raise FileNotFoundError(f"{ctx.run.root}: no member or stacker oof.parquet to decide on; "
                                 "run the members (and stack) stages first")
     return present
+
+
+def _candidate_sources(ctx: StageContext) -> list:
+    return ([Source(m.name, "member", ctx.run.member_dir(m.name)) for m in ctx.config.members]
+            + [Source(s, "stacker", ctx.run.stacker_dir(s)) for s in ctx.config.stack.stackers])
 
 
 def rule_params(rule_name: str, ctx: StageContext, label_space: LabelSpace) -> dict:

@@ -7,7 +7,7 @@ import time
 from core import atomic, predictions
 from core.context import StageContext
 from core.metrics import score_probabilities
-from core.rundir import is_done, mark_done
+from core.rundir import files_hash, is_done, mark_done
 from datasets.folds import read_folds
 from ensemble.stackers import make_stacker, stacker_params
 from ensemble.stacking import second_level_oof
@@ -16,12 +16,16 @@ from features.stage import load_member_stacks, pool_truth
 
 def run_stack(ctx: StageContext) -> dict:
     log = ctx.logger("stack")
-    config_hash = ctx.config.section_hash("stack", "members")
+    config_hash = ctx.config.section_hash("stack")
     folds_hash = ctx.run.folds_hash()
+    # the members' predictions are this stage's inputs: a member added or retrained makes the
+    # stackers out of date (recomputed), while a changed stack config needs --redo stack
+    inputs_hash = files_hash(member_prediction_files(ctx))
     for name in ctx.config.stack.stackers:
         make_stacker(name)  # an unknown name fails here, before any work, listing the valid ones
     todo = [name for name in ctx.config.stack.stackers
-            if not is_done(ctx.run.stacker_dir(name), config_hash, folds_hash, redo=ctx.redo_stage("stack"))]
+            if not is_done(ctx.run.stacker_dir(name), config_hash, folds_hash, redo=ctx.redo_stage("stack"),
+                           inputs_hash=inputs_hash)]
     summary = {}
     if todo:
         oof_stack, test_stack = load_member_stacks(ctx)
@@ -31,7 +35,8 @@ def run_stack(ctx: StageContext) -> dict:
         unit = ctx.run.stacker_dir(name)
         if name in todo:
             scores = _run_stacker(ctx, name, oof_stack, test_stack, y_true, folds)
-            mark_done(unit, config_hash, folds_hash, seconds=scores["seconds"], oof=scores["oof"])
+            mark_done(unit, config_hash, folds_hash, inputs_hash=inputs_hash, seconds=scores["seconds"],
+                      oof=scores["oof"])
         else:
             log.info("stacker %s already done under this config and folds; skipped", name)
             scores = atomic.read_json(unit / "scores.json")
@@ -60,3 +65,8 @@ def _run_stacker(ctx, name, oof_stack, test_stack, y_true, folds) -> dict:
              name, scores["oof"]["micro_f1@best"], scores["seconds"], len(scores["fallback_labels"]),
              f" ({scores['fallback_labels'][:20]})" if scores["fallback_labels"] else "")
     return scores
+
+
+def member_prediction_files(ctx: StageContext) -> list:
+    """Every configured member's oof.parquet and test.parquet: what stacking reads."""
+    return [ctx.run.member_dir(m.name) / name for m in ctx.config.members for name in ("oof.parquet", "test.parquet")]

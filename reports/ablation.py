@@ -19,7 +19,7 @@ from core import atomic
 from core.context import StageContext
 from core.log import progress
 from core.metrics import micro_f1, sample_f1s, samples_f1
-from core.rundir import is_done, mark_done
+from core.rundir import files_hash, is_done, mark_done
 from ensemble.decide_stage import rule_params
 from ensemble.decision import nested_cv_predict
 from ensemble.stackers import stacker_params
@@ -130,10 +130,13 @@ def run_ablate(ctx: StageContext) -> dict:
     stacker_name = _stacker_of(rule)
     unit = ctx.run.report_dir / "ablation"
     # the chosen rule is part of the hash: a redone decide stage may pick another one
-    sections = ctx.config.section_hash("ablation", "decision", "stack", "members")
-    config_hash = f"{sections}:{stacker_name}:{rule['rule']}"
+    config_hash = ctx.config.section_hash("ablation")
+    # inputs: the members' predictions and the decision (its chosen stacker and rule); when they
+    # change the ablation is recomputed without asking
+    inputs = [ctx.run.member_dir(m.name) / "oof.parquet" for m in ctx.config.members]
+    inputs_hash = files_hash(inputs + [ctx.run.decision_dir / "rule.json"])
     paths = [ctx.run.report_dir / f"ablation.{ext}" for ext in ("csv", "md", "png")]
-    if is_done(unit, config_hash, ctx.run.folds_hash(), redo=ctx.redo_stage("ablate")) and all(
+    if is_done(unit, config_hash, ctx.run.folds_hash(), redo=ctx.redo_stage("ablate"), inputs_hash=inputs_hash) and all(
             p.exists() for p in paths):
         log.info("ablation already done under this config; skipped (--redo ablate recomputes)")
         return {"up_to_date": True, "path": str(paths[0])}
@@ -147,7 +150,7 @@ def run_ablate(ctx: StageContext) -> dict:
                            rule_params(rule["rule"], ctx, label_space), metric,
                            ctx.config.ablation.bootstrap, ctx.config.ablation.seed)
     _write(ctx, table, stacker_name, rule, metric)
-    mark_done(unit, config_hash, ctx.run.folds_hash(), subsets=len(table))
+    mark_done(unit, config_hash, ctx.run.folds_hash(), inputs_hash=inputs_hash, subsets=len(table))
     full = table.iloc[0]
     log.info("ablation: %d subsets; full ensemble %s-F1 %.4f", len(table), metric, full[f"{metric}_f1"])
     return {"subsets": len(table), "stacker": stacker_name, "rule": rule["rule"],
