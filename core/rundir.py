@@ -6,6 +6,7 @@ means the inputs changed under finished work: that is an error unless the user a
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import platform
 import shutil
@@ -142,3 +143,26 @@ def _git_sha() -> Optional[str]:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def derived_stage(name: str, inputs, outputs, config_sections=()):
+    """Make a cheap stage whose outputs follow from artifacts already on disk (features summary,
+    submission, comparison, report) skip when neither its input files nor the named config
+    sections changed and its outputs still exist; otherwise it simply recomputes (nothing here
+    is worth asking the user about). `inputs(ctx)` and `outputs(ctx)` list paths."""
+    def wrap(entry):
+        @functools.wraps(entry)
+        def run(ctx) -> dict:
+            unit = ctx.run.root / "stages" / name
+            config_part = ctx.config.section_hash(*config_sections) if config_sections else ""
+            inputs_hash = f"{config_part}:{files_hash(inputs(ctx))}"
+            # folds are an input like any other here (folds.csv is listed where it matters)
+            done = is_done(unit, name, None, redo=ctx.redo_stage(name), inputs_hash=inputs_hash)
+            if done and all(Path(p).exists() for p in outputs(ctx)):
+                return {**read_done(unit).get("summary", {}), "up_to_date": True}
+            summary = entry(ctx)
+            unit.mkdir(parents=True, exist_ok=True)
+            mark_done(unit, name, None, inputs_hash=inputs_hash, summary=summary)
+            return summary
+        return run
+    return wrap

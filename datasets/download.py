@@ -250,6 +250,7 @@ def run_download(ctx: StageContext) -> dict:
     failures_file = ctx.run.root / FAILURES_FILE
     atomic.write_csv(failures_file, failures)
     summary = {"fetched": fetched, "already_present": present,
-               "failed": len(failures.drop_duplicates(["imageId", "split"])), "failures_file": str(failures_file)}
+               "failed": len(failures.drop_duplicates(["imageId", "split"])), "failures_file": str(failures_file),
+               "up_to_date": fetched == 0 and failures.empty}
     ctx.logger("download").info("download: %s in %.1f s", summary, seconds)
     return summary

@@ -14,6 +14,7 @@ import pandas as pd
 
 from core import atomic
 from core.context import StageContext
+from core.rundir import derived_stage
 from core.rundir import RunDir
 from reports import plots
 from core.metrics import frequency_floor
@@ -109,6 +110,13 @@ def frequency_floor_scores(ctx: StageContext) -> dict:
     return frequency_floor(truth, fold_of.to_numpy(), ctx.config.decision.metric, ctx.config.decision.max_labels)
 
 
+def _compare_outputs(ctx: StageContext) -> list:
+    return [ctx.run.report_dir / name for name in ("fold_scores.csv", "fold_scores.md", "fold_scores.png",
+                                                    "paired_differences.csv", "frequency_floor.json")]
+
+
+@derived_stage("compare", inputs=lambda ctx: sorted((ctx.run.root / "members").glob("*/scores.json"))
+               + [ctx.run.folds, ctx.run.manifest], outputs=_compare_outputs, config_sections=("decision",))
 def run_compare(ctx: StageContext) -> dict:
     log = ctx.logger("compare")
     table = fold_score_table(ctx.run)

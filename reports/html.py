@@ -14,6 +14,7 @@ import pandas as pd
 from core import atomic, predictions
 from core.config import dump_config
 from core.context import StageContext
+from core.rundir import derived_stage
 from core.labels import LabelError
 from core.metrics import best_global_threshold, f1, per_label_f1
 from core.predictions import PredictionError
@@ -34,6 +35,16 @@ class NotRun(Exception):
     """A section's input artifact is absent; the message says which stage makes it."""
 
 
+def _report_inputs(ctx: StageContext) -> list:
+    run = ctx.run
+    files = [run.manifest, run.folds, *sorted((run.root / "members").glob("*/scores.json")),
+             *sorted((run.root / "ensemble").glob("*/scores.json")), *sorted(run.decision_dir.glob("*")),
+             *sorted(run.report_dir.glob("*.csv")), *sorted(run.report_dir.glob("*.json"))]
+    return [path for path in files if path.is_file()]
+
+
+@derived_stage("report", inputs=_report_inputs, outputs=lambda ctx: [ctx.run.report_dir / "index.html"],
+               config_sections=("name", "data", "folds", "members", "stack", "decision", "ablation"))
 def run_report(ctx: StageContext) -> dict:
     log = ctx.logger("report")
     report = ctx.run.report_dir

@@ -29,6 +29,8 @@ def final_screen(ctx, summaries: dict) -> str:
     for stage, summary in summaries.items():
         skipped = " (already done, skipped)" if summary.get("up_to_date") else ""
         lines.append(f"  {stage:<9} {summary.get('seconds', 0):>7.1f} s{skipped}  {_short(summary)}")
+    if summaries and all(summary.get("up_to_date") for summary in summaries.values()):
+        lines.append("Nothing to do: every stage asked for was already up to date.")
     scores = run.decision_dir / "scores.csv"
     rule = run.decision_dir / "rule.json"
     if scores.exists() and rule.exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.context import StageContext
+from core.rundir import derived_stage
 from reports.run_data import USABLE, RunDataError, label_frequencies, read_label_sets, read_manifest
 from submissions.score import score_submission
 from submissions.writer import write_submission
@@ -11,6 +12,9 @@ from submissions.writer import write_submission
 SOLUTION_FILE = "test_solution.csv"
 
 
+@derived_stage("submit", inputs=lambda ctx: [ctx.run.decision_dir / "test_labels.csv", ctx.run.manifest,
+                                             ctx.data_dir / SOLUTION_FILE],
+               outputs=lambda ctx: [ctx.run.submission], config_sections=("decision",))
 def run_submit(ctx: StageContext) -> dict:
     log = ctx.logger("submit")
     manifest = read_manifest(ctx.run)

@@ -237,7 +237,8 @@ def test_run_download_end_to_end_and_rerun(server, tmp_path):
     ctx = stage_context(tmp_path, data_dir)
     summary = run_download(ctx)
     failures_file = tmp_path / "run" / "download_failures.csv"
-    assert summary == {"fetched": 3, "already_present": 0, "failed": 2, "failures_file": str(failures_file)}
+    assert summary == {"fetched": 3, "already_present": 0, "failed": 2, "failures_file": str(failures_file),
+                       "up_to_date": False}
     assert sorted(p.name for p in (data_dir / "images").iterdir()) == ["1.jpg", "2.jpg", "4.jpg"]
     failures = pd.read_csv(failures_file, dtype=str).sort_values("imageId")
     assert list(failures.columns) == ["imageId", "split", "url", "reason"]

@@ -69,3 +69,29 @@ def test_changed_inputs_recompute_without_asking(tmp_path):
     mark_done(unit, "c1", "f1", inputs_hash="x")
     with pytest.raises(StaleArtifactError):  # its own config changed: that still needs --redo
         is_done(unit, "c2", "f1", inputs_hash="y")
+
+
+def test_derived_stage_skips_until_inputs_or_outputs_change(tmp_path):
+    from core.config import PipelineConfig
+    from core.context import StageContext
+    from core.rundir import RunDir, derived_stage
+    source, target = tmp_path / "in.csv", tmp_path / "out.txt"
+    source.write_text("a")
+    calls = []
+
+    @derived_stage("demo_stage", inputs=lambda ctx: [source], outputs=lambda ctx: [target])
+    def stage(ctx):
+        calls.append(1)
+        target.write_text(source.read_text())
+        return {"rows": 1}
+
+    ctx = StageContext(config=PipelineConfig(), run=RunDir(tmp_path / "run"), data_dir=tmp_path)
+    assert stage(ctx) == {"rows": 1}
+    assert stage(ctx) == {"rows": 1, "up_to_date": True} and len(calls) == 1
+    os.utime(source, ns=(5, 5))
+    stage(ctx)
+    target.unlink()
+    stage(ctx)
+    ctx.redo = {"demo_stage"}
+    stage(ctx)
+    assert len(calls) == 4
