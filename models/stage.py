@@ -143,7 +143,13 @@ def run_member(ctx, member: MemberConfig, data: StageData, callbacks=()) -> dict
             embeddings = _embeddings(member, data, member_dir / "embeddings", redo)
         run_unit(member, unit, unit_dir, data, config_hash, embeddings, callbacks)
         trained += 1
-    scores = assemble_member(member, member_dir, data)
+    member_files = [member_dir / name for name in ("oof.parquet", "test.parquet", "scores.json")]
+    if trained == 0 and all(path.exists() for path in member_files):
+        # nothing retrained: keep the member-level files (and their mtimes, which later stages
+        # use to tell whether their inputs changed)
+        scores = atomic.read_json(member_dir / "scores.json")
+    else:
+        scores = assemble_member(member, member_dir, data)
     return {"oof_micro_f1@best": scores["oof"]["micro_f1@best"], "seconds": time.perf_counter() - started,
             "units_trained": trained, "units_skipped": len(data.units) - trained}
 
