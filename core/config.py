@@ -90,18 +90,21 @@ class MemberConfig:
 
 @dataclass
 class XGBoostConfig:
-    n_estimators: int = 200
-    max_depth: int = 4
-    learning_rate: float = 0.1
+    n_estimators: int = 300
+    max_depth: int = 3
+    learning_rate: float = 0.05  # slow and shrunk: pools of a few hundred images overfit fast
     subsample: float = 0.8
     colsample_bytree: float = 0.8
     early_stopping_rounds: int = 20
-    min_positives: int = 10  # rarer labels fall back to the linear stacker
+    min_positives: int = 10  # rarer labels keep the members' mean (the linear stacker without prior_margin)
     n_jobs: int = 2
     n_context: int = 8  # other labels' mean probabilities per label's features (label correlation)
     max_bin: int = 64  # hist bins; ~20 probability columns need no more
     inner_fraction: float = 0.2  # training rows held out for early stopping
     seed: int = 0
+    prior_margin: bool = True  # boost from the log-odds of the members' mean (trees learn corrections)
+    min_child_weight: float = 1.0
+    reg_lambda: float = 5.0  # L2 on leaf values
 
 
 @dataclass

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
 from sklearn.utils import estimator_checks
 
 from core import atomic, predictions
@@ -93,15 +94,17 @@ def _log_loss(y, p):
     return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
-@pytest.mark.parametrize("name, fallback_kind", [("xgboost", "linear"), ("linear", "mean")])
-def test_rare_labels_fall_back_and_are_listed(name, fallback_kind, data):
+@pytest.mark.parametrize("name, params, fallback_kind", [("xgboost", {"prior_margin": False}, "linear"),
+                                                          ("xgboost", {"prior_margin": True}, "mean"),
+                                                          ("linear", {}, "mean")])
+def test_rare_labels_fall_back_and_are_listed(name, params, fallback_kind, data):
     probs, y = data
     y = y.copy()
     y[:, 6] = 0
     y[:4, 6] = 1  # 4 positives: below xgboost's 10, at linear's 3
     y[:, 7] = 0
     y[:2, 7] = 1  # 2 positives: below both
-    stacker = make_stacker(name, **FAST[name]).fit(probs, y)
+    stacker = make_stacker(name, **FAST[name], **params).fit(probs, y)
     assert stacker.fallback_labels_ == (["6", "7"] if name == "xgboost" else ["7"])
     kinds = [kind for kind, _ in stacker.label_models_]
     assert kinds[7] == "mean" and kinds[0] == name
@@ -118,7 +121,8 @@ def test_labels_fitted_in_parallel_predict_as_labels_fitted_one_at_a_time(name, 
                         lambda n_jobs, **kwargs: asked.append(n_jobs) or parallel(n_jobs=n_jobs, **kwargs))
     one_at_a_time = make_stacker(name, **{**FAST[name], "n_jobs": 1}).fit(probs, y)
     two_at_a_time = make_stacker(name, **{**FAST[name], "n_jobs": 2}).fit(probs, y)
-    assert asked == [1, 2]
+    # every map over labels (the linear stacker's C search makes more than one) uses the stacker's n_jobs
+    assert asked and asked == [1] * (len(asked) // 2) + [2] * (len(asked) // 2)
     np.testing.assert_array_equal(two_at_a_time.predict_proba(probs), one_at_a_time.predict_proba(probs))
 
 
@@ -196,3 +200,72 @@ def test_run_stack_refuses_an_unknown_stacker_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown stacker 'ridge'"):
         run_stack(ctx)
     assert not ctx.run.stacker_dir("mean").exists()
+
+
+# --- boosting / regressing from the members' mean -----------------------------------------------
+
+def _held_out_log_loss(y, p):
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def test_xgboost_whose_trees_learn_nothing_predicts_the_members_mean(data):
+    probs, y = data
+    # learning_rate 0: every tree's leaves are scaled to zero, so each booster is its prior alone
+    stacker = XGBoostStacker(**FAST["xgboost"], learning_rate=0.0).fit(probs, y)
+    np.testing.assert_allclose(stacker.predict_proba(probs), probs.mean(axis=1), atol=1e-5)
+
+
+def test_xgboost_without_prior_margin_does_not_predict_the_mean_when_trees_learn_nothing(data):
+    probs, y = data  # the contrast that shows the previous test measures the prior, not luck
+    stacker = XGBoostStacker(**FAST["xgboost"], learning_rate=0.0, prior_margin=False).fit(probs, y)
+    assert np.abs(stacker.predict_proba(probs) - probs.mean(axis=1)).max() > 0.2
+
+
+def test_boosting_from_the_mean_beats_boosting_from_scratch_on_a_small_pool():
+    y = correlated_truth(2300, seed=0)
+    probs = noisy_members(y, seed=0)
+    train, test = slice(0, 300), slice(300, None)
+    losses = {prior: _held_out_log_loss(y[test], XGBoostStacker(prior_margin=prior, n_jobs=1)
+                                        .fit(probs[train], y[train]).predict_proba(probs[test]))
+              for prior in (True, False)}
+    assert losses[True] < losses[False], losses
+
+
+def test_linear_prior_offset_matches_scikit_learn_when_the_prior_is_constant():
+    y = correlated_truth(400, seed=3)
+    p = noisy_members(y, qualities=(1.0,), seed=3)[:, 0, :]
+    probs = np.stack([p, 1 - p], axis=1)  # the members' mean is 0.5 everywhere: a zero offset
+    assert np.allclose(probs.mean(axis=1), 0.5)
+    with_offset = make_stacker("linear", C=0.5, n_context=0, n_jobs=1).fit(probs, y)
+    plain = make_stacker("linear", C=0.5, n_context=0, n_jobs=1, prior_offset=False).fit(probs, y)
+    assert isinstance(plain.label_models_[0][1].steps[-1][1], LogisticRegression)
+    # both solvers stop at their tolerances (~3e-4 apart here); C=0.4 instead of 0.5 moves them 5e-3
+    np.testing.assert_allclose(with_offset.predict_proba(probs), plain.predict_proba(probs), atol=1e-3)
+
+
+def test_linear_auto_c_shrinks_to_calibrated_members_and_frees_miscalibrated_ones():
+    rng = np.random.default_rng(0)
+    logit = rng.normal(-1.0, 2.0, (300, 8))
+    y = (rng.random(logit.shape) < 1 / (1 + np.exp(-logit))).astype(np.uint8)
+    calibrated = np.stack([1 / (1 + np.exp(-(logit + rng.normal(0, 0.3, logit.shape)))) for _ in range(3)], axis=1)
+    assert make_stacker("linear", n_jobs=1).fit(calibrated, y).C_ == min(stackers_module.LinearStacker.C_GRID)
+    y = correlated_truth(1500, seed=0)
+    miscalibrated = noisy_members(y, seed=0)  # members' mean sits far from the truth's frequencies
+    assert make_stacker("linear", n_jobs=1).fit(miscalibrated, y).C_ == max(stackers_module.LinearStacker.C_GRID)
+
+
+def test_linear_fixed_c_is_used_and_a_bad_c_is_refused(data):
+    probs, y = data
+    assert make_stacker("linear", C=0.3, n_jobs=1).fit(probs, y).C_ == 0.3
+    with pytest.raises(ValueError, match="C must be a positive number or 'auto', got -1"):
+        make_stacker("linear", C=-1).fit(probs, y)
+
+
+@pytest.mark.parametrize("name, params", [("xgboost", {"prior_margin": False}), ("linear", {"prior_offset": False}),
+                                          ("linear", {"C": 0.1})])
+def test_save_load_round_trip_without_the_prior(name, params, data, tmp_path):
+    probs, y = data
+    stacker = make_stacker(name, **FAST[name], **params).fit(probs, y)
+    stacker.save(tmp_path / "model")
+    np.testing.assert_array_equal(load_stacker(tmp_path / "model").predict_proba(probs), stacker.predict_proba(probs))
