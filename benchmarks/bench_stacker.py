@@ -11,7 +11,7 @@ towards each label's prior.
 
 Each variant runs 5-fold second-level OOF in its own process, which reports its wall time and
 peak resident memory (ru_maxrss, whole process). The naive recipe (one XGBoost per label on all
-labels x members columns, 200 rounds, default 256 bins) is timed on --naive-labels labels spread
+labels x members columns, the same rounds, depth and rate as XGBoostConfig, no early stopping, default 256 bins) is timed on --naive-labels labels spread
 over the frequency range and extrapolated linearly to every label; its F1 is compared with the
 others' on those same labels.
 """
