@@ -17,26 +17,20 @@ from sklearn.utils.validation import check_is_fitted
 
 from core.log import progress
 from core.metrics import f1_from_counts
+from core.registry import Registry
 from ensemble.label_sets import (METRICS, TopLabels, check_probabilities, check_truth, counts_at_thresholds,
                                  enforce_cardinality, expected_f1_of_ranking, per_label_threshold_search,
                                  threshold_grid)
 
-RULES: dict = {}
+RULES = Registry("decision rule", name_attribute="rule_name")
 EXCLUSIVE_GROUPS = ("category", "gender")  # exactly one of each on 98% of the real images
 
 
-def register_rule(name: str):
-    def register(cls):
-        cls.rule_name = name
-        RULES[name] = cls
-        return cls
-    return register
+register_rule = RULES.register
 
 
 def make_rule(name: str, **params) -> "DecisionRule":
-    if name not in RULES:
-        raise ValueError(f"unknown decision rule {name!r}; valid rules: {sorted(RULES)}")
-    return RULES[name](**params)
+    return RULES.create(name, **params)
 
 
 # ---------------------------------------------------------------- rules

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import joblib
 import numpy as np
@@ -27,10 +27,11 @@ from threadpoolctl import threadpool_limits
 
 from core import atomic
 from core.log import get_logger, progress
+from core.registry import Registry
 from features.stacker_inputs import (PROBABILITY_FEATURES, MemberStack, StackerInputError,
                                      label_features, select_context_labels)
 
-STACKERS: dict = {}
+STACKERS = Registry("stacker")
 MODEL_FILE = "stacker.joblib"
 NAME_FILE = "stacker.json"
 LINEAR_MIN_POSITIVES = 3  # a logistic regression needs a few of each class
@@ -38,19 +39,12 @@ PROBABILITY_FLOOR = 1e-6  # probabilities are clipped to [floor, 1 - floor] befo
 log = get_logger("stack")
 
 
-def register_stacker(name: str) -> Callable:
-    def decorate(cls):
-        cls.name = name
-        STACKERS[name] = cls
-        return cls
-    return decorate
+register_stacker = STACKERS.register
 
 
 def make_stacker(name: str, **params) -> "Stacker":
     """A new, unfitted stacker by registered name."""
-    if name not in STACKERS:
-        raise ValueError(f"unknown stacker {name!r}; valid: {sorted(STACKERS)}")
-    return STACKERS[name](**params)
+    return STACKERS.create(name, **params)
 
 
 def stacker_params(name: str, stack_config) -> dict:

@@ -317,7 +317,7 @@ def test_scikit_learn_contract(name):
 
 def test_bad_inputs_get_clear_errors():
     probs, y_true = _problem(11)
-    with pytest.raises(ValueError, match="valid rules: .*expected_f1.*global"):
+    with pytest.raises(ValueError, match="valid decision rules: .*expected_f1.*global"):
         make_rule("globl")
     with pytest.raises(ValueError, match=r"row\(s\) \[3\].*logits"):
         bad = probs.copy()
@@ -456,7 +456,7 @@ def test_run_decide_names_ids_missing_from_the_folds(tmp_path):
 def test_run_decide_rejects_an_unknown_rule_before_any_work(tmp_path):
     ctx, _, _ = _tiny_run(tmp_path)
     ctx.config.decision.rules = ["global", "treshold"]
-    with pytest.raises(ValueError, match="valid rules"):
+    with pytest.raises(ValueError, match="valid decision rules"):
         run_decide(ctx)
     assert not (ctx.run.decision_dir / "scores.csv").exists()
 

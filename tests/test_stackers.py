@@ -70,7 +70,7 @@ def test_xgboost_boosters_are_saved_in_xgboost_format(data, tmp_path):
 
 
 def test_unknown_stacker_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown stacker 'ridge'; valid: \['linear', 'mean', 'weighted', 'xgboost'\]"):
+    with pytest.raises(ValueError, match=r"unknown stacker 'ridge'; valid stackers: \['linear', 'mean', 'weighted', 'xgboost'\]"):
         make_stacker("ridge")
 
 
