@@ -108,3 +108,10 @@ def pool_labels(manifest: pd.DataFrame, image_ids, label_space: LabelSpace, pool
     if pool not in POOLS:
         raise ManifestError(f"unknown pool {pool!r}; use one of {sorted(POOLS)}")
     return manifest_labels(manifest, image_ids, label_space, splits=POOLS[pool])
+
+
+def label_frequencies(manifest: pd.DataFrame, label_space: LabelSpace) -> pd.Series:
+    """Count of each labelId over the labelled usable images, in label-space order."""
+    labelled = manifest[manifest["split"].isin(LABELLED_SPLITS) & manifest["status"].isin(USABLE_STATUSES)]
+    counts = label_space.encode(labelled["labels"].str.split()).sum(axis=0)
+    return pd.Series(counts, index=list(label_space.label_ids), name="images")

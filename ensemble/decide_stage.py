@@ -169,6 +169,25 @@ def _apply_best(ctx, best: pd.Series, sources, label_space, manifest, fold_table
     return record
 
 
+class LabelSetsError(ValueError):
+    """A decision label-set CSV that is missing or malformed; the message names the file."""
+
+
+def read_label_sets(path: str | Path) -> dict:
+    """decision/{oof,test}_labels.csv (imageId, space-separated labels) -> {imageId: [labelId, ...]}
+    in file order: the reader of what label_table writes."""
+    path = Path(path)
+    if not path.exists():
+        raise LabelSetsError(f"{path} not found; run --stages decide first")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"imageId", "labels"} <= set(frame.columns):
+        raise LabelSetsError(f"{path}: needs columns imageId,labels; has {list(frame.columns)}")
+    dupes = frame["imageId"][frame["imageId"].duplicated()].unique()
+    if len(dupes):
+        raise LabelSetsError(f"{path}: duplicated imageId(s) {list(dupes[:10])}")
+    return {image_id.strip(): labels.split() for image_id, labels in zip(frame["imageId"], frame["labels"])}
+
+
 def label_table(image_ids, predicted: np.ndarray, label_space: LabelSpace) -> pd.DataFrame:
     """imageId, labels (space-separated labelIds in label-space order)."""
     labels = [" ".join(row) for row in label_space.decode(predicted)]

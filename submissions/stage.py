@@ -5,11 +5,17 @@ import numpy as np
 
 from core.context import StageContext
 from core.rundir import derived_stage
-from reports.run_data import USABLE, RunDataError, label_frequencies, read_label_sets, read_manifest
+from datasets.images import USABLE_STATUSES as USABLE
+from datasets.manifest import label_frequencies, read_manifest
+from ensemble.decide_stage import read_label_sets
 from submissions.score import score_submission
 from submissions.writer import write_submission
 
 SOLUTION_FILE = "test_solution.csv"
+
+
+class SubmissionInputError(ValueError):
+    """The decision's label sets do not cover the test images the submission needs."""
 
 
 @derived_stage("submit", inputs=lambda ctx: [ctx.run.decision_dir / "test_labels.csv", ctx.run.manifest,
@@ -17,14 +23,14 @@ SOLUTION_FILE = "test_solution.csv"
                outputs=lambda ctx: [ctx.run.submission], config_sections=("decision",))
 def run_submit(ctx: StageContext) -> dict:
     log = ctx.logger("submit")
-    manifest = read_manifest(ctx.run)
+    manifest = read_manifest(ctx.run.manifest)
     label_space = ctx.label_space()
     decided = read_label_sets(ctx.run.decision_dir / "test_labels.csv")
     test_rows = manifest[manifest["split"] == "test"]  # the manifest keeps test.json's order
     usable = test_rows["status"].isin(USABLE)
     undecided = [i for i in test_rows.loc[usable, "imageId"] if i not in decided]
     if undecided:
-        raise RunDataError(
+        raise SubmissionInputError(
             f"{ctx.run.decision_dir / 'test_labels.csv'} has no labels for {len(undecided)} usable test "
             f"image(s), e.g. {undecided[:10]}; rerun with --redo decide")
     unusable = [i for i in test_rows.loc[~usable, "imageId"] if i not in decided]
@@ -53,7 +59,7 @@ def fallback_labels(manifest, label_space, min_labels: int = 1, max_labels: int 
     down): the best constant guess for an image we cannot see."""
     labelled = manifest[(manifest["split"] != "test") & manifest["status"].isin(USABLE)]
     if labelled.empty:
-        raise RunDataError("the manifest has no usable labelled image to derive fallback labels from")
+        raise SubmissionInputError("the manifest has no usable labelled image to derive fallback labels from")
     cardinality = int(np.floor(np.median(labelled["labels"].str.split().str.len())))
     k = min(max(cardinality, min_labels), max_labels)
     counts = label_frequencies(manifest, label_space)
