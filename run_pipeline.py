@@ -114,6 +114,11 @@ def main(argv=None) -> int:
         except StaleArtifactError as err:
             print(f"error in stage {name}: {err}", file=sys.stderr)
             return 3
+        except (ValueError, RuntimeError, OSError) as err:
+            # the pipeline's own errors name the file or ids and the fix: show the message, not a
+            # traceback (finished units stay on disk; rerun continues from them)
+            print(f"error in stage {name}: {type(err).__name__}: {err}", file=sys.stderr)
+            return 1
     from reports.summary import final_screen
     print(final_screen(ctx, summaries))
     return 0

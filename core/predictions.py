@@ -54,6 +54,9 @@ def write(path: str | Path, table: pd.DataFrame) -> None:
 
 def read(path: str | Path, label_ids: Sequence[str] | None = None) -> pd.DataFrame:
     table = pd.read_parquet(path)
+    if table.index.name != "imageId":  # a positional index would otherwise pass as ids "0", "1", ...
+        raise PredictionError(f"{path}: index must be named imageId, is {table.index.name!r}; "
+                              "write prediction tables with core.predictions.write")
     table.index = table.index.astype(str)
     table.index.name = "imageId"
     check_table(table, where=str(path), label_ids=label_ids)

@@ -82,7 +82,7 @@ def is_done(unit_dir: Path, config_hash: str, folds_hash: Optional[str], redo: b
     if same and not redo and record.get("inputs_hash") == inputs_hash:
         return True
     if redo or same:
-        if same:
+        if same and not redo:
             get_logger("rundir").info("%s: its inputs changed since it was made; recomputing", unit_dir)
         shutil.rmtree(unit_dir)
         return False

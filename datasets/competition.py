@@ -15,6 +15,7 @@ from typing import Optional
 import pandas as pd
 
 from core.labels import LabelSpace
+from core.log import get_logger
 
 
 class CompetitionDataError(ValueError):
@@ -170,6 +171,7 @@ def read_competition(data_dir: Path, files: dict, label_space: LabelSpace) -> di
         except FileNotFoundError:
             if name == "test":
                 raise
+            get_logger("data").warning("%s: no %s file (%s); that split is left out", data_dir, name, file_name)
             continue
         splits[name] = read_split(resolved, name, label_space, labelled=(name != "test"))
     if not ({"train", "validation"} & set(splits)):

@@ -21,7 +21,8 @@ from core.labels import LabelSpace
 from core.log import progress
 from core.metrics import cardinality_error, micro_f1, samples_f1
 from core.rundir import files_hash, is_done, mark_done
-from datasets.manifest import pool_labels
+from datasets.folds import read_folds
+from datasets.manifest import pool_labels, read_manifest
 from ensemble.decision import RULES, make_rule, nested_cv_predict
 
 STAGE = "decide"
@@ -57,7 +58,7 @@ def run_decide(ctx: StageContext) -> dict:
     label_space = ctx.label_space()
     params = {rule: rule_params(rule, ctx, label_space) for rule in ctx.config.decision.rules}  # bad names fail now
     sources = find_sources(ctx)
-    manifest = pd.read_parquet(ctx.run.manifest)
+    manifest = read_manifest(ctx.run.manifest)
     fold_table = read_folds(ctx.run.folds)
     rows = []
     for source in progress(sources, desc="decide: sources", disable=len(sources) < 2):
@@ -106,13 +107,6 @@ def rule_params(rule_name: str, ctx: StageContext, label_space: LabelSpace) -> d
     if "groups" in RULES[rule_name]().get_params():
         params["groups"] = label_space.groups
     return params
-
-
-def read_folds(path: Path) -> pd.Series:
-    folds = pd.read_csv(path, dtype={"imageId": str})
-    if not {"imageId", "fold"} <= set(folds.columns):
-        raise ValueError(f"{path}: needs columns imageId and fold, has {list(folds.columns)}")
-    return folds.set_index("imageId")["fold"]
 
 
 def folds_for(fold_table: pd.Series, image_ids: pd.Index, where: str) -> np.ndarray:

@@ -21,11 +21,12 @@ from core.predictions import PredictionError
 from datasets.folds import FoldsError
 from datasets.manifest import ManifestError
 from reports import plots
+from ensemble.decide_stage import LabelSetsError
 from reports.run_data import (USABLE, RunDataError, label_frequencies, read_label_sets, read_manifest,
                               true_labels)
 from reports.tables import html_table
 
-ARTIFACT_ERRORS = (RunDataError, ManifestError, FoldsError, PredictionError, LabelError)
+ARTIFACT_ERRORS = (RunDataError, ManifestError, FoldsError, PredictionError, LabelError, LabelSetsError)
 THRESHOLD_GRID = np.linspace(0.02, 0.98, 49)  # core.metrics.best_global_threshold's grid
 LABELS_SHOWN = 10  # best and worst labels listed
 FREQUENT_SHOWN = 30
@@ -252,9 +253,8 @@ def cardinality_section(inputs: _Inputs) -> str:
 
 def threshold_section(inputs: _Inputs) -> str:
     source = str(inputs.rule["source"])
-    path = inputs.run.stacker_dir(source) / "oof.parquet"
-    if not path.exists():
-        path = require(inputs.run.member_dir(source) / "oof.parquet", "members")
+    folder = inputs.run.member_dir(source) if inputs.rule.get("kind") == "member" else inputs.run.stacker_dir(source)
+    path = require(folder / "oof.parquet", "members" if inputs.rule.get("kind") == "member" else "stack")
     oof = predictions.read(path, inputs.label_space.label_ids)
     truth = true_labels(inputs.manifest, list(oof.index), inputs.label_space, inputs.ctx.config.data.pool)
     probs = oof.to_numpy()

@@ -21,7 +21,11 @@ def read_label_file(path: str | Path) -> pd.Series:
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     if list(frame.columns) != ["image_id", "label_id"]:
         raise ValueError(f"{path}: header must be image_id,label_id, is {','.join(frame.columns)}")
-    return pd.Series([labels.split() for labels in frame["label_id"]], index=frame["image_id"].str.strip())
+    ids = frame["image_id"].str.strip()
+    dupes = ids[ids.duplicated()].unique()
+    if len(dupes):
+        raise ValueError(f"{path}: duplicated image_id(s) {list(dupes[:10])}")
+    return pd.Series([labels.split() for labels in frame["label_id"]], index=ids)
 
 
 def score_submission(submission: str | Path, solution: str | Path) -> dict:

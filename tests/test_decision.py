@@ -16,6 +16,8 @@ from core import atomic, metrics, predictions
 from core.config import DecisionConfig, MemberConfig, PipelineConfig, StackConfig
 from core.context import StageContext
 from core.rundir import RunDir
+from datasets.folds import write_folds
+from datasets.manifest import make_manifest
 from ensemble import decision
 from ensemble.decide_stage import run_decide
 from ensemble.decision import RULES, make_rule, nested_cv_predict
@@ -390,11 +392,13 @@ def _tiny_run(tmp_path, stackers=("mean",)):
     test_ids = [str(1000 + i) for i in range(20)]
     run = RunDir(tmp_path / "run")
     labels = [" ".join(np.array(label_ids)[row]) for row in y_true]
-    manifest = pd.DataFrame({"imageId": train_ids[::-1] + test_ids,  # not the OOF's order: joins by id
-                             "split": ["train"] * 90 + ["test"] * 20, "labels": labels[::-1] + [""] * 20})
+    manifest = make_manifest([  # not the OOF's order: joins by id
+        {"imageId": image_id, "split": split, "labels": text, "path": f"{image_id}.jpg", "width": 8, "height": 8,
+         "mode": "RGB", "bytes": 100, "status": "ok", "reason": ""}
+        for image_id, split, text in zip(train_ids[::-1] + test_ids, ["train"] * 90 + ["test"] * 20,
+                                         labels[::-1] + [""] * 20)])
     atomic.write_parquet(run.manifest, manifest)
-    atomic.write_csv(run.folds, pd.DataFrame({"imageId": train_ids, "fold": np.arange(90) % 3}))
-    atomic.write_text(run.root / "folds.csv.sha256", "abc123  folds.csv\n")
+    write_folds(run.folds, train_ids, np.arange(90) % 3)
     shuffled = np.random.default_rng(0).permutation(90)
     for folder, noise in [(run.member_dir("m1"), 0.3)] + [(run.stacker_dir(s), 0.0) for s in stackers]:
         oof = np.clip(probs + noise * np.random.default_rng(1).random(probs.shape), 0, 1)
@@ -448,7 +452,7 @@ def test_run_decide_falls_back_to_members_without_stackers(tmp_path):
 
 def test_run_decide_names_ids_missing_from_the_folds(tmp_path):
     ctx, _, train_ids = _tiny_run(tmp_path)
-    atomic.write_csv(ctx.run.folds, pd.DataFrame({"imageId": train_ids[5:], "fold": np.arange(85) % 3}))
+    write_folds(ctx.run.folds, train_ids[5:], np.arange(85) % 3)
     with pytest.raises(ValueError, match="img0.*no fold"):
         run_decide(ctx)
 
