@@ -2,7 +2,9 @@
 and the user's redo / member selections."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -34,18 +36,28 @@ class StageContext:
             members = [m for m in members if m.name in self.only_members]
         return members
 
-    def data_hash(self, *sections: str) -> str:
-        """Hash of the config sections that shape the data, plus the size and mtime of the
-        competition files, so that editing train.json or the label map makes the manifest and
-        folds stale instead of silently reused."""
-        config = self.config
-        parts = [config.section_hash("data", "demo" if config.data.dir is None else "data", *sections)]
-        data = config.data
+    def data_hash(self, *sections: str, **extra) -> str:
+        """Hash of what shapes the manifest: the data settings that choose files (not speed knobs
+        such as validate_workers), the demo settings when the data is generated, the competition
+        files' size and mtime, and the image folders' mtimes (a folder's mtime changes whenever an
+        image is added, removed or replaced in it, e.g. by a later download). `sections` and
+        `extra` add what a later stage also depends on (folds: the folds section and the pool)."""
+        config, data = self.config, self.config.data
+        shape = {key: getattr(data, key) for key in
+                 ("dir", "label_map", "train", "validation", "test", "image_layout", "allow_missing_test_images")}
+        if data.dir is None:
+            shape["demo"] = dataclasses.asdict(config.demo)
+        full = config.to_dict()
+        shape.update({section: full[section] for section in sections}, **extra)
+        parts = [json.dumps(shape, sort_keys=True, default=str)]
         for name in (data.label_map, data.train, data.validation, data.test):
             for candidate in (self.data_dir / name, self.data_dir / f"{name}.zip"):
                 if candidate.exists():
                     stat = candidate.stat()
                     parts.append(f"{candidate.name}:{stat.st_size}:{stat.st_mtime_ns}")
+        images = self.data_dir / "images"
+        folders = [images / split for split in ("train", "validation", "test")] if data.image_layout == "per_split" else [images]
+        parts += [f"{folder.name}:{folder.stat().st_mtime_ns}" for folder in folders if folder.is_dir()]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def label_space(self) -> LabelSpace:

@@ -94,7 +94,7 @@ def run_folds(ctx) -> dict:
     cfg = ctx.config
     run = ctx.run
     unit = run.root / "folds_unit"
-    config_hash = ctx.data_hash("folds")
+    config_hash = ctx.data_hash("folds", pool=cfg.data.pool)
     from core.rundir import is_done, mark_done
     if run.folds.exists() and is_done(unit, config_hash, None, redo=ctx.redo_stage("folds")):
         folds = read_folds(run.folds)

@@ -2,6 +2,8 @@
 members), a full-pool model applied to the members' test predictions, scores and timing."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 from core import atomic, predictions
@@ -16,15 +18,17 @@ from features.stage import load_member_stacks, pool_truth
 
 def run_stack(ctx: StageContext) -> dict:
     log = ctx.logger("stack")
-    config_hash = ctx.config.section_hash("stack")
     folds_hash = ctx.run.folds_hash()
     # the members' predictions are this stage's inputs: a member added or retrained makes the
     # stackers out of date (recomputed), while a changed stack config needs --redo stack
     inputs_hash = files_hash(member_prediction_files(ctx))
     for name in ctx.config.stack.stackers:
         make_stacker(name)  # an unknown name fails here, before any work, listing the valid ones
+    # each stacker is its own unit, hashed on its own settings: adding or tuning one stacker
+    # leaves the others' finished work alone
+    config_hash = {name: stacker_hash(name, ctx.config.stack) for name in ctx.config.stack.stackers}
     todo = [name for name in ctx.config.stack.stackers
-            if not is_done(ctx.run.stacker_dir(name), config_hash, folds_hash, redo=ctx.redo_stage("stack"),
+            if not is_done(ctx.run.stacker_dir(name), config_hash[name], folds_hash, redo=ctx.redo_stage("stack"),
                            inputs_hash=inputs_hash)]
     summary = {}
     if todo:
@@ -35,7 +39,7 @@ def run_stack(ctx: StageContext) -> dict:
         unit = ctx.run.stacker_dir(name)
         if name in todo:
             scores = _run_stacker(ctx, name, oof_stack, test_stack, y_true, folds)
-            mark_done(unit, config_hash, folds_hash, inputs_hash=inputs_hash, seconds=scores["seconds"],
+            mark_done(unit, config_hash[name], folds_hash, inputs_hash=inputs_hash, seconds=scores["seconds"],
                       oof=scores["oof"])
         else:
             log.info("stacker %s already done under this config and folds; skipped", name)
@@ -70,3 +74,8 @@ def _run_stacker(ctx, name, oof_stack, test_stack, y_true, folds) -> dict:
 def member_prediction_files(ctx: StageContext) -> list:
     """Every configured member's oof.parquet and test.parquet: what stacking reads."""
     return [ctx.run.member_dir(m.name) / name for m in ctx.config.members for name in ("oof.parquet", "test.parquet")]
+
+
+def stacker_hash(name: str, stack_config) -> str:
+    blob = json.dumps({"stacker": name, "params": stacker_params(name, stack_config)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -60,9 +60,9 @@ def load_member_stacks(ctx: StageContext) -> tuple:
 
 
 def member_folds_hash(ctx: StageContext, member: str):
-    """The folds hash the member's DONE.json files record (member level, else its folds)."""
+    """The folds hash that the member's unit DONE.json files record (one, or an error)."""
     member_dir = ctx.run.member_dir(member)
-    markers = [member_dir / DONE] if (member_dir / DONE).exists() else sorted(member_dir.glob(f"fold*/{DONE}"))
+    markers = sorted(member_dir.glob(f"fold*/{DONE}"))
     if not markers:
         raise StackerInputError(f"member {member!r} has no {DONE} under {member_dir}; run the members stage first")
     hashes = {atomic.read_json(marker).get("folds_hash") for marker in markers}

@@ -57,6 +57,7 @@ class StageData:
     folds_hash: str
     path_of: dict  # side ("pool" | "train" | "test") -> imageId -> path; see _paths
     pool_splits: tuple = ("train", "validation")
+    fold_of: object = None  # pd.Series: fold per pool imageId (folds.csv)
 
     def labels(self, image_ids, side: str = "pool") -> np.ndarray:
         splits = self.pool_splits if side == "pool" else ("train",)
@@ -90,7 +91,7 @@ def load_stage_data(ctx) -> StageData:
     train = list(rows.loc[rows["split"] == "train", "imageId"])
     units = plan_units(cfg.data.pool, pool, fold_of.reindex(pool).to_numpy(), train)
     return StageData(manifest, ctx.label_space(), pool, test_ids(manifest), units, folds_hash,
-                     _paths(rows, POOLS[cfg.data.pool]), POOLS[cfg.data.pool])
+                     _paths(rows, POOLS[cfg.data.pool]), POOLS[cfg.data.pool], fold_of)
 
 
 def plan_units(pool_name: str, pool: list, fold_of: np.ndarray, train_ids: list) -> list:
@@ -131,6 +132,8 @@ def run_member(ctx, member: MemberConfig, data: StageData, callbacks=()) -> dict
     config_hash = member_hash(member, ctx.config.data.pool, data.label_space.label_ids)
     redo = ctx.redo_stage("members")
     member_dir = ctx.run.member_dir(member.name)
+    _discard_leftover_units(member_dir, data.units, log)
+    member_files = [member_dir / name for name in ("oof.parquet", "test.parquet", "scores.json")]
     embeddings = None
     trained = 0
     for unit in data.units:
@@ -138,12 +141,13 @@ def run_member(ctx, member: MemberConfig, data: StageData, callbacks=()) -> dict
         if is_done(unit_dir, config_hash, data.folds_hash, redo=redo):
             log.info("%s %s: done, skipped", member.name, unit.name)
             continue
+        for path in member_files:  # stale the moment any unit retrains, even if this run dies
+            path.unlink(missing_ok=True)
         _discard_foreign_partial(unit_dir, config_hash, data.folds_hash, redo, log)
         if member.mode == "frozen" and embeddings is None:
             embeddings = _embeddings(member, data, member_dir / "embeddings", redo)
         run_unit(member, unit, unit_dir, data, config_hash, embeddings, callbacks)
         trained += 1
-    member_files = [member_dir / name for name in ("oof.parquet", "test.parquet", "scores.json")]
     if trained == 0 and all(path.exists() for path in member_files):
         # nothing retrained: keep the member-level files (and their mtimes, which later stages
         # use to tell whether their inputs changed)
@@ -152,6 +156,28 @@ def run_member(ctx, member: MemberConfig, data: StageData, callbacks=()) -> dict
         scores = assemble_member(member, member_dir, data)
     return {"oof_micro_f1@best": scores["oof"]["micro_f1@best"], "seconds": time.perf_counter() - started,
             "units_trained": trained, "units_skipped": len(data.units) - trained}
+
+
+def _fold_scores(unit_dirs: list, oof: pd.DataFrame, data: StageData) -> list:
+    """Per-fold scores for the comparison. k-fold: each unit's own held-out scores. Regime b (one
+    model predicts the whole pool): its pool predictions scored per folds.csv fold, so members
+    still compare fold by fold on the folds the stacker uses."""
+    if [unit.fold for unit in data.units] != ["all"]:
+        return [read_done(d)["scores"] for d in unit_dirs]
+    fold_of = data.fold_of.reindex(oof.index).to_numpy()
+    truth = data.labels(list(oof.index))
+    return [{"fold": int(k), **score_probabilities(truth[fold_of == k], oof.to_numpy()[fold_of == k])}
+            for k in sorted(set(fold_of.tolist()))]
+
+
+def _discard_leftover_units(member_dir: Path, units: list, log) -> None:
+    """Unit folders of an earlier plan (more folds, another regime) would be read as this
+    member's folds by later stages: remove them."""
+    planned = {unit.name for unit in units}
+    for folder in sorted(member_dir.glob("fold*")):
+        if folder.is_dir() and folder.name not in planned:
+            log.info("%s: removing %s, not a unit of the current folds", member_dir.name, folder.name)
+            shutil.rmtree(folder)
 
 
 def _discard_foreign_partial(unit_dir: Path, config_hash: str, folds_hash: str, redo: bool, log) -> None:
@@ -228,7 +254,7 @@ def assemble_member(member: MemberConfig, member_dir: Path, data: StageData) -> 
     predictions.write(member_dir / "oof.parquet", oof)
     predictions.write(member_dir / "test.parquet", test)
     scores = {"member": member.name,
-              "folds": [read_done(d)["scores"] for d in unit_dirs],
+              "folds": _fold_scores(unit_dirs, oof, data),
               "oof": score_probabilities(data.labels(data.pool), oof.to_numpy())}
     atomic.write_json(member_dir / "scores.json", scores)
     return scores

@@ -117,6 +117,6 @@ def test_run_features_validates_the_run_and_writes_summary(tmp_path):
 
 def test_run_features_refuses_a_member_trained_on_other_folds(tmp_path):
     ctx = make_run(tmp_path)
-    atomic.write_json(ctx.run.member_dir("b") / "DONE.json", {"config_hash": "x", "folds_hash": "stale"})
+    atomic.write_json(ctx.run.member_dir("b") / "fold0" / "DONE.json", {"config_hash": "x", "folds_hash": "stale"})
     with pytest.raises(StackerInputError, match=r"b: stale.*the run's folds.csv has"):
         run_features(ctx)

@@ -112,6 +112,12 @@ def test_regime_b_trains_on_train_and_predicts_the_validation_pool(tmp_path):
     assert done["trained_ids"] == list(manifest.loc[manifest["split"] == "train", "imageId"])
     assert done["predicted_ids"] == _pool(ctx)
     assert list(predictions.read(ctx.run.member_dir("tiny") / "oof.parquet").index) == _pool(ctx)
+    # scored per folds.csv fold, so the comparison stage pairs members by fold in this regime too
+    scores = json.loads((ctx.run.member_dir("tiny") / "scores.json").read_text())
+    assert [f["fold"] for f in scores["folds"]] == [0, 1]
+    from reports.compare import fold_score_table
+    table = fold_score_table(ctx.run)
+    assert list(table["fold"][:2]) == ["0", "1"]
 
 
 def test_regime_b_never_mixes_up_splits_that_reuse_ids(tmp_path, monkeypatch):

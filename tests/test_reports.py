@@ -67,7 +67,7 @@ def build_run(tmp_path, stages=("prepare", "folds", "members", "stack", "decide"
             predictions.write(run.member_dir(member) / "oof.parquet", oof[member])
             predictions.write(run.member_dir(member) / "test.parquet", predictions.make_table(
                 TEST_USABLE, rng.random((len(TEST_USABLE), len(LABEL_IDS))), LABEL_IDS))
-            mark_done(run.member_dir(member), "members-hash", run.folds_hash())
+            mark_done(run.member_dir(member) / "fold0", "members-hash", run.folds_hash())
             atomic.write_json(run.member_dir(member) / "scores.json", _member_scores(member, truth, oof[member]))
     mean = predictions.make_table(pool, np.mean([oof[m].to_numpy() for m in MEMBERS], axis=0), LABEL_IDS)
     if "stack" in stages:
