@@ -121,7 +121,6 @@ class DecisionConfig:
     rules: list = field(
         default_factory=lambda: ["global", "per_label", "expected_f1", "group", "topk"]
     )
-    inner_folds: int = 3
 
 
 @dataclass
@@ -133,7 +132,6 @@ class AblationConfig:
 @dataclass
 class PipelineConfig:
     name: str = "demo"
-    seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)

@@ -105,9 +105,12 @@ def cardinality_error(y_true, y_pred) -> float:
     return float(np.abs(t.sum(axis=1) - p.sum(axis=1)).mean())
 
 
+THRESHOLD_GRID = np.linspace(0.02, 0.98, 49)  # thresholds tried for the "@best" scores
+
+
 def best_global_threshold(y_true, probs, metric: str = "micro", grid=None) -> tuple:
     """(threshold, score) of the single threshold that maximises the metric over a grid."""
-    grid = np.linspace(0.02, 0.98, 49) if grid is None else np.asarray(grid)
+    grid = THRESHOLD_GRID if grid is None else np.asarray(grid)
     probs = np.asarray(probs)
     scores = [f1(y_true, probs >= th, metric) for th in grid]
     best = int(np.argmax(scores))

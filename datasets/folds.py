@@ -12,6 +12,8 @@ from sklearn.model_selection import KFold
 
 from core import atomic
 from core.labels import LabelSpace
+from core.rundir import is_done, mark_done
+from datasets.manifest import POOLS, manifest_labels, pool_ids, read_manifest
 
 
 class FoldsError(RuntimeError):
@@ -84,18 +86,17 @@ def read_folds(path: Path) -> pd.Series:
                          "rerun with --redo folds (and the stages after it)")
     frame = pd.read_csv(path, dtype={"imageId": str, "fold": int})
     if list(frame.columns) != ["imageId", "fold"] or frame["imageId"].duplicated().any():
-        raise FoldsError(f"{path}: expected unique imageIds in columns imageId,fold")
+        dupes = frame["imageId"][frame["imageId"].duplicated()].unique().tolist() if "imageId" in frame else []
+        raise FoldsError(f"{path}: expected unique imageIds in columns imageId,fold (duplicated: {dupes[:10]}); "
+                         "rerun with --redo folds")
     return frame.set_index("imageId")["fold"]
 
 
 def run_folds(ctx) -> dict:
-    from datasets.manifest import POOLS, manifest_labels, pool_ids, read_manifest
-
     cfg = ctx.config
     run = ctx.run
     unit = run.root / "folds_unit"
     config_hash = ctx.data_hash("folds", pool=cfg.data.pool)
-    from core.rundir import is_done, mark_done
     if run.folds.exists() and is_done(unit, config_hash, None, redo=ctx.redo_stage("folds")):
         folds = read_folds(run.folds)
         return {"pool": len(folds), "k": cfg.folds.k, "up_to_date": True,

@@ -110,8 +110,13 @@ def pool_labels(manifest: pd.DataFrame, image_ids, label_space: LabelSpace, pool
     return manifest_labels(manifest, image_ids, label_space, splits=POOLS[pool])
 
 
+def labelled_usable(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the labelled splits whose image decoded."""
+    return manifest[manifest["split"].isin(LABELLED_SPLITS) & manifest["status"].isin(USABLE_STATUSES)]
+
+
 def label_frequencies(manifest: pd.DataFrame, label_space: LabelSpace) -> pd.Series:
     """Count of each labelId over the labelled usable images, in label-space order."""
-    labelled = manifest[manifest["split"].isin(LABELLED_SPLITS) & manifest["status"].isin(USABLE_STATUSES)]
+    labelled = labelled_usable(manifest)
     counts = label_space.encode(labelled["labels"].str.split()).sum(axis=0)
     return pd.Series(counts, index=list(label_space.label_ids), name="images")

@@ -13,7 +13,7 @@ from core.rundir import files_hash, is_done, mark_done
 from datasets.folds import read_folds
 from ensemble.stackers import make_stacker, stacker_params
 from ensemble.stacking import second_level_oof
-from features.stage import load_member_stacks, pool_truth
+from features.stage import load_member_stacks, member_prediction_files, pool_truth
 
 
 def run_stack(ctx: StageContext) -> dict:
@@ -69,11 +69,6 @@ def _run_stacker(ctx, name, oof_stack, test_stack, y_true, folds) -> dict:
              name, scores["oof"]["micro_f1@best"], scores["seconds"], len(scores["fallback_labels"]),
              f" ({scores['fallback_labels'][:20]})" if scores["fallback_labels"] else "")
     return scores
-
-
-def member_prediction_files(ctx: StageContext) -> list:
-    """Every configured member's oof.parquet and test.parquet: what stacking reads."""
-    return [ctx.run.member_dir(m.name) / name for m in ctx.config.members for name in ("oof.parquet", "test.parquet")]
 
 
 def stacker_hash(name: str, stack_config) -> str:

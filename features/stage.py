@@ -16,11 +16,12 @@ from datasets.manifest import pool_labels, read_manifest, test_ids
 from features.stacker_inputs import (StackerInputError, base_feature_names,
                                      join_members)
 
-def _member_files(ctx: StageContext) -> list:
+def member_prediction_files(ctx: StageContext) -> list:
+    """Every configured member's oof.parquet and test.parquet: what stacking reads."""
     return [ctx.run.member_dir(m.name) / f"{kind}.parquet" for m in ctx.config.members for kind in ("oof", "test")]
 
 
-@derived_stage("features", inputs=lambda ctx: _member_files(ctx) + [ctx.run.folds, ctx.run.manifest],
+@derived_stage("features", inputs=lambda ctx: member_prediction_files(ctx) + [ctx.run.folds, ctx.run.manifest],
                outputs=lambda ctx: [features_dir(ctx) / "summary.json"], config_sections=("stack",))
 def run_features(ctx: StageContext) -> dict:
     oof_stack, test_stack = load_member_stacks(ctx)

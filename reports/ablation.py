@@ -25,7 +25,7 @@ from ensemble.decision import nested_cv_predict
 from ensemble.stackers import stacker_params
 from ensemble.stacking import second_level_oof
 from features.stacker_inputs import MemberStack
-from features.stage import load_member_stacks
+from features.stage import load_member_stacks, member_prediction_files
 from reports import plots
 from reports.run_data import RunDataError, read_folds, read_manifest, true_labels
 from reports.tables import markdown_table
@@ -133,8 +133,7 @@ def run_ablate(ctx: StageContext) -> dict:
     config_hash = ctx.config.section_hash("ablation")
     # inputs: the members' predictions and the decision (its chosen stacker and rule); when they
     # change the ablation is recomputed without asking
-    inputs = [ctx.run.member_dir(m.name) / "oof.parquet" for m in ctx.config.members]
-    inputs_hash = files_hash(inputs + [ctx.run.decision_dir / "rule.json"])
+    inputs_hash = files_hash(member_prediction_files(ctx) + [ctx.run.decision_dir / "rule.json"])
     paths = [ctx.run.report_dir / f"ablation.{ext}" for ext in ("csv", "md", "png")]
     if is_done(unit, config_hash, ctx.run.folds_hash(), redo=ctx.redo_stage("ablate"), inputs_hash=inputs_hash) and all(
             p.exists() for p in paths):

@@ -16,7 +16,7 @@ from core.config import dump_config
 from core.context import StageContext
 from core.rundir import derived_stage
 from core.labels import LabelError
-from core.metrics import best_global_threshold, f1, per_label_f1
+from core.metrics import THRESHOLD_GRID, best_global_threshold, f1, per_label_f1
 from core.predictions import PredictionError
 from datasets.folds import FoldsError
 from datasets.manifest import ManifestError
@@ -27,7 +27,6 @@ from reports.run_data import (USABLE, RunDataError, label_frequencies, read_labe
 from reports.tables import html_table
 
 ARTIFACT_ERRORS = (RunDataError, ManifestError, FoldsError, PredictionError, LabelError, LabelSetsError)
-THRESHOLD_GRID = np.linspace(0.02, 0.98, 49)  # core.metrics.best_global_threshold's grid
 LABELS_SHOWN = 10  # best and worst labels listed
 FREQUENT_SHOWN = 30
 

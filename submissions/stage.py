@@ -6,7 +6,7 @@ import numpy as np
 from core.context import StageContext
 from core.rundir import derived_stage
 from datasets.images import USABLE_STATUSES as USABLE
-from datasets.manifest import label_frequencies, read_manifest
+from datasets.manifest import label_frequencies, labelled_usable, read_manifest
 from ensemble.decide_stage import read_label_sets
 from submissions.score import score_submission
 from submissions.writer import write_submission
@@ -57,7 +57,7 @@ def run_submit(ctx: StageContext) -> dict:
 def fallback_labels(manifest, label_space, min_labels: int = 1, max_labels: int = 23) -> list:
     """The most frequent training labels, as many as the median training cardinality (rounded
     down): the best constant guess for an image we cannot see."""
-    labelled = manifest[(manifest["split"] != "test") & manifest["status"].isin(USABLE)]
+    labelled = labelled_usable(manifest)
     if labelled.empty:
         raise SubmissionInputError("the manifest has no usable labelled image to derive fallback labels from")
     cardinality = int(np.floor(np.median(labelled["labels"].str.split().str.len())))
