@@ -66,7 +66,8 @@ def load_json(path: Path) -> dict:
         raise CompetitionDataError(f"{path}: not valid JSON ({err})") from err
 
 
-def _examples(ids, limit: int = 10) -> str:
+def example_ids(ids, limit: int = 10) -> str:
+    """The first `limit` ids for an error message, and how many more there are."""
     ids = list(ids)
     more = f" (and {len(ids) - limit} more)" if len(ids) > limit else ""
     return ", ".join(map(str, ids[:limit])) + more
@@ -108,7 +109,7 @@ def _read_images(records, path: Path) -> pd.DataFrame:
     images = pd.DataFrame(rows, columns=["imageId", "url"])
     dupes = images["imageId"][images["imageId"].duplicated()].unique()
     if len(dupes):
-        raise CompetitionDataError(f"{path}: duplicate imageId(s) in images: {_examples(dupes)}")
+        raise CompetitionDataError(f"{path}: duplicate imageId(s) in images: {example_ids(dupes)}")
     return images
 
 
@@ -127,18 +128,18 @@ def _read_annotations(records, images: pd.DataFrame, path: Path, label_space: Op
         merged += len(raw) - len(unique)
         by_id[image_id] = unique
     if duplicated_annotations:
-        raise CompetitionDataError(f"{path}: several annotations for imageId(s) {_examples(duplicated_annotations)}")
+        raise CompetitionDataError(f"{path}: several annotations for imageId(s) {example_ids(duplicated_annotations)}")
     known = set(images["imageId"])
     orphans = [i for i in by_id if i not in known]
     if orphans:
-        raise CompetitionDataError(f"{path}: annotations for imageId(s) not in images: {_examples(orphans)}")
+        raise CompetitionDataError(f"{path}: annotations for imageId(s) not in images: {example_ids(orphans)}")
     unlabelled = [i for i in images["imageId"] if i not in by_id]
     if unlabelled:
         raise CompetitionDataError(
-            f"{path}: image(s) without an annotation in a labelled split: {_examples(unlabelled)}")
+            f"{path}: image(s) without an annotation in a labelled split: {example_ids(unlabelled)}")
     empty = [i for i, labels in by_id.items() if not labels]
     if empty:
-        raise CompetitionDataError(f"{path}: annotation(s) with no labelId for imageId(s) {_examples(empty)}")
+        raise CompetitionDataError(f"{path}: annotation(s) with no labelId for imageId(s) {example_ids(empty)}")
     if label_space is not None:
         unknown = {}
         valid = set(label_space.label_ids)
@@ -147,7 +148,7 @@ def _read_annotations(records, images: pd.DataFrame, path: Path, label_space: Op
                 if label not in valid:
                     unknown.setdefault(label, []).append(image_id)
         if unknown:
-            detail = "; ".join(f"labelId {lab!r} on imageId(s) {_examples(ids, 5)}" for lab, ids in unknown.items())
+            detail = "; ".join(f"labelId {lab!r} on imageId(s) {example_ids(ids, 5)}" for lab, ids in unknown.items())
             raise CompetitionDataError(f"{path}: unknown labelId(s) for this label map: {detail}")
     return [by_id[i] for i in images["imageId"]], merged
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from core.labels import LabelSpace
-from datasets.competition import _examples
+from datasets.competition import example_ids
 from datasets.images import STATUSES, USABLE_STATUSES
 
 COLUMNS = ("imageId", "split", "labels", "path", "width", "height", "mode", "bytes", "status", "reason")
@@ -65,7 +65,7 @@ def pool_ids(manifest: pd.DataFrame, pool: str) -> list:
     shared = list(ids[ids.duplicated()].unique())
     if shared:
         raise ManifestError(
-            f"pool {pool!r}: imageId(s) {_examples(shared)} occur in both of its splits, but the pool is keyed "
+            f"pool {pool!r}: imageId(s) {example_ids(shared)} occur in both of its splits, but the pool is keyed "
             "by imageId; use data.pool: validation or train (the real competition's splits reuse ids)")
     return list(ids)
 
@@ -93,12 +93,12 @@ def manifest_labels(manifest: pd.DataFrame, image_ids, label_space: LabelSpace,
     absent = [i for i in wanted if i not in labels_by_id.index]
     if absent:
         raise ManifestError(
-            f"imageId(s) not among the manifest's {'/'.join(splits)} images: {_examples(absent)}; "
+            f"imageId(s) not among the manifest's {'/'.join(splits)} images: {example_ids(absent)}; "
             "the ids must come from those rows of this run's manifest")
     ambiguous = sorted(set(labels_by_id.index[labels_by_id.index.duplicated()]) & set(wanted))
     if ambiguous:
         raise ManifestError(
-            f"imageId(s) appear in more than one labelled split, labels ambiguous: {_examples(ambiguous)}; "
+            f"imageId(s) appear in more than one labelled split, labels ambiguous: {example_ids(ambiguous)}; "
             "pass splits= to say which split the ids come from")
     return label_space.encode(labels.split() for labels in labels_by_id.loc[wanted])
 

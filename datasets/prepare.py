@@ -19,7 +19,7 @@ from core import atomic
 from core.context import StageContext
 from core.log import progress
 from core.rundir import is_done, mark_done, read_done
-from datasets.competition import CompetitionDataError, Split, _examples, read_competition
+from datasets.competition import CompetitionDataError, Split, example_ids, read_competition
 from datasets.competition import images_dir as split_images_dir
 from datasets.images import STATUSES, USABLE_STATUSES, inspect_image
 from datasets.manifest import LABELLED_SPLITS, SPLITS, make_manifest
@@ -85,7 +85,7 @@ def _refuse_shared_labelled_ids(splits: list, folders: dict) -> None:
     shared = sorted(set(labelled[0].image_ids) & set(labelled[1].image_ids), key=_numeric_first)
     if shared:
         raise CompetitionDataError(
-            f"{labelled[0].path} and {labelled[1].path} share imageId(s) {_examples(shared)} but one images "
+            f"{labelled[0].path} and {labelled[1].path} share imageId(s) {example_ids(shared)} but one images "
             f"folder ({folders[labelled[0].name]}), so each such file would stand for two labelled images: "
             "set data.image_layout: per_split (images/train/, images/validation/) or renumber one split")
 
@@ -128,7 +128,7 @@ def run_prepare(ctx: StageContext) -> dict:
     _check_test_images(skipped, data.allow_missing_test_images, folders["test"], skipped_path)
     if len(skipped):
         log.warning("prepare: %d image(s) skipped, listed in %s: %s", len(skipped), skipped_path,
-                    _examples([f"{r.split}/{r.imageId} ({r.reason})" for r in skipped.itertuples()], 5))
+                    example_ids([f"{r.split}/{r.imageId} ({r.reason})" for r in skipped.itertuples()], 5))
     atomic.write_parquet(ctx.run.manifest, manifest)
     summary = summarise(manifest, skipped_path)
     mark_done(unit_dir, config_hash, None, summary=summary, data_dir=str(ctx.data_dir),
@@ -142,7 +142,7 @@ def _check_test_images(skipped: pd.DataFrame, allowed: bool, images_dir: Path, s
         return
     listed = [f"{r.imageId} ({r.status}: {r.reason})" for r in unusable_test.itertuples()]
     raise UnusableTestImagesError(
-        f"{len(unusable_test)} test image(s) cannot be used: {_examples(listed)}. A submission needs a row "
+        f"{len(unusable_test)} test image(s) cannot be used: {example_ids(listed)}. A submission needs a row "
         f"for every test image: repair or re-download them in {images_dir}, or set "
         "data.allow_missing_test_images: true to skip them (the submission stage then fills their rows "
         f"with a fallback). Full list: {skipped_path}")
