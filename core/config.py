@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Optional, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -83,8 +83,29 @@ class MemberConfig:
     unfreeze: str = "top"  # "top" | "all"
     augment: bool = True
     tta_flip: bool = False
-    mixed_precision: bool = False
-    jit_compile: bool = False
+    # Scale settings (issue: members at the competition's size). Enumerations are Literal so the
+    # loader refuses a typo when the config loads, not when the members stage reaches it.
+    # auto: bfloat16 where the accelerator computes it natively (NVIDIA compute capability >= 8,
+    # TPU), float16 with loss scaling on older GPUs, float32 on CPU (bf16 is emulated there, slower)
+    mixed_precision: Literal["auto", "bfloat16", "float16", "off"] = "auto"
+    # auto: XLA on JAX and on GPUs; off for TensorFlow on CPU, where XLA was measured slower
+    jit_compile: Literal["auto", "on", "off"] = "auto"
+    steps_per_execution: int = 1  # >1 runs several steps per host round trip (small models on GPUs)
+    # Data parallel over every visible accelerator (auto: when there are several; on: also the
+    # logical CPU devices, which is how it is tested without a GPU); batch_size is per device
+    data_parallel: Literal["auto", "on", "off"] = "auto"
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"  # learning rate x replicas (or sqrt)
+    # Resume within minutes: a checkpoint (weights, optimizer, RNG state, position in the epoch)
+    # every checkpoint_steps training steps (0: off) and every checkpoint_minutes (0: off), and at
+    # each epoch's end
+    checkpoint_steps: int = 0
+    checkpoint_minutes: float = 5.0
+    # Decoded-image cache for training (prediction is never cached). auto: memory when the
+    # member's training images fit cache_budget_gb, else disk under the run directory, else none
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"
+    cache_budget_gb: float = 4.0
+    reader: Literal["auto", "tfdata", "process"] = "auto"  # auto: tf.data on TensorFlow, processes elsewhere
+    reader_workers: Optional[int] = None  # decode processes/threads (None: the CPU count)
     seed: int = 0
 
 
