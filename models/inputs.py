@@ -1,10 +1,16 @@
-"""Input pipeline: image files -> square 0..255 float32 batches at a member's size.
+"""Input pipeline: image files -> 0..255 float32 batches at a member's size, in bounded memory.
 
-Two readers share one resize policy (a keras.layers.Resizing, which runs inside tf.data and on
-numpy arrays alike): `make_dataset` (tf.data: parallel decode, in-memory cache of the resized
-uint8 images, prefetch; the fast path on the TensorFlow backend) and `ImageBatches` (a Keras
-PyDataset: PIL decode in worker threads; the path for the JAX and PyTorch backends, where
-TensorFlow may be absent).
+Two readers, one resize geometry (models.image_decode), near-identical pixels:
+- "tfdata" (the TensorFlow backend's default): tf.data with parallel decode (libjpeg scaled
+  decoding, antialiased resize) and prefetch.
+- "process" (JAX, PyTorch; no TensorFlow import on this path): a Keras PyDataset whose batches
+  are decoded by worker processes with PIL (models.decode_pool), a bounded number in flight.
+Both take the epoch's order from `epoch_order` (a permutation of the file list that depends on
+(seed, epoch) only, so a resumed epoch skips exactly the batches it already trained on, without
+decoding them) and share one optional decoded-image cache (models.image_cache). Nothing here
+holds more than per-image bookkeeping (paths, labels, order) plus a few batches; only a
+"memory" cache grows with the set, and "auto" picks it only when the set fits the budget.
+Prediction passes are never cached.
 
 Augmentation is not done here but by `augmentation_layers`, placed inside the model: it then
 runs on the accelerator, only in training, identically for both readers and every backend.
@@ -20,18 +26,233 @@ import keras
 import numpy as np
 from keras import layers
 
-from datasets.imageops import open_image
+from models.decode_pool import default_workers, submit_batch
+from models.image_cache import CACHE_MODES, ImageCache, image_cache  # noqa: F401 (part of this API)
+from models.image_decode import (DRAFT_RATIOS, RESIZE_POLICIES, as_hw, check_policy,  # noqa: F401
+                                 decode_or_explain)
 
-RESIZE_POLICIES = ("stretch", "pad", "crop")
+READERS = ("auto", "tfdata", "process")
+PREFETCH_PER_WORKER = 2  # batches in flight per decode process: one decoding, one queued
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the `n` training images in epoch `epoch`: a permutation seeded by (seed, epoch)
+    alone, so the same epoch has the same order after a restart."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(int(n))
+
+
+def steps_per_epoch(n: int, batch_size: int, drop_remainder: bool = False) -> int:
+    return n // batch_size if drop_remainder else math.ceil(n / batch_size)
+
+
+def resolve_reader(reader: str) -> str:
+    if reader not in READERS:
+        raise ValueError(f"unknown reader {reader!r}; use one of {READERS} (member config `reader`)")
+    if reader == "auto":
+        return "tfdata" if keras.backend.backend() == "tensorflow" else "process"
+    return reader
+
+
+def load_image(path: str, size, resize: str) -> np.ndarray:
+    """One image as (height, width, 3) uint8 under `resize`: the reference both readers match."""
+    check_policy(resize)
+    return decode_or_explain(str(path), size, resize)
+
+
+def training_batches(paths: Sequence[str], labels: np.ndarray, size, resize: str, batch_size: int, *,
+                     seed: int, epoch: int, skip_batches: int = 0, drop_remainder: bool = False,
+                     cache: Optional[ImageCache] = None, reader: str = "auto", workers: Optional[int] = None):
+    """One epoch of (images, labels) batches in epoch_order(len(paths), seed, epoch), less the first
+    `skip_batches` (never decoded): a tf.data.Dataset or a keras PyDataset, for Model.fit."""
+    check_policy(resize)
+    _check_inputs(paths, labels)
+    n_batches = steps_per_epoch(len(paths), batch_size, drop_remainder)
+    if not 0 <= skip_batches <= n_batches:
+        raise ValueError(f"skip_batches {skip_batches} is outside this epoch's 0..{n_batches} batches")
+    order = epoch_order(len(paths), seed, epoch)[skip_batches * batch_size:n_batches * batch_size]
+    rows = None if cache is None else cache.rows(paths)
+    _check_cache(cache, size, resize)
+    if resolve_reader(reader) == "tfdata":
+        return _tf_batches(paths, labels, order, size, resize, batch_size, cache, rows)
+    return ProcessBatches(paths, labels, order, size, resize, batch_size, cache, rows, workers)
+
+
+def prediction_batches(paths: Sequence[str], size, resize: str, batch_size: int, *, reader: str = "auto",
+                       workers: Optional[int] = None):
+    """float32 image batches in `paths` order, never cached; len() is the number of batches."""
+    check_policy(resize)
+    _check_inputs(paths, None)
+    order = np.arange(len(paths))
+    if resolve_reader(reader) == "tfdata":
+        return _tf_batches(paths, None, order, size, resize, batch_size, None, None)
+    return ProcessBatches(paths, None, order, size, resize, batch_size, None, None, workers)
+
+
+def _check_cache(cache: Optional[ImageCache], size, resize: str) -> None:
+    if cache is not None and ((cache.height, cache.width) != as_hw(size) or cache.resize != resize):
+        raise ValueError(f"the image cache holds {cache.height}x{cache.width} {cache.resize} images, "
+                         f"the reader wants {as_hw(size)} {resize}: build one cache per size and policy")
+
+
+# ---- the process reader (JAX, PyTorch) -------------------------------------------------------
+
+
+class ProcessBatches(keras.utils.PyDataset):
+    """Batches decoded by worker processes, `workers * PREFETCH_PER_WORKER` in flight ahead of the
+    one asked for. Keras iterates it in order from one thread (workers=1 here means Keras adds no
+    threads of its own: the parallelism is in the decode pool)."""
+
+    def __init__(self, paths, labels, order, size, resize, batch_size, cache, rows, workers):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.paths = paths if isinstance(paths, np.ndarray) else np.asarray(list(map(str, paths)))
+        self.labels = None if labels is None else np.asarray(labels)
+        self.order, self.size, self.resize, self.batch_size = order, size, resize, batch_size
+        self.cache, self.rows = cache, rows
+        self.workers = workers or default_workers()
+        self._in_flight: dict = {}
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        for ahead in range(index, min(len(self), index + self.workers * PREFETCH_PER_WORKER)):
+            if ahead not in self._in_flight:
+                self._in_flight[ahead] = self._submit(ahead)
+        for stale in [i for i in self._in_flight if i < index]:  # asked out of order: drop, do not leak
+            self._in_flight.pop(stale).cancel()
+        images = self._in_flight.pop(index).result().astype(np.float32)
+        if self.labels is None:
+            return images
+        return images, self.labels[self._batch_rows(index)].astype(np.float32)
+
+    def __iter__(self):
+        for index in range(len(self)):
+            yield self[index]
+
+    def _batch_rows(self, index: int) -> np.ndarray:
+        return self.order[index * self.batch_size:(index + 1) * self.batch_size]
+
+    def _submit(self, index: int):
+        rows = self._batch_rows(index)
+        cache_rows = None if self.rows is None else self.rows[rows]
+        return submit_batch(self.workers, self.paths[rows], self.size, self.resize, self.cache, cache_rows)
+
+
+# ---- the tf.data reader (TensorFlow) -------------------------------------------------------
+
+
+def _tf_batches(paths, labels, order, size, resize, batch_size, cache, rows):
+    import tensorflow as tf
+
+    height, width = as_hw(size)
+    decode = _tf_decoder(height, width, resize)
+    positions = tf.data.Dataset.from_tensor_slices(order)
+    all_paths = tf.constant(np.asarray(list(map(str, paths)), dtype=object))
+
+    if cache is None:
+        def image_at(position):
+            return decode(tf.gather(all_paths, position))
+    else:
+        all_rows = tf.constant(rows)
+        image_at = _tf_cached(cache, decode, all_paths, all_rows, height, width)
+
+    images = positions.map(image_at, num_parallel_calls=tf.data.AUTOTUNE)
+    if labels is not None:
+        all_labels = tf.constant(np.asarray(labels))
+        data = tf.data.Dataset.zip(images, positions.map(lambda p: tf.gather(all_labels, p)))
+        to_float = lambda x, y: (tf.cast(x, tf.float32), tf.cast(y, tf.float32))  # noqa: E731
+    else:
+        data = images
+        to_float = lambda x: tf.cast(x, tf.float32)  # noqa: E731
+    return data.batch(batch_size).map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _tf_cached(cache, decode, all_paths, all_rows, height, width):
+    import tensorflow as tf
+
+    empty = np.zeros((height, width, 3), np.uint8)
+
+    def lookup(row):
+        pixels = cache.read(int(row))
+        return (empty, False) if pixels is None else (pixels, True)
+
+    def store(row, pixels):
+        cache.write(int(row), pixels)
+        return pixels
+
+    def image_at(position):
+        row = tf.gather(all_rows, position)
+        pixels, hit = tf.numpy_function(lookup, [row], [tf.uint8, tf.bool], stateful=True)
+
+        def decode_and_store():
+            fresh = decode(tf.gather(all_paths, position))
+            return tf.numpy_function(store, [row, fresh], tf.uint8, stateful=True)
+
+        image = tf.cond(hit, lambda: pixels, decode_and_store)
+        image.set_shape((height, width, 3))
+        return image
+
+    return image_at
+
+
+def _tf_decoder(height: int, width: int, policy: str):
+    """path -> (height, width, 3) uint8, the geometry of models.image_decode in tf ops: scaled
+    JPEG decoding at the same ratio, the same box, an antialiased bilinear resize, the same pad."""
+    import tensorflow as tf
+
+    def geometry(h, w):
+        if policy == "crop":
+            box_h, box_w = tf.minimum(h, w * height // width), tf.minimum(w, h * width // height)
+            return (h - box_h) // 2, (w - box_w) // 2, box_h, box_w, tf.constant(height), tf.constant(width)
+        if policy == "pad":
+            wide = width * h <= height * w
+            content_h = tf.where(wide, tf.clip_by_value((2 * h * width + w) // (2 * w), 1, height), height)
+            content_w = tf.where(wide, width, tf.clip_by_value((2 * w * height + h) // (2 * h), 1, width))
+            return tf.constant(0), tf.constant(0), h, w, content_h, content_w
+        return tf.constant(0), tf.constant(0), h, w, tf.constant(height), tf.constant(width)
+
+    def ratio_index(h, w):
+        _, _, box_h, box_w, content_h, content_w = geometry(h, w)
+        room = tf.minimum(box_h // content_h, box_w // content_w)
+        return tf.reduce_sum(tf.cast(room < tf.constant(DRAFT_RATIOS[:-1]), tf.int32))  # 8,4,2,1 -> 0..3
+
+    def decode(path):
+        data = tf.io.read_file(path)
+
+        def jpeg():
+            shape = tf.image.extract_jpeg_shape(data)
+            index = ratio_index(shape[0], shape[1])
+            branches = [lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r, dct_method="INTEGER_ACCURATE")
+                        for r in DRAFT_RATIOS]
+            return tf.switch_case(index, branches)
+
+        def other():
+            return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+        image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+        h, w = tf.shape(image)[0], tf.shape(image)[1]
+        top, left, box_h, box_w, content_h, content_w = geometry(h, w)
+        image = image[top:top + box_h, left:left + box_w]
+        image = tf.image.resize(tf.cast(image, tf.float32), tf.stack([content_h, content_w]), method="bilinear",
+                                antialias=True)
+        image = tf.saturate_cast(tf.round(image), tf.uint8)
+        if policy == "pad":
+            image = tf.image.pad_to_bounding_box(image, (height - content_h) // 2, (width - content_w) // 2,
+                                                 height, width)
+        image.set_shape((height, width, 3))
+        return image
+
+    return decode
+
+
+# ---- until the trainer and embeddings use training_batches / prediction_batches -------------
 
 
 def resizer(size: int, policy: str) -> layers.Resizing:
-    """stretch: ignore aspect. pad: fit inside, pad with black. crop: fill, centre-crop the rest.
-    Product photos are mostly portrait, so stretch distorts shapes and crop can cut off hems."""
-    if policy not in RESIZE_POLICIES:
-        raise ValueError(f"unknown resize policy {policy!r}; use one of {RESIZE_POLICIES} (member config `resize`)")
-    # antialias: photos arrive at up to 299 px and members train at 96; without it, stripes and
-    # small prints (pattern labels) alias into moire
+    """The Keras resize layer of the old readers below (kept until their callers move)."""
+    check_policy(policy)
     return layers.Resizing(size, size, crop_to_aspect_ratio=policy == "crop",
                            pad_to_aspect_ratio=policy == "pad", antialias=True, dtype="float32")
 
@@ -82,14 +303,6 @@ def make_dataset(paths: Sequence[str], labels: Optional[np.ndarray], size: int, 
     return data.batch(batch_size).map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def load_image(path: str, size: int, resize: str, resize_layer: Optional[layers.Resizing] = None) -> np.ndarray:
-    """One image as (size, size, 3) uint8 under the same policy as `make_dataset`."""
-    resize_layer = resize_layer or resizer(size, resize)
-    pixels = np.asarray(open_image(path).convert("RGB"), dtype=np.float32)
-    resized = keras.ops.convert_to_numpy(resize_layer(pixels))
-    return np.clip(np.round(resized), 0, 255).astype(np.uint8)
-
-
 class ImageBatches(keras.utils.PyDataset):
     """Backend-neutral batches of (images, labels) or images, decoded with PIL."""
 
@@ -122,7 +335,7 @@ class ImageBatches(keras.utils.PyDataset):
     def _image(self, row: int) -> np.ndarray:
         if self._cache is not None and row in self._cache:
             return self._cache[row]
-        image = load_image(self.paths[row], self.size, self._resize, self._resize_layer)
+        image = load_image(self.paths[row], self.size, self._resize)
         if self._cache is not None:
             self._cache[row] = image
         return image
