@@ -6,6 +6,9 @@ numpy and PIL, and a worker that dies (out of memory, killed) fails the batch wi
 BrokenProcessPool instead of hanging the epoch. One pool per worker count, kept for the
 process's life, so epochs and folds do not pay the start-up again.
 
+As with any "spawn" multiprocessing, a script that trains with this reader must keep its work
+under `if __name__ == "__main__":` (run_pipeline.py does); notebooks need nothing.
+
 Each task is one batch: the worker reads the rows it can from the image cache, decodes the rest
 (PIL, JPEG draft mode, one resize), writes them to the cache, and returns a uint8 stack.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Optional, Sequence
 
 import numpy as np
@@ -49,8 +53,13 @@ def shutdown_pools() -> None:
 
 def submit_batch(workers: int, paths: Sequence[str], size, resize: str, cache: Optional[ImageCache],
                  rows: Optional[np.ndarray]) -> Future:
-    return decode_pool(workers).submit(decode_batch, list(paths), size, resize, cache,
-                                       None if rows is None else np.asarray(rows))
+    task = (decode_batch, list(paths), size, resize, cache, None if rows is None else np.asarray(rows))
+    try:
+        return decode_pool(workers).submit(*task)
+    except BrokenProcessPool:
+        # a worker died earlier (its batch already failed with this error): start a fresh pool
+        _POOLS.pop(workers).shutdown(wait=False, cancel_futures=True)
+        return decode_pool(workers).submit(*task)
 
 
 def decode_batch(paths: Sequence[str], size, resize: str, cache: Optional[ImageCache] = None,

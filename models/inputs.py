@@ -20,12 +20,14 @@ or saturation change, because colours are labels.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Optional, Sequence
 
 import keras
 import numpy as np
 from keras import layers
 
+from models.augment import ImageAugment
 from models.decode_pool import default_workers, submit_batch
 from models.image_cache import CACHE_MODES, ImageCache, image_cache  # noqa: F401 (part of this API)
 from models.image_decode import (DRAFT_RATIOS, RESIZE_POLICIES, as_hw, check_policy,  # noqa: F401
@@ -110,6 +112,7 @@ class ProcessBatches(keras.utils.PyDataset):
         self.cache, self.rows = cache, rows
         self.workers = workers or default_workers()
         self._in_flight: dict = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return math.ceil(len(self.order) / self.batch_size)
@@ -117,12 +120,14 @@ class ProcessBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
-        for ahead in range(index, min(len(self), index + self.workers * PREFETCH_PER_WORKER)):
-            if ahead not in self._in_flight:
-                self._in_flight[ahead] = self._submit(ahead)
-        for stale in [i for i in self._in_flight if i < index]:  # asked out of order: drop, do not leak
-            self._in_flight.pop(stale).cancel()
-        images = self._in_flight.pop(index).result().astype(np.float32)
+        with self._lock:  # Keras may ask from a prefetch thread
+            for ahead in range(index, min(len(self), index + self.workers * PREFETCH_PER_WORKER)):
+                if ahead not in self._in_flight:
+                    self._in_flight[ahead] = self._submit(ahead)
+            for stale in [i for i in self._in_flight if i < index]:  # asked out of order: drop, do not leak
+                self._in_flight.pop(stale).cancel()
+            pending = self._in_flight.pop(index)
+        images = pending.result().astype(np.float32)
         if self.labels is None:
             return images
         return images, self.labels[self._batch_rows(index)].astype(np.float32)
@@ -220,6 +225,16 @@ def _tf_decoder(height: int, width: int, policy: str):
 
     def decode(path):
         data = tf.io.read_file(path)
+        head = tf.strings.substr(data, 0, 4)
+        known = tf.io.is_jpeg(data) | tf.reduce_any(tf.equal(head, [b"\x89PNG", b"GIF8", b"RIFF"])) | tf.equal(
+            tf.strings.substr(data, 0, 2), b"BM")
+        # TensorFlow's decode errors do not say which file; this one does (a truncated JPEG
+        # still fails without the name: the prepare stage has decoded every file once)
+        check = tf.debugging.Assert(known, ["cannot read image", path, "(not a JPEG, PNG, GIF, BMP or WebP file). "
+                                            "The prepare stage checks every image; rerun it (--redo prepare) "
+                                            "if files changed after it ran"])
+        with tf.control_dependencies([check]):
+            data = tf.identity(data)
 
         def jpeg():
             shape = tf.image.extract_jpeg_shape(data)
@@ -258,13 +273,8 @@ def resizer(size: int, policy: str) -> layers.Resizing:
 
 
 def augmentation_layers(seed: int = 0) -> list:
-    """Training-only layers, applied in order to 0..255 images inside the model."""
-    return [
-        layers.RandomFlip("horizontal", seed=seed, name="augment_flip"),
-        layers.RandomZoom(height_factor=(-0.2, 0.0), fill_mode="reflect", seed=seed + 1, name="augment_zoom"),
-        layers.RandomBrightness(0.08, value_range=(0, 255), seed=seed + 2, name="augment_brightness"),
-        layers.RandomContrast(0.1, value_range=(0, 255), seed=seed + 3, name="augment_contrast"),
-    ]
+    """Training-only layers, applied in order to 0..255 images inside the model (models.augment)."""
+    return [ImageAugment(seed=seed, name="augment")]
 
 
 def _check_inputs(paths: Sequence[str], labels: Optional[np.ndarray]) -> None:
