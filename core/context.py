@@ -3,12 +3,11 @@ and the user's redo / member selections."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from core import lineage
 from core.config import PipelineConfig
 from core.labels import LabelSpace
 from core.log import get_logger
@@ -37,11 +36,10 @@ class StageContext:
         return members
 
     def data_hash(self, *sections: str, **extra) -> str:
-        """Hash of what shapes the manifest: the data settings that choose files (not speed knobs
-        such as validate_workers), the demo settings when the data is generated, the competition
-        files' size and mtime, and the image folders' mtimes (a folder's mtime changes whenever an
-        image is added, removed or replaced in it, e.g. by a later download). `sections` and
-        `extra` add what a later stage also depends on (folds: the folds section and the pool)."""
+        """Hash of the settings that shape the manifest: the data settings that choose files (not
+        speed knobs such as validate_workers) and the demo settings when the data is generated.
+        `sections` and `extra` add what a later stage also depends on (folds: the folds section and
+        the pool). The files themselves are inputs, not settings: see competition_files."""
         config, data = self.config, self.config.data
         shape = {key: getattr(data, key) for key in
                  ("dir", "label_map", "train", "validation", "test", "image_layout", "allow_missing_test_images")}
@@ -49,16 +47,15 @@ class StageContext:
             shape["demo"] = dataclasses.asdict(config.demo)
         full = config.to_dict()
         shape.update({section: full[section] for section in sections}, **extra)
-        parts = [json.dumps(shape, sort_keys=True, default=str)]
-        for name in (data.label_map, data.train, data.validation, data.test):
-            for candidate in (self.data_dir / name, self.data_dir / f"{name}.zip"):
-                if candidate.exists():
-                    stat = candidate.stat()
-                    parts.append(f"{candidate.name}:{stat.st_size}:{stat.st_mtime_ns}")
-        images = self.data_dir / "images"
-        folders = [images / split for split in ("train", "validation", "test")] if data.image_layout == "per_split" else [images]
-        parts += [f"{folder.name}:{folder.stat().st_mtime_ns}" for folder in folders if folder.is_dir()]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+        return lineage.digest(shape)
+
+    def competition_files(self) -> list:
+        """The label map and the split files (plain or zipped) that are present: what prepare reads
+        besides the images."""
+        data = self.config.data
+        candidates = [self.data_dir / name for base in (data.label_map, data.train, data.validation, data.test)
+                      for name in (base, f"{base}.zip")]
+        return [path for path in candidates if path.exists()]
 
     def label_space(self) -> LabelSpace:
         return LabelSpace.from_csv(self.data_dir / self.config.data.label_map)

@@ -30,14 +30,13 @@ class LabelSpace:
 
     @classmethod
     def from_csv(cls, path: str | Path) -> "LabelSpace":
-        """Read `labelId,labelName[,taskId,taskName]`; labels are ordered by numeric id."""
-        frame = pd.read_csv(path, dtype=str)
-        if not {"labelId", "labelName"} <= set(frame.columns):
-            raise LabelError(f"{path}: label map needs labelId and labelName columns, has {list(frame.columns)}")
+        """Read `labelId,labelName[,taskId,taskName]`; labels are ordered by numeric id. A file
+        that is missing, empty or malformed is a LabelError naming the file and the row."""
+        frame = _read_label_map(Path(path))
         frame = frame.assign(_order=pd.to_numeric(frame["labelId"], errors="coerce"))
         frame = frame.sort_values(["_order", "labelId"], kind="stable")
         groups = tuple(frame["taskName"]) if "taskName" in frame.columns else None
-        return cls(tuple(frame["labelId"].str.strip()), tuple(frame["labelName"]), groups)
+        return cls(tuple(frame["labelId"]), tuple(frame["labelName"]), groups)
 
     def index_of(self, label_id: str) -> int:
         try:
@@ -72,3 +71,31 @@ class LabelSpace:
             raise LabelError(f"expected a (n, {len(self)}) matrix, got {matrix.shape}")
         ids = np.array(self.label_ids, dtype=object)
         return [list(ids[row.astype(bool)]) for row in matrix]
+
+
+def _read_label_map(path: Path) -> pd.DataFrame:
+    expected = "a header labelId,labelName[,taskId,taskName] and one row per label"
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise LabelError(f"{path}: label map not found (config data.label_map)") from None
+    except pd.errors.EmptyDataError:
+        raise LabelError(f"{path}: the label map is empty; expected {expected}") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise LabelError(f"{path}: cannot read the label map ({err}); expected {expected}") from None
+    if not {"labelId", "labelName"} <= set(frame.columns):
+        raise LabelError(f"{path}: label map needs labelId and labelName columns, has {list(frame.columns)}")
+    if frame.empty:
+        raise LabelError(f"{path}: the label map has a header but no labels; expected {expected}")
+    frame = frame.apply(lambda column: column.str.strip())
+    line = pd.Series(range(2, len(frame) + 2), index=frame.index)  # file line of each row (header is 1)
+    for column in ["labelId", "labelName"] + [c for c in ("taskName",) if c in frame.columns]:
+        empty = line[frame[column] == ""]
+        if len(empty):
+            raise LabelError(f"{path}: empty {column} on line(s) {list(empty[:10])}; every label needs one")
+    repeated = frame["labelId"].duplicated(keep=False)
+    if repeated.any():
+        first = frame.loc[repeated, "labelId"].iloc[0]
+        lines = list(line[frame["labelId"] == first])
+        raise LabelError(f"{path}: labelId {first!r} appears on lines {lines}; each labelId once")
+    return frame

@@ -6,18 +6,20 @@ means the inputs changed under finished work: that is an error unless the user a
 """
 from __future__ import annotations
 
+import fcntl
 import functools
-import hashlib
+import json
+import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
 from importlib import metadata
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
-from core import atomic
+from core import atomic, lineage
 from core.log import get_logger
 
 DONE = "DONE.json"
@@ -25,6 +27,10 @@ DONE = "DONE.json"
 
 class StaleArtifactError(RuntimeError):
     """Finished work was made under another config or fold assignment."""
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used: another run holds it, or it is not writable."""
 
 
 class RunDir:
@@ -66,53 +72,162 @@ class RunDir:
         return path.read_text().split()[0] if path.exists() else None
 
 
+class UnfinishedUnitError(RuntimeError):
+    """An upstream unit that a stage would consume has no valid DONE record, or a damaged artifact."""
+
+
 def is_done(unit_dir: Path, config_hash: str, folds_hash: Optional[str], redo: bool = False,
-            inputs_hash: Optional[str] = None) -> bool:
-    """True if the unit finished under these hashes. Raises if it finished under another config or
-    folds, unless `redo`, in which case the old unit is removed and False is returned.
+            inputs_hash=None) -> bool:
+    """True if the unit finished under these hashes and its artifacts still pass their check
+    (core.lineage). Raises StaleArtifactError if it finished under another config or folds,
+    unless `redo`. Returns False, and logs why, when it must be rebuilt: redo asked, its inputs
+    changed (a dict of named digests names which), its DONE.json or an artifact is damaged.
 
-    `inputs_hash` fingerprints upstream artifacts (a stacker's member predictions, say). When only
-    those changed, e.g. a member was added or retrained, the unit is derived work that is simply out
-    of date: it is removed and recomputed without asking, and the log says so."""
-    marker = Path(unit_dir) / DONE
-    if not marker.exists():
+    Nothing is deleted here: the rebuild writes over the old files, its DONE.json last, so the
+    previous output stays in place until its replacement is complete."""
+    unit_dir = Path(unit_dir)
+    record = _read_record(unit_dir)
+    if record is None:
         return False
-    record = atomic.read_json(marker)
     same = record.get("config_hash") == config_hash and record.get("folds_hash") == folds_hash
-    if same and not redo and record.get("inputs_hash") == inputs_hash:
-        return True
-    if redo or same:
-        if same and not redo:
-            get_logger("rundir").info("%s: its inputs changed since it was made; recomputing", unit_dir)
-        shutil.rmtree(unit_dir)
+    if not same and not redo:
+        raise StaleArtifactError(
+            f"{unit_dir} was finished under config hash {record.get('config_hash')} / folds hash "
+            f"{record.get('folds_hash')}, but the run now has {config_hash} / {folds_hash}. "
+            "Pass --redo STAGE (or --redo all) to recompute it, or use another --run-dir.")
+    log = get_logger("rundir")
+    if redo:
         return False
-    raise StaleArtifactError(
-        f"{unit_dir} was finished under config hash {record.get('config_hash')} / folds hash "
-        f"{record.get('folds_hash')}, but the run now has {config_hash} / {folds_hash}. "
-        "Pass --redo STAGE (or --redo all) to recompute it, or use another --run-dir."
-    )
+    changed = lineage.changed_inputs(record.get("inputs_hash"), inputs_hash)
+    if changed:
+        log.info("%s: its inputs changed since it was made (%s); recomputing", unit_dir, ", ".join(changed))
+        return False
+    damage = damaged_artifacts(unit_dir, record)
+    if damage:
+        log.warning("%s: %s; rebuilding it", unit_dir, "; ".join(damage))
+        return False
+    return True
 
 
-def mark_done(unit_dir: Path, config_hash: str, folds_hash: Optional[str], inputs_hash: Optional[str] = None,
-              **info) -> None:
-    """Write DONE.json last, after every other file of the unit."""
+def mark_done(unit_dir: Path, config_hash: str, folds_hash: Optional[str], inputs_hash=None,
+              artifacts=(), **info) -> None:
+    """Write DONE.json last, after every other file of the unit. `artifacts`: the files (or
+    folders) the unit wrote, relative to unit_dir or absolute; each is recorded with its size,
+    mtime, sha256 (and rows, columns) for the checks of core.lineage."""
+    unit_dir = Path(unit_dir)
+    records = [lineage.record_artifact(unit_dir, rel) for rel in lineage.artifact_files(unit_dir, artifacts)]
     record = {"config_hash": config_hash, "folds_hash": folds_hash, "inputs_hash": inputs_hash,
-              "finished_at": time.time(), **info}
-    atomic.write_json(Path(unit_dir) / DONE, record)
+              "artifacts": records, "finished_at": time.time(), **info}
+    atomic.write_json(unit_dir / DONE, record)
+
+
+def damaged_artifacts(unit_dir: Path, record: dict) -> list:
+    """'<path>: <problem>' for each recorded artifact that fails its check."""
+    problems = []
+    for artifact in record.get("artifacts") or []:
+        problem = lineage.check_artifact(unit_dir, artifact)
+        if problem:
+            problems.append(f"{os.path.normpath(Path(unit_dir) / artifact['path'])}: {problem}")
+    return problems
+
+
+def upstream_digest(unit_dir: Path, stage: str) -> str:
+    """The recorded hash of a finished upstream unit, for a consumer's inputs. Raises
+    UnfinishedUnitError, naming the unit and the stage that makes it, when the unit has no readable
+    DONE.json (unfinished, e.g. killed before it was marked) or an artifact fails its check."""
+    unit_dir = Path(unit_dir)
+    record = _read_record(unit_dir)
+    if record is None:
+        raise UnfinishedUnitError(f"{unit_dir} has no valid {DONE}: it is not finished; run --stages {stage}")
+    damage = damaged_artifacts(unit_dir, record)
+    if damage:
+        raise UnfinishedUnitError(f"{'; '.join(damage)}; run --stages {stage} again: it rebuilds the unit")
+    if record.get("artifacts"):
+        return lineage.artifacts_digest(record["artifacts"])
+    return lineage.digest({k: v for k, v in record.items() if k != "finished_at"})
+
+
+def is_finished(unit_dir: Path) -> bool:
+    """Whether the unit has a readable DONE.json (its artifacts are checked when consumed)."""
+    return (Path(unit_dir) / DONE).is_file() and _read_record(Path(unit_dir), quiet=True) is not None
+
+
+def _read_record(unit_dir: Path, quiet: bool = False) -> Optional[dict]:
+    marker = unit_dir / DONE
+    if not marker.exists():
+        return None
+    try:
+        record = atomic.read_json(marker)
+    except (OSError, ValueError) as err:  # truncated or garbled: the unit is not finished
+        record = err
+    if not isinstance(record, dict):
+        if not quiet:
+            get_logger("rundir").warning("%s is unreadable (%s); the unit is rebuilt", marker, record)
+        return None
+    return record
 
 
 def files_hash(paths) -> str:
-    """Fingerprint of artifacts by name, size and modification time (their writers replace them
-    atomically, so a rewrite always changes the mtime); a missing file counts as its own state."""
-    parts = []
-    for path in sorted(map(Path, paths)):
-        stat = path.stat() if path.exists() else None
-        parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}" if stat else f"{path}:missing")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    """Fingerprint of files by name, size and modification time (see core.lineage.stamps_digest)."""
+    return lineage.stamps_digest(paths)
 
 
 def read_done(unit_dir: Path) -> dict:
     return atomic.read_json(Path(unit_dir) / DONE)
+
+
+LOCK = "run.lock"
+
+
+@contextmanager
+def run_lock(root: str | Path) -> Iterator[Path]:
+    """Hold the run directory for one run: a second run on it stops at once, naming the process
+    that has it. The lock is the kernel's (flock), so a run killed with -9 leaves no stale lock
+    behind: the next run takes it over and says whose it was. Unwritable: one clear error."""
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / LOCK, "a+", encoding="utf-8")
+    except OSError as err:
+        raise RunDirError(f"run directory {root} is not writable ({err.strerror or err}); "
+                          "fix its permissions or choose another --run-dir") from err
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(handle)
+            raise RunDirError(f"run directory {root} is in use by process {holder.get('pid', '?')} on "
+                              f"{holder.get('host', '?')} since {holder.get('since', '?')}; wait for it to "
+                              "finish or use another --run-dir") from None
+        previous = _lock_holder(handle)
+        if previous:
+            get_logger("rundir").warning(
+                "run directory %s: taking over the lock of process %s (since %s), which ended without "
+                "releasing it (killed?)", root, previous.get("pid", "?"), previous.get("since", "?"))
+        _write_holder(handle, {"pid": os.getpid(), "host": platform.node(),
+                               "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        try:
+            yield root
+        finally:
+            _write_holder(handle, None)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_holder(handle) -> dict:
+    handle.seek(0)
+    try:
+        holder = json.loads(handle.read() or "{}")
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _write_holder(handle, holder: Optional[dict]) -> None:
+    handle.seek(0)
+    handle.truncate()
+    if holder:
+        handle.write(json.dumps(holder))
+    handle.flush()
 
 
 PACKAGES = ("tensorflow-cpu", "tensorflow", "keras", "xgboost-cpu", "xgboost", "numpy", "pandas",
@@ -145,24 +260,28 @@ def _git_sha() -> Optional[str]:
     return out.stdout.strip() or None
 
 
-def derived_stage(name: str, inputs, outputs, config_sections=()):
+def derived_stage(name: str, inputs, outputs, config_sections=(), upstream=None):
     """Make a cheap stage whose outputs follow from artifacts already on disk (features summary,
-    submission, comparison, report) skip when neither its input files nor the named config
-    sections changed and its outputs still exist; otherwise it simply recomputes (nothing here
-    is worth asking the user about). `inputs(ctx)` and `outputs(ctx)` list paths."""
+    submission, comparison, report) skip when neither its input files, its upstream units nor the
+    named config sections changed and its outputs pass their check; otherwise it simply recomputes
+    (nothing here is worth asking the user about). `inputs(ctx)` and `outputs(ctx)` list paths;
+    `upstream(ctx)` lists (unit folder, stage that makes it): units it consumes only when finished
+    (upstream_digest), by their recorded hashes."""
     def wrap(entry):
         @functools.wraps(entry)
         def run(ctx) -> dict:
             unit = ctx.run.root / "stages" / name
-            config_part = ctx.config.section_hash(*config_sections) if config_sections else ""
-            inputs_hash = f"{config_part}:{files_hash(inputs(ctx))}"
+            inputs_hash = {"config": ctx.config.section_hash(*config_sections) if config_sections else "",
+                           "files": files_hash(inputs(ctx))}
+            for unit_dir, stage in (upstream(ctx) if upstream else []):
+                inputs_hash[f"{stage} {Path(unit_dir).name}"] = upstream_digest(unit_dir, stage)
             # folds are an input like any other here (folds.csv is listed where it matters)
-            done = is_done(unit, name, None, redo=ctx.redo_stage(name), inputs_hash=inputs_hash)
-            if done and all(Path(p).exists() for p in outputs(ctx)):
+            if is_done(unit, name, None, redo=ctx.redo_stage(name), inputs_hash=inputs_hash):
                 return {**read_done(unit).get("summary", {}), "up_to_date": True}
             summary = entry(ctx)
             unit.mkdir(parents=True, exist_ok=True)
-            mark_done(unit, name, None, inputs_hash=inputs_hash, summary=summary)
+            mark_done(unit, name, None, inputs_hash=inputs_hash, artifacts=outputs(ctx),
+                      summary=summary)
             return summary
         return run
     return wrap

@@ -7,6 +7,7 @@ with string ids in train/validation and integer ids in test. Every id is normali
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,12 +101,56 @@ def read_split(path: str | Path, name: str, label_space: Optional[LabelSpace] = 
     return split
 
 
+def image_id_problem(image_id: str) -> str:
+    """'' when `image_id` can name a file inside its images folder (images/<imageId>.jpg) and
+    nothing else; otherwise what is wrong with it. The reader checks every id with this, once, so
+    no stage that builds a path from an id can be led outside the data or run directory."""
+    if not image_id:
+        return "is empty"
+    if "/" in image_id or "\\" in image_id:
+        return "contains a path separator"
+    if ".." in image_id:
+        return "contains '..'"
+    if _CONTROL_CHARACTERS.search(image_id):
+        return "contains a control character"
+    return ""
+
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _checked_id(raw, path: Path, where: str) -> str:
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise CompetitionDataError(f"{path}: {where}: imageId must be a string or an integer, got {raw!r}")
+    image_id = str(raw).strip()
+    problem = image_id_problem(image_id)
+    if problem:
+        raise CompetitionDataError(f"{path}: {where}: imageId {image_id!r} {problem}; an imageId names the file "
+                                   "images/<imageId>.jpg, so it must be a plain file name")
+    return image_id
+
+
+def _checked_label_ids(raw, path: Path, where: str) -> list:
+    if not isinstance(raw, list):
+        shown = f"the string {raw!r}" if isinstance(raw, str) else repr(raw)
+        raise CompetitionDataError(f"{path}: {where}: labelId must be a list of label ids, e.g. [\"62\", \"17\"]; "
+                                   f"got {shown}")
+    bad = [label for label in raw if isinstance(label, bool) or not isinstance(label, (str, int))
+           or not str(label).strip()]
+    if bad:
+        raise CompetitionDataError(f"{path}: {where}: labelId entries must be non-empty strings or integers; "
+                                   f"got {bad[:5]!r}")
+    return [str(label).strip() for label in raw]
+
+
 def _read_images(records, path: Path) -> pd.DataFrame:
+    if not isinstance(records, list):
+        raise CompetitionDataError(f"{path}: 'images' must be a list of {{imageId, url}} records")
     rows = []
     for position, record in enumerate(records):
         if not isinstance(record, dict) or "imageId" not in record:
             raise CompetitionDataError(f"{path}: images[{position}] has no imageId")
-        rows.append((str(record["imageId"]).strip(), record.get("url", "")))
+        rows.append((_checked_id(record["imageId"], path, f"images[{position}]"), record.get("url", "")))
     images = pd.DataFrame(rows, columns=["imageId", "url"])
     dupes = images["imageId"][images["imageId"].duplicated()].unique()
     if len(dupes):
@@ -117,13 +162,15 @@ def _read_annotations(records, images: pd.DataFrame, path: Path, label_space: Op
     by_id: dict = {}
     merged = 0
     duplicated_annotations = []
+    if not isinstance(records, list):
+        raise CompetitionDataError(f"{path}: 'annotations' must be a list of {{imageId, labelId}} records")
     for position, record in enumerate(records):
         if not isinstance(record, dict) or "imageId" not in record or "labelId" not in record:
             raise CompetitionDataError(f"{path}: annotations[{position}] needs imageId and labelId")
-        image_id = str(record["imageId"]).strip()
+        image_id = _checked_id(record["imageId"], path, f"annotations[{position}]")
         if image_id in by_id:
             duplicated_annotations.append(image_id)
-        raw = [str(label).strip() for label in record["labelId"]]
+        raw = _checked_label_ids(record["labelId"], path, f"annotations[{position}] (imageId {image_id!r})")
         unique = list(dict.fromkeys(raw))
         merged += len(raw) - len(unique)
         by_id[image_id] = unique

@@ -25,7 +25,7 @@ from core.config import DownloadConfig
 from core.context import StageContext
 from core.log import progress
 from datasets import imageops
-from datasets.competition import CompetitionDataError, images_dir, read_competition
+from datasets.competition import CompetitionDataError, image_id_problem, images_dir, read_competition
 
 FAILURE_COLUMNS = ["imageId", "url", "reason"]
 FAILURES_FILE = "download_failures.csv"
@@ -127,7 +127,7 @@ def _unique_items(items: Iterable[tuple]):
 
 
 def _unfetchable(image_id: str, url: str) -> str:
-    if not image_id or image_id in (".", "..") or "/" in image_id or "\\" in image_id:
+    if image_id_problem(image_id):  # read_split refuses these; a caller may pass its own pairs
         return "imageId is not a plain file name"
     if not url.lower().startswith(("http://", "https://")):
         return "not an http(s) url"

@@ -10,9 +10,9 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import KFold
 
-from core import atomic
+from core import atomic, lineage
 from core.labels import LabelSpace
-from core.rundir import is_done, mark_done
+from core.rundir import is_done, mark_done, upstream_digest
 from datasets.manifest import POOLS, manifest_labels, pool_ids, read_manifest
 
 
@@ -93,22 +93,29 @@ def read_folds(path: Path) -> pd.Series:
 
 
 def run_folds(ctx) -> dict:
+    """Folds over the pool. Up to date while the folds settings, the pool and the pool's imageIds
+    are as recorded and folds.csv passes its check. Labels are not an input: they only balance
+    the folds, so a label edit keeps the assignment (and reaches only the units that read that
+    label); --redo folds re-stratifies."""
     cfg = ctx.config
     run = ctx.run
     unit = run.root / "folds_unit"
     config_hash = ctx.data_hash("folds", pool=cfg.data.pool)
-    if run.folds.exists() and is_done(unit, config_hash, None, redo=ctx.redo_stage("folds")):
+    upstream_digest(run.root / "prepare", "prepare")  # the manifest of a finished prepare, intact
+    manifest = read_manifest(run.manifest)
+    ids = pool_ids(manifest, cfg.data.pool)
+    inputs = {"pool ids": lineage.digest(ids)}
+    artifacts = [run.folds, Path(f"{run.folds}.sha256"), run.root / "fold_label_counts.csv"]
+    if is_done(unit, config_hash, None, redo=ctx.redo_stage("folds"), inputs_hash=inputs):
         folds = read_folds(run.folds)
         return {"pool": len(folds), "k": cfg.folds.k, "up_to_date": True,
                 "fold_sizes": folds.value_counts().sort_index().tolist()}
-    manifest = read_manifest(run.manifest)
-    ids = pool_ids(manifest, cfg.data.pool)
     label_space = ctx.label_space()
     labels = manifest_labels(manifest, ids, label_space, splits=POOLS[cfg.data.pool])
     fold_of = assign_folds(labels, cfg.folds.k, cfg.folds.seed)
     digest = write_folds(run.folds, ids, fold_of)
     atomic.write_csv(run.root / "fold_label_counts.csv", fold_label_counts(labels, fold_of, label_space), index=True)
     balance = proportion_deviation(labels, fold_of)
-    mark_done(unit, config_hash, None, folds_sha256=digest, balance=balance)
+    mark_done(unit, config_hash, None, inputs_hash=inputs, artifacts=artifacts, folds_sha256=digest, balance=balance)
     sizes = np.bincount(fold_of, minlength=cfg.folds.k).tolist()
     return {"pool": len(ids), "k": cfg.folds.k, "fold_sizes": sizes, "sha256": digest[:12], **balance}

@@ -23,34 +23,36 @@ _JPEG_FORMATS = ("JPEG", "MPO")
 
 def inspect_image(path: str | Path, repaired_path: str | Path) -> dict:
     """Decode `path` once and return its manifest fields:
-    path, width, height, mode, bytes, status, reason (see docs/CONTRACTS.md, manifest.parquet).
+    path, width, height, mode, bytes, mtime_ns, status, reason (see docs/CONTRACTS.md, manifest.parquet).
 
     A repaired copy is written atomically to `repaired_path` only when the original needs one.
     """
     path = Path(path)
     if not path.is_file():
-        return _unusable(path, MISSING, "missing file", size=0)
-    size = path.stat().st_size
+        return _unusable(path, MISSING, "missing file", size=0, mtime_ns=0)
+    stat = path.stat()  # before decoding: a file replaced while it is read shows up on the next rerun
+    size, mtime_ns = stat.st_size, stat.st_mtime_ns
     try:
         image = imageops.open_image(path)
     except imageops.UnreadableImage as err:
-        return _unusable(path, UNREADABLE, str(err), size=size)
+        return _unusable(path, UNREADABLE, str(err), size=size, mtime_ns=mtime_ns)
     original_mode, original_format = image.mode, image.format
     try:
         upright, repairs = imageops.to_upright_rgb(image)
     except (OSError, ValueError) as err:  # a conversion Pillow cannot do for this mode
         return _unusable(path, UNREADABLE, f"cannot convert {original_mode} to RGB: {err}", size=size,
-                         mode=original_mode)
+                         mtime_ns=mtime_ns, mode=original_mode)
     if original_format not in _JPEG_FORMATS:
         repairs.append(f"{original_format or 'unknown'} content re-encoded as JPEG")
-    fields = {"width": upright.width, "height": upright.height, "mode": original_mode, "bytes": size}
+    fields = {"width": upright.width, "height": upright.height, "mode": original_mode, "bytes": size,
+              "mtime_ns": mtime_ns}
     if not repairs:
         return {"path": str(path), **fields, "status": OK, "reason": ""}
     atomic.write_bytes(repaired_path, imageops.encode_jpeg(upright, quality=REPAIR_JPEG_QUALITY))
     return {"path": str(repaired_path), **fields, "status": REPAIRED, "reason": "; ".join(repairs)}
 
 
-def _unusable(path: Path, status: str, reason: str, size: int, mode: str = "") -> dict:
+def _unusable(path: Path, status: str, reason: str, size: int, mtime_ns: int, mode: str = "") -> dict:
     # The original path stays in the row so the user can find the file the reason talks about.
-    return {"path": str(path), "width": 0, "height": 0, "mode": mode, "bytes": size,
+    return {"path": str(path), "width": 0, "height": 0, "mode": mode, "bytes": size, "mtime_ns": mtime_ns,
             "status": status, "reason": reason}

@@ -9,15 +9,18 @@ import numpy as np
 import pandas as pd
 
 from core.labels import LabelSpace
+from core.lineage import RowDigests
 from datasets.competition import example_ids
 from datasets.images import STATUSES, USABLE_STATUSES
 
-COLUMNS = ("imageId", "split", "labels", "path", "width", "height", "mode", "bytes", "status", "reason")
+# bytes, mtime_ns: the original file's size and modification time when it was inspected (0, 0 when
+# missing): the per-file stamps that tell prepare, on a rerun, which images changed
+COLUMNS = ("imageId", "split", "labels", "path", "width", "height", "mode", "bytes", "mtime_ns", "status", "reason")
 SPLITS = ("train", "validation", "test")
 LABELLED_SPLITS = ("train", "validation")
 POOLS = {"train+validation": ("train", "validation"), "train": ("train",), "validation": ("validation",)}
 _STRING_COLUMNS = ("imageId", "split", "labels", "path", "mode", "status", "reason")
-_INT_COLUMNS = ("width", "height", "bytes")
+_INT_COLUMNS = ("width", "height", "bytes", "mtime_ns")
 
 
 class ManifestError(ValueError):
@@ -25,8 +28,10 @@ class ManifestError(ValueError):
 
 
 def make_manifest(rows: list) -> pd.DataFrame:
-    """Rows (dicts with the manifest columns) -> a manifest with the contract's column order and dtypes."""
-    return _typed(pd.DataFrame(rows, columns=list(COLUMNS)))
+    """Rows (dicts with the manifest columns) -> a manifest with the contract's column order and
+    dtypes. A row without mtime_ns gets 0 (unknown: prepare re-inspects such an image on a rerun)."""
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    return _typed(frame.fillna({"mtime_ns": 0}))
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -37,7 +42,10 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; run the prepare stage first")
-    frame = pd.read_parquet(path)
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as err:  # truncated or not parquet (pyarrow's ArrowInvalid is a ValueError)
+        raise ManifestError(f"{path}: unreadable ({err}); run --stages prepare, which rebuilds it") from None
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(f"{path}: manifest lacks column(s) {missing}; rerun the prepare stage (--redo prepare)")
@@ -120,3 +128,29 @@ def label_frequencies(manifest: pd.DataFrame, label_space: LabelSpace) -> pd.Ser
     labelled = labelled_usable(manifest)
     counts = label_space.encode(labelled["labels"].str.split()).sum(axis=0)
     return pd.Series(counts, index=list(label_space.label_ids), name="images")
+
+
+class ManifestDigests:
+    """What a unit reads from the manifest, as digests (core.lineage): the labels of a list of ids,
+    and the image files (path, size, mtime, status) that stand for them, looked up among the usable
+    rows of the given splits. Rows are hashed once per (splits, columns); a unit's digest then costs
+    a lookup per id."""
+
+    LABEL_COLUMNS = ("labels",)
+    IMAGE_COLUMNS = ("path", "bytes", "mtime_ns", "status")
+
+    def __init__(self, manifest: pd.DataFrame):
+        self._rows = usable(manifest)
+        self._cache: dict = {}
+
+    def labels(self, image_ids, splits: Sequence[str]) -> str:
+        return self._digests(tuple(splits), self.LABEL_COLUMNS).of(image_ids)
+
+    def images(self, image_ids, splits: Sequence[str]) -> str:
+        return self._digests(tuple(splits), self.IMAGE_COLUMNS).of(image_ids)
+
+    def _digests(self, splits: tuple, columns: tuple) -> RowDigests:
+        if (splits, columns) not in self._cache:
+            rows = self._rows[self._rows["split"].isin(splits)]
+            self._cache[splits, columns] = RowDigests(rows["imageId"], rows[list(columns)])
+        return self._cache[splits, columns]

@@ -11,18 +11,21 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, Optional
+
+import numpy as np
 
 import pandas as pd
 
 from core import atomic
 from core.context import StageContext
-from core.log import progress
+from core.lineage import file_stamp, file_stamps, short_hash, stamps_digest
+from core.log import get_logger, progress
 from core.rundir import is_done, mark_done, read_done
 from datasets.competition import CompetitionDataError, Split, example_ids, read_competition
 from datasets.competition import images_dir as split_images_dir
-from datasets.images import STATUSES, USABLE_STATUSES, inspect_image
-from datasets.manifest import LABELLED_SPLITS, SPLITS, make_manifest
+from datasets.images import REPAIRED, STATUSES, USABLE_STATUSES, inspect_image
+from datasets.manifest import LABELLED_SPLITS, SPLITS, ManifestError, make_manifest, read_manifest
 
 SKIPPED_COLUMNS = ["imageId", "split", "status", "reason"]
 # Futures in flight per worker: enough to keep the pool busy, few enough that a 1M-image
@@ -35,11 +38,16 @@ class UnusableTestImagesError(ValueError):
 
 
 def build_manifest(splits: dict, images_dir: str | Path | Mapping[str, str | Path], repaired_dir: str | Path,
-                   workers: int = 2) -> pd.DataFrame:
+                   workers: int = 2, previous: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """One manifest row per image of every split, in split order (train, validation, test) and
     file order. The image of id X is <folder>/X.jpg, where folder is `images_dir` itself, or
     `images_dir[split]` when it maps each split to its folder (data.image_layout per_split).
-    Repaired copies go to <repaired_dir>/<split>/X.jpg: the real splits reuse imageIds."""
+    Repaired copies go to <repaired_dir>/<split>/X.jpg: the real splits reuse imageIds.
+
+    `previous`: an earlier manifest of the same folders. A row whose original file still has the
+    size and mtime recorded there (and whose repaired copy still exists) is taken over with the new
+    labels instead of decoding the image again, so a label edit or a few replaced images cost a
+    stat per image, not a decode."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers} (config data.validate_workers)")
     unknown = sorted(set(splits) - set(SPLITS))
@@ -50,14 +58,57 @@ def build_manifest(splits: dict, images_dir: str | Path | Mapping[str, str | Pat
     _refuse_shared_labelled_ids(ordered, folders)
     repaired_dir = Path(repaired_dir).resolve()
     entries = [(split, image_id, labels) for split in ordered for image_id, labels in _split_entries(split)]
+    reusable = _reusable_rows(previous)
 
     def inspect(entry) -> dict:
         split, image_id, labels = entry
-        fields = inspect_image(folders[split.name] / f"{image_id}.jpg", repaired_dir / split.name / f"{image_id}.jpg")
+        original = folders[split.name] / f"{image_id}.jpg"
+        fields = _still_valid(reusable.get((split.name, image_id)), original)
+        if fields is None:
+            fields = inspect_image(original, repaired_dir / split.name / f"{image_id}.jpg")
         return {"imageId": image_id, "split": split.name, "labels": labels, **fields}
 
     rows = _ordered_map(inspect, entries, workers)
     return make_manifest(list(progress(rows, total=len(entries), desc="validate images", unit="img")))
+
+
+_FIELDS = ("path", "width", "height", "mode", "bytes", "mtime_ns", "status", "reason")
+
+
+def _reusable_rows(previous: Optional[pd.DataFrame]) -> dict:
+    if previous is None or previous.empty:
+        return {}
+    keys = zip(previous["split"], previous["imageId"])
+    return dict(zip(keys, previous[list(_FIELDS)].itertuples(index=False, name=None)))
+
+
+def _still_valid(row: Optional[tuple], original: Path) -> Optional[dict]:
+    """The previous manifest fields of this image if its file is unchanged, else None."""
+    if row is None:
+        return None
+    fields = dict(zip(_FIELDS, row))
+    if file_stamp(original) != (fields["bytes"], fields["mtime_ns"]) or fields["mtime_ns"] == 0 and fields["bytes"]:
+        return None
+    if fields["status"] == REPAIRED and not Path(fields["path"]).is_file():
+        return None
+    return fields
+
+
+def image_files_digest(manifest: pd.DataFrame, folders: Mapping[str, Path], on_disk: bool = True) -> str:
+    """Digest of every image file the manifest lists, as it is on disk now (size and mtime of the
+    original, whether its repaired copy exists): one stat per image. With on_disk=False, the same
+    digest from the stamps the manifest recorded when it inspected them; the two are equal iff no
+    listed image was added, removed or replaced since."""
+    repaired = (manifest["status"] == REPAIRED).to_numpy()
+    if on_disk:
+        originals = [str(Path(folders[split]) / f"{image_id}.jpg")
+                     for split, image_id in zip(manifest["split"], manifest["imageId"])]
+        sizes, mtimes = file_stamps(originals)
+        copies = np.array([Path(p).is_file() for p in manifest.loc[repaired, "path"]], dtype=bool)
+    else:
+        sizes, mtimes = manifest["bytes"].to_numpy(np.int64), manifest["mtime_ns"].to_numpy(np.int64)
+        copies = np.ones(int(repaired.sum()), dtype=bool)
+    return short_hash(sizes.tobytes() + mtimes.tobytes() + copies.tobytes())
 
 
 def _split_entries(split: Split) -> Iterator[tuple]:
@@ -109,19 +160,27 @@ def _ordered_map(fn: Callable, items: list, workers: int) -> Iterable:
 
 
 def run_prepare(ctx: StageContext) -> dict:
-    """Stage entry point: manifest to ctx.run.manifest, skipped images to <run>/skipped_images.csv."""
+    """Stage entry point: manifest to ctx.run.manifest, skipped images to <run>/skipped_images.csv.
+    Up to date when the data settings, the competition files (size, mtime) and every listed image
+    file (size, mtime) are as recorded and the manifest passes its artifact check."""
     log = ctx.logger("prepare")
     unit_dir = ctx.run.root / "prepare"
     config_hash = ctx.data_hash()
-    if is_done(unit_dir, config_hash, None, redo=ctx.redo_stage("prepare")) and ctx.run.manifest.exists():
+    data = ctx.config.data
+    folders = {name: split_images_dir(ctx.data_dir, name, data.image_layout) for name in SPLITS}
+    previous = _previous_manifest(ctx.run.manifest)
+    files_digest = stamps_digest(ctx.competition_files())
+    inputs = {"competition files": files_digest,
+              "images": image_files_digest(previous, folders) if previous is not None else "unknown"}
+    redo = ctx.redo_stage("prepare")
+    if is_done(unit_dir, config_hash, None, redo=redo, inputs_hash=inputs):
         log.info("prepare: manifest is up to date (%s), skipped", ctx.run.manifest)
         return {**read_done(unit_dir)["summary"], "up_to_date": True}
     started = time.perf_counter()
-    data = ctx.config.data
     splits = read_competition(ctx.data_dir, {"train": data.train, "validation": data.validation,
                                              "test": data.test}, ctx.label_space())
-    folders = {name: split_images_dir(ctx.data_dir, name, data.image_layout) for name in splits}
-    manifest = build_manifest(splits, folders, ctx.run.root / "repaired", workers=data.validate_workers)
+    manifest = build_manifest(splits, {name: folders[name] for name in splits}, ctx.run.root / "repaired",
+                              workers=data.validate_workers, previous=None if redo else previous)
     skipped = manifest.loc[~manifest["status"].isin(USABLE_STATUSES), SKIPPED_COLUMNS]
     skipped_path = ctx.run.root / "skipped_images.csv"
     atomic.write_csv(skipped_path, skipped)
@@ -131,9 +190,22 @@ def run_prepare(ctx: StageContext) -> dict:
                     example_ids([f"{r.split}/{r.imageId} ({r.reason})" for r in skipped.itertuples()], 5))
     atomic.write_parquet(ctx.run.manifest, manifest)
     summary = summarise(manifest, skipped_path)
-    mark_done(unit_dir, config_hash, None, summary=summary, data_dir=str(ctx.data_dir),
-              seconds=round(time.perf_counter() - started, 3))
+    inputs = {"competition files": files_digest, "images": image_files_digest(manifest, folders, on_disk=False)}
+    mark_done(unit_dir, config_hash, None, inputs_hash=inputs, artifacts=[ctx.run.manifest, skipped_path],
+              summary=summary, data_dir=str(ctx.data_dir), seconds=round(time.perf_counter() - started, 3))
     return summary
+
+
+def _previous_manifest(path: Path) -> Optional[pd.DataFrame]:
+    """The manifest of an earlier prepare, if one is there and readable (else None: everything is
+    inspected afresh)."""
+    if not path.exists():
+        return None
+    try:
+        return read_manifest(path)
+    except ManifestError as err:
+        get_logger("prepare").warning("%s; every image is inspected again", err)
+        return None
 
 
 def _check_test_images(skipped: pd.DataFrame, allowed: bool, images_dir: Path, skipped_path: Path) -> None:

@@ -16,6 +16,9 @@ from typing import Iterable, Optional, Sequence
 
 HEADER = ["image_id", "label_id"]
 EXAMPLES_SHOWN = 20
+# A row is an image_id and at most a few dozen label ids; a longer line is not a submission row
+# (and would otherwise be read whole into memory). Below csv's own field limit (131,072).
+MAX_LINE_BYTES = 64 * 1024
 
 
 def validate_submission(path: str | Path, test_ids: Sequence, label_ids: Optional[Iterable] = None,
@@ -23,41 +26,68 @@ def validate_submission(path: str | Path, test_ids: Sequence, label_ids: Optiona
     """Every problem of the submission at `path` as a message; an empty list means valid.
 
     `test_ids`: the test set's imageIds (any order); `label_ids`: the label map's ids, or None
-    to skip the unknown-label check.
+    to skip the unknown-label check. The file is read line by line (memory bounded by the test
+    set, not the file); CRLF line ends and blank lines at the end are accepted, as Kaggle does.
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        handle = open(path, "rb")
     except OSError as err:
         return [f"{path}: cannot read ({err})"]
-    text, problems = _decode(raw, path)
-    rows = list(csv.reader(text.splitlines()))
-    if not rows:
-        return problems + [f"{path}: empty file; expected header {','.join(HEADER)}"]
-    problems += _check_header(rows[0], path)
+    problems: list = []
     known_labels = None if label_ids is None else {str(lab) for lab in label_ids}
     expected = {str(i).strip() for i in test_ids}
     first_line_of: dict = {}
-    for line_no, row in enumerate(rows[1:], start=2):
-        problems += _check_row(row, line_no, path, expected, known_labels, first_line_of,
-                               min_labels, max_labels)
+    with handle:
+        lines = _lines(handle, path, problems)
+        header = next(lines, None)
+        if header is None:
+            return problems + [f"{path}: empty file; expected header {','.join(HEADER)}"]
+        problems += _check_header(next(csv.reader([header[1] or ""])), path)
+        blank_lines = []  # fine at the end of the file; between rows each is a malformed row
+        for line_no, text in lines:
+            if text is not None and not text.strip():
+                blank_lines.append(line_no)
+                continue
+            problems += [f"{path}: line {n}: malformed: 0 column(s) (a blank line between rows)" for n in blank_lines]
+            blank_lines = []
+            if text is not None:
+                problems += _check_row(next(csv.reader([text])), line_no, path, expected, known_labels,
+                                       first_line_of, min_labels, max_labels)
     problems += _check_missing(expected, first_line_of, path)
     return problems
 
 
-def _decode(raw: bytes, path: Path) -> tuple:
-    problems = []
-    if raw.startswith(b"\xef\xbb\xbf"):
-        problems.append(f"{path}: starts with a UTF-8 byte-order mark; write plain UTF-8 without BOM")
-        raw = raw[3:]
+def _lines(handle, path: Path, problems: list):
+    """(line number, text without its line end) for each line; text is None for a line over
+    MAX_LINE_BYTES, which is reported and skipped without reading it into memory whole."""
+    line_no = 0
+    while True:
+        raw = handle.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        line_no += 1
+        if len(raw) > MAX_LINE_BYTES:
+            problems.append(f"{path}: line {line_no}: longer than {MAX_LINE_BYTES} bytes (a row holds one image_id "
+                            "and its label ids, a few hundred bytes); is this a submission file? The line is skipped")
+            while raw and not raw.endswith(b"\n"):
+                raw = handle.readline(MAX_LINE_BYTES)
+            yield line_no, None
+            continue
+        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            problems.append(f"{path}: starts with a UTF-8 byte-order mark; write plain UTF-8 without BOM")
+            raw = raw[3:]
+        yield line_no, _decode(raw, path, line_no, problems).rstrip("\r\n")
+
+
+def _decode(raw: bytes, path: Path, line_no: int, problems: list) -> str:
     try:
-        return raw.decode("utf-8"), problems
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        line_no = raw[:err.start].count(b"\n") + 1
-        problems.append(f"{path}: bad encoding: line {line_no}: byte 0x{raw[err.start]:02x} at offset "
-                        f"{err.start} is not UTF-8; save the file as UTF-8")
+        problems.append(f"{path}: bad encoding: line {line_no}: byte 0x{raw[err.start]:02x} at column {err.start + 1} "
+                        "is not UTF-8; save the file as UTF-8")
         # keep checking the rest, so one bad byte does not hide the other problems
-        return raw.decode("utf-8", errors="replace"), problems
+        return raw.decode("utf-8", errors="replace")
 
 
 def _check_header(header: list, path: Path) -> list:

@@ -135,12 +135,21 @@ def test_run_prepare_is_skipped_when_done_and_stale_on_config_change(data_dir, t
     assert redone == first
 
 
-def test_editing_a_competition_file_makes_the_manifest_stale(data_dir, tmp_path):
+def test_editing_a_competition_file_rebuilds_the_manifest_without_decoding_again(data_dir, tmp_path, monkeypatch):
     run_prepare(make_context(data_dir, tmp_path / "run"))
     train = data_dir / "train.json"
-    train.write_text(train.read_text() + " ")
-    with pytest.raises(StaleArtifactError, match="prepare"):
-        run_prepare(make_context(data_dir, tmp_path / "run"))
+    doc = json.loads(train.read_text())
+    doc["annotations"][0]["labelId"] = ["3"]  # an edited label: an input of the manifest, not a setting
+    train.write_text(json.dumps(doc))
+
+    def must_not_decode(*args):
+        raise AssertionError("an unchanged image was decoded again")
+    monkeypatch.setattr(prepare, "inspect_image", must_not_decode)
+    summary = run_prepare(make_context(data_dir, tmp_path / "run"))
+    assert "up_to_date" not in summary
+    manifest = read_manifest(tmp_path / "run" / "manifest.parquet")
+    first_id = str(doc["annotations"][0]["imageId"])
+    assert manifest.loc[(manifest["split"] == "train") & (manifest["imageId"] == first_id), "labels"].item() == "3"
 
 
 def test_unreadable_test_image_is_an_error_naming_it(data_dir, tmp_path):
