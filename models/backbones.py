@@ -72,6 +72,38 @@ def resolve_size(name: str, image_size: Optional[int]) -> int:
     return size
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """What a member's images look like on their way into the model: resolved once from the
+    member config, saved inside the model (its preprocess layer), and read back from the model for
+    prediction, as timm's models carry their pretrained config."""
+    size: int
+    resize: str  # "stretch" | "pad" | "crop"
+    preprocess_style: str
+
+    @property
+    def shape(self) -> tuple:
+        return (self.size, self.size, 3)
+
+
+def resolve_input_spec(member) -> InputSpec:
+    """The one place a member's input size, resize policy and preprocessing are worked out."""
+    return InputSpec(resolve_size(member.backbone, member.image_size), member.resize,
+                     backbone_spec(member.backbone).preprocess_style)
+
+
+def input_spec_of(model: keras.Model) -> InputSpec:
+    """The InputSpec a member or embedding model was built with."""
+    try:
+        layer = model.get_layer("preprocess")
+    except ValueError:
+        raise BackboneError(f"model {model.name!r} has no preprocess layer: it is not a member or embedding model") from None
+    if layer.resize is None:
+        raise BackboneError(f"model {model.name!r} was saved without its resize policy (made by an older "
+                            "version); rerun its members stage with --redo members")
+    return InputSpec(int(model.input_shape[1]), layer.resize, layer.style)
+
+
 def create_backbone(name: str, input_size: Optional[int] = None, weights: Optional[str] = None) -> keras.Model:
     """The trunk without its classifier, for square `input_size` RGB inputs.
 
@@ -124,7 +156,13 @@ def _torch_style(x):
     return (x / 255.0 - mean) / std
 
 
-_STYLES = {"tf": _tf_style, "caffe": _caffe_style, "torch": _torch_style}
+def _tf128_style(x):
+    # EfficientNetV2-S/M/L scale their inputs themselves with Rescaling(1/128, offset=-1), not
+    # quite "tf"'s x / 127.5 - 1 (their B variants use "torch")
+    return x / 128.0 - 1.0
+
+
+_STYLES = {"tf": _tf_style, "caffe": _caffe_style, "torch": _torch_style, "tf128": _tf128_style}
 
 
 def preprocess_images(images, style: str):
@@ -140,17 +178,18 @@ def preprocess_images(images, style: str):
 class ImagePreprocess(layers.Layer):
     """A backbone's preprocessing as a layer, so a saved model carries its own pairing."""
 
-    def __init__(self, style: str, **kwargs):
+    def __init__(self, style: str, resize: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
         if style not in _STYLES:
             raise BackboneError(f"unknown preprocess style {style!r}; use one of {sorted(_STYLES)}")
         self.style = style
+        self.resize = resize  # the resize policy the images were made with (see InputSpec)
 
     def call(self, images):
         return _STYLES[self.style](ops.cast(images, self.compute_dtype))
 
     def get_config(self):
-        return {**super().get_config(), "style": self.style}
+        return {**super().get_config(), "style": self.style, "resize": self.resize}
 
 
 # ---- the registered trunks ---------------------------------------------------------------
@@ -184,3 +223,25 @@ def tiny_cnn(shape, weights):
         x = layers.ReLU(name=f"tiny_block{block}_relu")(x)
         x = layers.MaxPooling2D(2, name=f"tiny_block{block}_pool")(x)
     return keras.Model(inputs, x, name="tiny_cnn")
+
+
+# ---- modern trunks (keras.applications, 2021-2022) -----------------------------------------
+
+
+def _application_without_preprocessing(constructor):
+    """EfficientNetV2 and ConvNeXt scale their inputs inside the trunk by default; here that is the
+    ImagePreprocess layer's job, as for every other trunk (one place, saved with the model), so the
+    trunk is built without it. Their ImageNet weights load the same: those layers hold no weights."""
+    def build(shape, weights):
+        return constructor(include_top=False, weights=weights, input_shape=shape, include_preprocessing=False)
+    return build
+
+
+# top blocks: the last stage (EfficientNetV2: block6* and the top conv; ConvNeXt: the last
+# downsampling and stage 3), as the last one or two blocks are for the older trunks
+register_backbone("efficientnetv2_b0", 224, 32, "torch", "block5e_add")(
+    _application_without_preprocessing(keras.applications.EfficientNetV2B0))
+register_backbone("efficientnetv2_s", 384, 32, "tf128", "block5i_add")(
+    _application_without_preprocessing(keras.applications.EfficientNetV2S))
+register_backbone("convnext_tiny", 224, 32, "torch", "convnext_tiny_stage_2_block_8_identity")(
+    _application_without_preprocessing(keras.applications.ConvNeXtTiny))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,15 @@ from core import atomic
 from core.config import MemberConfig
 from core.log import get_logger, progress
 from core.rundir import DONE, mark_done, read_done
-from models.backbones import resolve_size
+from models.backbones import input_spec_of
+from models.devices import resolve_placement
 from models.heads import build_embedding_model
-from models.inputs import image_batches
+from models.inputs import prediction_batches
 
 log = get_logger("members")
 # The member fields that change the embeddings; head fields (dropout, loss...) do not.
 EMBEDDING_FIELDS = ("backbone", "image_size", "weights", "resize", "pooling", "mixed_precision", "tta_flip")
+# (the image cache is not used here: each image passes through the trunk once)
 
 
 @dataclass
@@ -75,12 +76,12 @@ def member_embeddings(member: MemberConfig, image_ids: Sequence[str], paths: Seq
 
 def compute_embeddings(member: MemberConfig, paths: Sequence[str]) -> tuple:
     """(features, mirrored features or None), one row per path, in order."""
-    model = build_embedding_model(member)
-    size = resolve_size(member.backbone, member.image_size)
-    batches = image_batches(paths, None, size, member.resize, member.batch_size, shuffle=False)
+    model = build_embedding_model(member, precision=resolve_placement(member).precision_policy)
+    spec = input_spec_of(model)
+    batches = prediction_batches(paths, spec.size, spec.resize, member.batch_size, reader=member.reader,
+                                 workers=member.reader_workers)
     plain, mirrored = [], []
-    total = math.ceil(len(paths) / member.batch_size)
-    for images in progress(batches, desc=f"embed {member.name}", total=total):
+    for images in progress(batches, desc=f"embed {member.name}", total=len(batches)):
         images = np.asarray(images, dtype=np.float32)
         plain.append(np.asarray(model.predict_on_batch(images), dtype=np.float32))
         if member.tta_flip:

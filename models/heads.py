@@ -8,7 +8,7 @@ import keras
 from keras import layers
 
 from core.config import MemberConfig
-from models.backbones import ImagePreprocess, backbone_spec, create_backbone, is_pretrained, resolve_size
+from models.backbones import ImagePreprocess, backbone_spec, create_backbone, is_pretrained, resolve_input_spec
 from models.inputs import augmentation_layers
 
 POOLINGS = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
@@ -16,10 +16,11 @@ PHASES = ("head", "top", "all")
 
 
 @contextmanager
-def precision_policy(mixed: bool):
-    """Layers built inside compute in float16 (variables stay float32) when `mixed`."""
+def precision_policy(policy: str):
+    """Layers built inside compute in the policy's dtype ("mixed_bfloat16", "mixed_float16";
+    variables stay float32), or in float32."""
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    keras.mixed_precision.set_global_policy(policy)
     try:
         yield
     finally:
@@ -49,21 +50,22 @@ def trunk_of(model: keras.Model) -> keras.Model:
     return trunks[0]
 
 
-def build_member_model(member: MemberConfig, n_labels: int) -> keras.Model:
+def build_member_model(member: MemberConfig, n_labels: int, precision: str = "float32") -> keras.Model:
     """Image (0..255, square, the member's size) -> per-label probabilities, augmentation inside.
+    The model carries its InputSpec (size, resize policy, preprocessing) for prediction.
 
     A pretrained trunk runs with BatchNorm in inference mode in every phase (the statistics of
     its training set are kept; with small batches they would otherwise be overwritten by noise).
+    `precision` is a Keras dtype policy (models.devices.resolve_precision).
     """
-    spec = backbone_spec(member.backbone)
-    size = resolve_size(member.backbone, member.image_size)
-    with precision_policy(member.mixed_precision):
-        trunk = create_backbone(member.backbone, size, member.weights)
-        inputs = keras.Input((size, size, 3), name="image")
+    spec = resolve_input_spec(member)
+    with precision_policy(precision):
+        trunk = create_backbone(member.backbone, spec.size, member.weights)
+        inputs = keras.Input(spec.shape, name="image")
         x = inputs
         for layer in augmentation_layers(member.seed) if member.augment else []:
             x = layer(x)
-        x = ImagePreprocess(spec.preprocess_style, name="preprocess")(x)
+        x = ImagePreprocess(spec.preprocess_style, spec.resize, name="preprocess")(x)
         x = trunk(x, training=False if is_pretrained(member.weights) else None)
         x = pool_features(x, member.pooling)
         outputs = classifier_head(x, n_labels, member.dropout, member.hidden_units)
@@ -71,14 +73,13 @@ def build_member_model(member: MemberConfig, n_labels: int) -> keras.Model:
         return keras.Model(inputs, outputs, name=f"member_{member.name or member.backbone}")
 
 
-def build_embedding_model(member: MemberConfig) -> keras.Model:
-    """Image -> pooled trunk features, for the frozen-feature path."""
-    spec = backbone_spec(member.backbone)
-    size = resolve_size(member.backbone, member.image_size)
-    with precision_policy(member.mixed_precision):
-        trunk = create_backbone(member.backbone, size, member.weights)
-        inputs = keras.Input((size, size, 3), name="image")
-        x = ImagePreprocess(spec.preprocess_style, name="preprocess")(inputs)
+def build_embedding_model(member: MemberConfig, precision: str = "float32") -> keras.Model:
+    """Image -> pooled trunk features, for the frozen-feature path (carries its InputSpec too)."""
+    spec = resolve_input_spec(member)
+    with precision_policy(precision):
+        trunk = create_backbone(member.backbone, spec.size, member.weights)
+        inputs = keras.Input(spec.shape, name="image")
+        x = ImagePreprocess(spec.preprocess_style, spec.resize, name="preprocess")(inputs)
         x = pool_features(trunk(x, training=False), member.pooling)
         outputs = layers.Activation("linear", dtype="float32", name="embedding")(x)
         return keras.Model(inputs, outputs, name=f"embed_{member.name or member.backbone}")

@@ -22,12 +22,16 @@ import pandas as pd
 
 from core import atomic, predictions
 from core.config import MemberConfig
+from core.log import get_logger
 from core.metrics import score_probabilities
-from core.rundir import is_done, mark_done, read_done
+from core.rundir import DONE, is_done, mark_done, read_done, upstream_digest
 from datasets.folds import read_folds
-from datasets.manifest import POOLS, manifest_labels, pool_ids, read_manifest, test_ids, usable
+from datasets.manifest import POOLS, ManifestDigests, manifest_labels, pool_ids, read_manifest, test_ids, usable
 from models import trainer
+from models.backbones import resolve_input_spec
+from models.devices import resolve_placement
 from models.embeddings import member_embeddings
+from models.inputs import image_cache
 
 STARTED = "STARTED.json"
 MODES = ("finetune", "frozen")
@@ -114,8 +118,16 @@ def _paths(rows: pd.DataFrame, pool_splits: tuple) -> dict:
     return {"pool": side(pool_splits), "train": side(("train",)), "test": side(("test",))}
 
 
+# Settings that change how fast a member trains, or where, but not what it learns: changing them
+# under finished folds is not a reason to retrain (data_parallel does change the global batch, and
+# so the learning rate; a fold finished on 8 GPUs is still a finished fold on 1).
+SPEED_FIELDS = ("steps_per_execution", "data_parallel", "checkpoint_steps", "checkpoint_minutes", "cache",
+                "cache_budget_gb", "reader", "reader_workers", "jit_compile")
+
+
 def member_hash(member: MemberConfig, pool_name: str, label_ids) -> str:
-    blob = {"member": dataclasses.asdict(member), "pool": pool_name, "labels": list(label_ids)}
+    settings = {k: v for k, v in dataclasses.asdict(member).items() if k not in SPEED_FIELDS}
+    blob = {"member": settings, "pool": pool_name, "labels": list(label_ids)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -130,30 +142,38 @@ def run_member(ctx, member: MemberConfig, data: StageData, callbacks=()) -> dict
     log = ctx.logger("members")
     started = time.perf_counter()
     config_hash = member_hash(member, ctx.config.data.pool, data.label_space.label_ids)
+    digests = ManifestDigests(data.manifest)
     redo = ctx.redo_stage("members")
     member_dir = ctx.run.member_dir(member.name)
     _discard_leftover_units(member_dir, data.units, log)
     member_files = [member_dir / name for name in ("oof.parquet", "test.parquet", "scores.json")]
     embeddings = None
+    resources = None
     trained = 0
     for unit in data.units:
         unit_dir = member_dir / unit.name
-        if is_done(unit_dir, config_hash, data.folds_hash, redo=redo):
+        lineage = unit_lineage(digests, data, unit)
+        if is_done(unit_dir, config_hash, data.folds_hash, redo=redo, inputs_hash=lineage):
             log.info("%s %s: done, skipped", member.name, unit.name)
             continue
-        for path in member_files:  # stale the moment any unit retrains, even if this run dies
+        for path in member_files + [member_dir / DONE]:  # stale the moment any unit retrains, even if this run dies
             path.unlink(missing_ok=True)
-        _discard_foreign_partial(unit_dir, config_hash, data.folds_hash, redo, log)
+        _discard_foreign_partial(unit_dir, config_hash, data.folds_hash, redo, log, lineage)
         if member.mode == "frozen" and embeddings is None:
             embeddings = _embeddings(member, data, member_dir / "embeddings", redo)
-        run_unit(member, unit, unit_dir, data, config_hash, embeddings, callbacks)
+        if member.mode == "finetune" and resources is None:
+            resources = member_resources(member, data, ctx.run.root / "cache" / "images")
+        run_unit(member, unit, unit_dir, data, config_hash, embeddings, callbacks, resources, lineage=lineage)
         trained += 1
-    if trained == 0 and all(path.exists() for path in member_files):
-        # nothing retrained: keep the member-level files (and their mtimes, which later stages
-        # use to tell whether their inputs changed)
+    # the member-level files follow from the units' recorded outputs and the pool's labels (scores)
+    member_inputs = {"units": {unit.name: upstream_digest(member_dir / unit.name, "members") for unit in data.units},
+                     "pool labels": digests.labels(data.pool, data.pool_splits)}
+    if is_done(member_dir, config_hash, data.folds_hash, redo=redo, inputs_hash=member_inputs):
+        # nothing they follow from changed: keep them (later stages follow their recorded hashes)
         scores = atomic.read_json(member_dir / "scores.json")
     else:
         scores = assemble_member(member, member_dir, data)
+        mark_done(member_dir, config_hash, data.folds_hash, inputs_hash=member_inputs, artifacts=member_files)
     return {"oof_micro_f1@best": scores["oof"]["micro_f1@best"], "seconds": time.perf_counter() - started,
             "units_trained": trained, "units_skipped": len(data.units) - trained}
 
@@ -180,14 +200,41 @@ def _discard_leftover_units(member_dir: Path, units: list, log) -> None:
             shutil.rmtree(folder)
 
 
-def _discard_foreign_partial(unit_dir: Path, config_hash: str, folds_hash: str, redo: bool, log) -> None:
-    """An unfinished unit resumes only if it was started under the same config and folds."""
+def _discard_foreign_partial(unit_dir: Path, config_hash: str, folds_hash: str, redo: bool, log,
+                             lineage: dict = None) -> None:
+    """An unfinished unit resumes only if it was started under the same config, folds and inputs
+    (lineage). A unit that has a DONE.json but is being rebuilt (its inputs changed, or an artifact
+    failed its check) starts afresh: its checkpoints belong to the old inputs."""
     marker = unit_dir / STARTED
-    if unit_dir.exists() and (redo or not marker.exists() or
-                              atomic.read_json(marker) != {"config_hash": config_hash, "folds_hash": folds_hash}):
-        log.info("%s: discarding an unfinished unit started under other settings", unit_dir)
+    started = {"config_hash": config_hash, "folds_hash": folds_hash, "inputs_hash": lineage}
+    if unit_dir.exists() and (redo or (unit_dir / DONE).exists() or not marker.exists() or
+                              _read_started(marker) != started):
+        log.info("%s: discarding an unfinished unit started under other settings or inputs", unit_dir)
         shutil.rmtree(unit_dir)
-    atomic.write_json(marker, {"config_hash": config_hash, "folds_hash": folds_hash})
+    atomic.write_json(marker, started)
+
+
+def _read_started(marker: Path):
+    try:
+        return atomic.read_json(marker)
+    except (OSError, ValueError):  # a marker cut short by a kill: the partial unit is not trusted
+        return None
+
+
+def unit_lineage(digests: ManifestDigests, data: StageData, unit: Unit) -> dict:
+    """What the unit reads (core.lineage): the labels of the ids it trains on and the image files
+    it decodes (training, held-out and test ids). k-fold units also record their held-out ids'
+    labels, since their DONE scores are the member's fold scores; regime b's one unit does not (the
+    member scores its pool predictions at assembly), so a validation label edit re-scores the
+    member without retraining a model on the 1M training images."""
+    train_splits = data.pool_splits if unit.train_side == "pool" else ("train",)
+    record = {"train labels": digests.labels(unit.train_ids, train_splits),
+              "train images": digests.images(unit.train_ids, train_splits),
+              "held-out images": digests.images(unit.predict_ids, data.pool_splits),
+              "test images": digests.images(data.test, ("test",))}
+    if unit.train_side == "pool":
+        record["held-out labels"] = digests.labels(unit.predict_ids, data.pool_splits)
+    return record
 
 
 def _embeddings(member: MemberConfig, data: StageData, cache_dir: Path, redo: bool):
@@ -199,26 +246,56 @@ def _embeddings(member: MemberConfig, data: StageData, cache_dir: Path, redo: bo
     return member_embeddings(member, keys, paths, cache_dir, redo=redo)
 
 
+@dataclass
+class MemberResources:
+    """What every fine-tuning unit of a member shares: where it trains and its image cache."""
+    placement: object  # models.devices.Placement
+    cache: object  # a models.inputs image cache, or None
+
+
+def member_resources(member: MemberConfig, data: StageData, cache_root: Path) -> MemberResources:
+    """Resolved once per member. The cache covers every image any unit trains on (all folds), so
+    it is filled once and reused by every epoch and every fold; prediction is never cached."""
+    placement = resolve_placement(member)
+    spec = resolve_input_spec(member)
+    universe = sorted({data.path_of[unit.train_side][i] for unit in data.units for i in unit.train_ids})
+    cache = image_cache(member.cache, cache_root, universe, spec.size, spec.resize,
+                        int(member.cache_budget_gb * 2**30))
+    get_logger("members").info(
+        "%s trains on %d x %s (%s, XLA %s, %d step(s) per execution); image cache: %s", member.name,
+        placement.replicas, placement.kind, placement.precision_policy, "on" if placement.jit_compile else "off",
+        placement.steps_per_execution, cache if cache is not None else "none")
+    return MemberResources(placement, cache)
+
+
 def run_unit(member: MemberConfig, unit: Unit, unit_dir: Path, data: StageData, config_hash: str,
-             embeddings=None, callbacks=()) -> dict:
+             embeddings=None, callbacks=(), resources: MemberResources = None, lineage: dict = None) -> dict:
     """Train the unit's model (resuming), predict its held-out ids and the test set, write its
     files, and mark it done last."""
     started = time.perf_counter()
     where = f"{member.name} {unit.name}"
     seed = member.seed * 1000 + (unit.fold if isinstance(unit.fold, int) else 999)
     train_labels = data.labels(list(unit.train_ids), unit.train_side)
+    placed = {"devices": 1, "kind": "embeddings", "precision": "float32"}
     if member.mode == "frozen":
         model = trainer.train_head(member, embeddings.rows([f"{unit.train_side}:{i}" for i in unit.train_ids]),
                                    train_labels, unit_dir, seed, where, callbacks)
         oof = _predict_frozen(model, member, embeddings, [f"pool:{i}" for i in unit.predict_ids])
         test = _predict_frozen(model, member, embeddings, [f"test:{i}" for i in data.test])
     else:
+        resources = resources or member_resources(member, data, unit_dir / "cache")
+        placement = resources.placement
+        placed = {"devices": placement.replicas, "kind": placement.kind, "precision": placement.precision_policy,
+                  "jit_compile": placement.jit_compile, "global_batch": member.batch_size * placement.replicas}
         model = trainer.train_finetune(member, [data.path_of[unit.train_side][i] for i in unit.train_ids],
-                                       train_labels, unit_dir, seed, where, callbacks)
-        oof = trainer.predict_images(model, member, [data.path_of["pool"][i] for i in unit.predict_ids],
-                                     desc=f"{where} oof")
-        test = trainer.predict_images(model, member, [data.path_of["test"][i] for i in data.test],
-                                      desc=f"{where} test")
+                                       train_labels, unit_dir, seed, where, callbacks, cache=resources.cache,
+                                       placement=placement)
+        predict = dict(batch_size=member.batch_size, tta_flip=member.tta_flip, reader=member.reader,
+                       workers=member.reader_workers, replicas=placement.replicas)
+        oof = trainer.predict_images(model, [data.path_of["pool"][i] for i in unit.predict_ids],
+                                     desc=f"{where} oof", **predict)
+        test = trainer.predict_images(model, [data.path_of["test"][i] for i in data.test],
+                                      desc=f"{where} test", **predict)
     trainer.save_model(model, unit_dir / trainer.MODEL_FILE)
     label_ids = data.label_space.label_ids
     predictions.write(unit_dir / "oof.parquet", predictions.make_table(unit.predict_ids, oof, label_ids))
@@ -226,10 +303,11 @@ def run_unit(member: MemberConfig, unit: Unit, unit_dir: Path, data: StageData, 
     history = trainer.read_history(unit_dir / trainer.HISTORY)
     scores = {"fold": unit.fold, **score_probabilities(data.labels(list(unit.predict_ids)), oof),
               "seconds": time.perf_counter() - started, "train_images_per_s": trainer.training_rate(history)}
-    shutil.rmtree(unit_dir / "phases", ignore_errors=True)  # model.keras now holds the final weights
-    shutil.rmtree(unit_dir / "backup", ignore_errors=True)
-    mark_done(unit_dir, config_hash, data.folds_hash, trained_ids=list(unit.train_ids),
-              predicted_ids=list(unit.predict_ids), n_test=len(data.test), seconds=scores["seconds"], scores=scores)
+    trainer.remove_checkpoints(unit_dir)  # model.keras now holds the final weights
+    mark_done(unit_dir, config_hash, data.folds_hash, inputs_hash=lineage,
+              artifacts=["oof.parquet", "test.parquet", trainer.MODEL_FILE], trained_ids=list(unit.train_ids),
+              predicted_ids=list(unit.predict_ids), n_test=len(data.test), seconds=scores["seconds"], scores=scores,
+              placement=placed)
     return scores
 
 

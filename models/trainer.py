@@ -1,19 +1,29 @@
-"""Training one fold of one member, resumably, and predicting with the result.
+"""Training one fold of one member, resumably within minutes, and predicting with the result.
 
-Fine-tuning runs in phases, each its own `fit` with its own Keras BackupAndRestore folder, so an
-interrupted fold resumes inside the phase it was in, at the first unfinished epoch. A finished
-phase leaves its weights in phases/<phase>.weights.h5; the next phase starts from them.
+Fine-tuning runs in phases ("head" on the frozen trunk, then "top" or "all"); a finished phase
+leaves its weights in phases/<phase>.weights.h5 and the next phase starts from them.
+
+Resume: every `checkpoint_steps` steps and every `checkpoint_minutes` (and at each epoch's end)
+the trainer writes checkpoint/<phase>.npz: every model variable (weights, BatchNorm statistics,
+the augmentation and dropout RNG states), every optimizer variable (its step count drives the
+learning-rate schedule) and the position (epoch, step in epoch). Each epoch's image order is a
+permutation fixed by (seed, epoch) (models.inputs.epoch_order), so a resumed epoch skips the
+batches already trained, without decoding them, and carries on with the same batches an
+uninterrupted run would see. Keras's BackupAndRestore restores only at epoch boundaries, which at
+a million images is hours of lost work.
+
 The schedule is fixed (epochs and a cosine learning rate per phase): nothing here looks at the
 held-out fold, so its predictions are honest out-of-fold predictions.
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import keras
 import numpy as np
@@ -22,13 +32,16 @@ import pandas as pd
 from core import atomic
 from core.config import MemberConfig
 from core.log import get_logger, progress
-from models.backbones import is_pretrained, resolve_size
+from models.backbones import input_spec_of, is_pretrained, resolve_input_spec
+from models.devices import Placement, placement_scope, resolve_placement, scaled_learning_rate
 from models.heads import build_head_model, build_member_model, set_trainable
-from models.inputs import image_batches
+from models.inputs import epoch_order, prediction_batches, steps_per_epoch, training_batches
 from models.losses import get_loss
 
 HISTORY = "history.csv"
+STEPS = "steps.csv"
 MODEL_FILE = "model.keras"
+CHECKPOINTS = "checkpoint"
 log = get_logger("members")
 
 
@@ -55,7 +68,118 @@ def finetune_phases(member: MemberConfig) -> list:
     return [p for p in phases if p.epochs > 0]
 
 
-# ---- callbacks -----------------------------------------------------------------------------
+# A phase's data: (epoch, batches to skip) -> something Model.fit takes, for one epoch.
+EpochData = Callable[[int, int], object]
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Position:
+    epoch: int  # epochs of the phase fully trained before this one
+    step: int  # steps of `epoch` already trained
+
+
+def _state_arrays(model: keras.Model) -> list:
+    return [np.asarray(keras.ops.convert_to_numpy(v)) for v in list(model.variables) + list(model.optimizer.variables)]
+
+
+def save_checkpoint(model: keras.Model, path: Path, phase: str, position: Position, step_rows: list) -> None:
+    """One file, written atomically: a kill during the write leaves the previous checkpoint."""
+    arrays = _state_arrays(model)
+    meta = {"phase": phase, "epoch": position.epoch, "step": position.step, "n_arrays": len(arrays),
+            "shapes": [list(a.shape) for a in arrays], "saved_at": time.time()}
+    with atomic.atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, meta=np.array(json.dumps(meta)), steps=np.array(json.dumps(step_rows)),
+                     **{f"v{i}": a for i, a in enumerate(arrays)})
+
+
+def restore_checkpoint(model: keras.Model, path: Path, phase: str, where: str) -> Optional[tuple]:
+    """(Position, step rows) from a checkpoint of this phase, its state loaded into `model`
+    (compiled, optimizer built); None, with the reason logged, when there is none or it does
+    not fit this model (then the phase starts over: nothing is trusted without a check)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as saved:
+            meta = json.loads(str(saved["meta"]))
+            rows = json.loads(str(saved["steps"]))
+            arrays = [saved[f"v{i}"] for i in range(meta["n_arrays"])]
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        log.warning("%s: checkpoint %s is unreadable (%s); phase %s starts over", where, path, err, phase)
+        return None
+    model.optimizer.build(model.trainable_variables)
+    variables = list(model.variables) + list(model.optimizer.variables)
+    shapes = [tuple(v.shape) for v in variables]
+    if meta.get("phase") != phase or shapes != [tuple(a.shape) for a in arrays]:
+        log.warning("%s: checkpoint %s does not fit this model (another phase or architecture); "
+                    "phase %s starts over", where, path, phase)
+        return None
+    for variable, value in zip(variables, arrays):
+        variable.assign(value)
+    return Position(int(meta["epoch"]), int(meta["step"])), rows
+
+
+class StepCheckpoint(keras.callbacks.Callback):
+    """Records each step's loss; writes a checkpoint every `every_steps` steps or
+    `every_minutes`, whichever comes first (0 turns either off), and at each epoch's end, with
+    the epoch's history row. It runs before any other callback, so an exception raised by a
+    later one at an epoch's end finds that epoch already saved."""
+
+    def __init__(self, path: Path, fold_dir: Path, phase: str, steps_in_epoch: int, every_steps: int,
+                 every_minutes: float, rows: list, where: str, images_per_epoch: int):
+        super().__init__()
+        self.path, self.fold_dir, self.phase, self.steps_in_epoch = Path(path), Path(fold_dir), phase, steps_in_epoch
+        self.every_steps, self.every_seconds = int(every_steps), float(every_minutes) * 60
+        self.rows, self.where, self.images_per_epoch = rows, where, images_per_epoch
+        self.epoch, self.skip = 0, 0
+        self._last_saved_step, self._last_saved_time, self._started = 0, time.monotonic(), time.monotonic()
+        self._done_in_call, self._loss_sum = 0, 0.0
+
+    def begin_epoch(self, epoch: int, skip: int) -> None:
+        self.epoch, self.skip = epoch, skip
+        self._done_in_call, self._loss_sum = 0, 0.0
+        self._last_saved_step = skip
+        self._last_saved_time = self._started = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Keras reports the epoch's running mean loss; with steps_per_execution > 1 it reports
+        # once per execution (and `batch` may run past the last step): recover each chunk's mean
+        done = min(batch + 1, self.steps_in_epoch - self.skip)
+        mean = float((logs or {}).get("loss", float("nan")))
+        chunk = done - self._done_in_call
+        if chunk <= 0:
+            return
+        total = mean * done
+        step = self.skip + done
+        self.rows.append({"phase": self.phase, "epoch": self.epoch + 1, "step": step,
+                          "loss": (total - self._loss_sum) / chunk})
+        self._done_in_call, self._loss_sum = done, total
+        due_steps = self.every_steps and step - self._last_saved_step >= self.every_steps
+        due_time = self.every_seconds and time.monotonic() - self._last_saved_time >= self.every_seconds
+        if (due_steps or due_time) and step < self.steps_in_epoch:
+            self.save(Position(self.epoch, step))
+            log.info("%s %s: checkpoint at epoch %d, step %d of %d", self.where, self.phase, self.epoch + 1,
+                     step, self.steps_in_epoch)
+
+    def end_epoch(self) -> None:
+        """The epoch is trained: checkpoint at the next epoch's start, and its history row."""
+        seconds = time.monotonic() - self._started
+        self.save(Position(self.epoch + 1, 0))
+        trained = self.images_per_epoch * (self.steps_in_epoch - self.skip) // max(1, self.steps_in_epoch)
+        loss = write_history(self.fold_dir, self.phase, self.epoch, self.rows, seconds, trained,
+                             _current_learning_rate(self.model))
+        log.info("%s %s epoch %d: loss %.4f (%.0f s, %.0f img/s)", self.where, self.phase, self.epoch + 1, loss,
+                 seconds, trained / seconds if seconds else float("nan"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.end_epoch()
+
+    def save(self, position: Position) -> None:
+        save_checkpoint(self.model, self.path, self.phase, position, self.rows)
+        self._last_saved_step, self._last_saved_time = position.step, time.monotonic()
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -72,33 +196,26 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         if not math.isfinite(loss):
             raise NonFiniteLossError(
                 f"{self.where}: training loss became {loss} in epoch {self.epoch + 1}, batch {batch + 1}. "
-                "Lower learning_rate / finetune_learning_rate, or turn mixed_precision off; "
+                "Lower learning_rate / finetune_learning_rate, or set mixed_precision: off; "
                 "the fold was not marked done and will be retrained on the next run.")
 
 
-class HistoryWriter(keras.callbacks.Callback):
-    """history.csv, one row per (phase, epoch), rewritten atomically after every epoch. An
-    epoch that reruns after an interrupt replaces its row, so each epoch appears once."""
-
-    def __init__(self, path: Path, phase: str, where: str, n_images: int):
-        super().__init__()
-        self.path, self.phase, self.where, self.n_images = Path(path), phase, where, n_images
-        self._started = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self._started
-        row = {"phase": self.phase, "epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
-               "learning_rate": _current_learning_rate(self.model), "seconds": seconds,
-               "images_per_s": self.n_images / seconds if seconds else float("nan")}
-        history = read_history(self.path)
-        if len(history):
-            history = history[~((history["phase"] == self.phase) & (history["epoch"] == epoch + 1))]
-        history = pd.concat([history, pd.DataFrame([row])], ignore_index=True)
-        atomic.write_csv(self.path, history)
-        log.info("%s %s epoch %d: loss %.4f (%.0f s)", self.where, self.phase, epoch + 1, row.get("loss", float("nan")), seconds)
+def write_history(fold_dir: Path, phase: str, epoch: int, rows: list, seconds: float, images: int,
+                  learning_rate: float) -> float:
+    """history.csv, one row per (phase, epoch), and steps.csv, one row per step. The epoch's loss
+    is the mean of its step losses, so an epoch resumed after a kill reports the whole epoch, not
+    its remainder. Returns that loss."""
+    path = Path(fold_dir) / HISTORY
+    losses = [r["loss"] for r in rows if r["phase"] == phase and r["epoch"] == epoch + 1]
+    loss = float(np.mean(losses)) if losses else float("nan")
+    row = {"phase": phase, "epoch": epoch + 1, "loss": loss, "learning_rate": learning_rate, "seconds": seconds,
+           "images_per_s": images / seconds if seconds else float("nan")}
+    history = read_history(path)
+    if len(history):
+        history = history[~((history["phase"] == phase) & (history["epoch"] == epoch + 1))]
+    atomic.write_csv(path, pd.concat([history, pd.DataFrame([row])], ignore_index=True))
+    atomic.write_csv(Path(fold_dir) / STEPS, pd.DataFrame(rows, columns=["phase", "epoch", "step", "loss"]))
+    return loss
 
 
 def read_history(path: Path) -> pd.DataFrame:
@@ -116,90 +233,158 @@ def _current_learning_rate(model) -> float:
 # ---- training ------------------------------------------------------------------------------
 
 
-def _compile(model: keras.Model, member: MemberConfig, learning_rate: float, total_steps: int) -> None:
+def _compile(model: keras.Model, member: MemberConfig, learning_rate: float, total_steps: int,
+             placement: Placement) -> None:
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps), alpha=0.05)
+    # a mixed_float16 model gets Keras's loss-scaling optimizer from compile; bfloat16 needs none
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=get_loss(member.loss),
-                  jit_compile=bool(member.jit_compile))
+                  jit_compile=placement.jit_compile, steps_per_execution=placement.steps_per_execution)
 
 
-def _fit_phase(model, fit_inputs: dict, phase: Phase, fold_dir: Path, where: str, n_images: int,
-               callbacks: Sequence = ()) -> None:
-    backup = fold_dir / "backup" / phase.name
-    standard = [
-        keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True, delete_checkpoint=False),
-        StopOnNonFiniteLoss(where),
-        HistoryWriter(fold_dir / HISTORY, phase.name, where, n_images),
-    ]
-    model.fit(**fit_inputs, epochs=phase.epochs, callbacks=standard + list(callbacks), verbose=0)
+def _fit_phase(model, member: MemberConfig, phase: Phase, epoch_data: EpochData, steps: int, fold_dir: Path,
+               where: str, images_per_epoch: int, callbacks: Sequence = ()) -> None:
+    """The phase's epochs, one `fit` each, from its checkpoint if there is one."""
+    path = fold_dir / CHECKPOINTS / f"{phase.name}.npz"
+    restored = restore_checkpoint(model, path, phase.name, where)
+    position, rows = restored if restored else (Position(0, 0), [])
+    if restored:
+        log.info("%s %s: resuming at epoch %d, step %d of %d", where, phase.name, position.epoch + 1,
+                 position.step, steps)
+    checkpoint = StepCheckpoint(path, fold_dir, phase.name, steps, member.checkpoint_steps, member.checkpoint_minutes,
+                                rows, where, images_per_epoch)
+    standard = [checkpoint, StopOnNonFiniteLoss(where)]
+    for epoch in range(position.epoch, phase.epochs):
+        skip = position.step if epoch == position.epoch else 0
+        checkpoint.begin_epoch(epoch, skip)
+        if skip < steps:
+            model.fit(epoch_data(epoch, skip), initial_epoch=epoch, epochs=epoch + 1, shuffle=False,
+                      callbacks=standard + list(callbacks), verbose=0)
+        else:  # killed after the epoch's last step, before its end was recorded
+            checkpoint.set_model(model)
+            checkpoint.end_epoch()
 
 
-def _run_phases(model, member: MemberConfig, phases: list, fit_inputs: dict, steps_per_epoch: int,
-                fold_dir: Path, where: str, n_images: int, callbacks: Sequence = (),
+def _run_phases(model, member: MemberConfig, phases: list, data_for_phase: Callable[[int], EpochData], steps: int,
+                fold_dir: Path, where: str, images_per_epoch: int, placement: Placement, callbacks: Sequence = (),
                 has_trunk: bool = True) -> keras.Model:
-    """Each phase: skip if its weights exist, else start from the previous phase's weights
-    (BackupAndRestore then moves on to its own backup, if any) and train."""
+    """Each phase: skip if its weights exist, else start from the previous phase's weights and
+    train (from its checkpoint, if any)."""
     fold_dir.mkdir(parents=True, exist_ok=True)
     previous: Optional[Path] = None
-    for phase in phases:
+    for number, phase in enumerate(phases):
         finished = fold_dir / "phases" / f"{phase.name}.weights.h5"
         if not finished.exists():
             if previous is not None:
                 model.load_weights(str(previous))
             if has_trunk:
                 set_trainable(model, member.backbone, phase.name, pretrained=is_pretrained(member.weights))
-            _compile(model, member, phase.learning_rate, phase.epochs * steps_per_epoch)
-            _fit_phase(model, fit_inputs, phase, fold_dir, where, n_images, callbacks)
+            rate = scaled_learning_rate(phase.learning_rate, member.lr_scaling, placement.replicas)
+            _compile(model, member, rate, phase.epochs * steps, placement)
+            _fit_phase(model, member, phase, data_for_phase(number), steps, fold_dir, where, images_per_epoch,
+                       callbacks)
             save_weights(model, finished)
-            shutil.rmtree(fold_dir / "backup" / phase.name, ignore_errors=True)
+            (fold_dir / CHECKPOINTS / f"{phase.name}.npz").unlink(missing_ok=True)
         previous = finished
     if previous is not None:
         model.load_weights(str(previous))
     return model
 
 
+def _epoch_base(phases: list, number: int) -> int:
+    # data orders never repeat across phases: phase 2's first epoch is the run's epoch head_epochs
+    return sum(p.epochs for p in phases[:number])
+
+
 def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarray, fold_dir: Path,
-                   seed: int, where: str = "", callbacks: Sequence = ()) -> keras.Model:
-    """Fine-tune the member's trunk + head on these images, resuming whatever fold_dir holds."""
+                   seed: int, where: str = "", callbacks: Sequence = (), cache=None,
+                   placement: Optional[Placement] = None) -> keras.Model:
+    """Fine-tune the member's trunk + head on these images, on every device of `placement`,
+    resuming whatever fold_dir holds. `cache`: a models.inputs image cache, or None."""
     keras.utils.set_random_seed(seed)
-    size = resolve_size(member.backbone, member.image_size)
-    model = build_member_model(member, labels.shape[1])
-    batches = image_batches(paths, labels, size, member.resize, member.batch_size, shuffle=True, seed=seed)
-    steps = math.ceil(len(paths) / member.batch_size)
-    return _run_phases(model, member, finetune_phases(member), {"x": batches, "shuffle": False}, steps, Path(fold_dir),
-                       where, len(paths), callbacks)
+    placement = placement or resolve_placement(member)
+    spec = resolve_input_spec(member)
+    global_batch = member.batch_size * placement.replicas
+    drop_remainder = placement.replicas > 1  # every replica gets an equal share of each batch
+    steps = steps_per_epoch(len(paths), global_batch, drop_remainder)
+    phases = finetune_phases(member)
+    labels = np.asarray(labels, np.float32)
+
+    def data_for_phase(number: int) -> EpochData:
+        base = _epoch_base(phases, number)
+        return lambda epoch, skip: training_batches(
+            paths, labels, spec.size, spec.resize, global_batch, seed=seed, epoch=base + epoch, skip_batches=skip,
+            drop_remainder=drop_remainder, cache=cache, reader=member.reader, workers=member.reader_workers)
+
+    with placement_scope(placement):
+        model = build_member_model(member, labels.shape[1], precision=placement.precision_policy)
+        return _run_phases(model, member, phases, data_for_phase, steps, Path(fold_dir), where, len(paths),
+                           placement, callbacks)
 
 
 def train_head(member: MemberConfig, embeddings: np.ndarray, labels: np.ndarray, fold_dir: Path,
                seed: int, where: str = "", callbacks: Sequence = ()) -> keras.Model:
-    """Frozen-feature path: only the head trains, on cached trunk embeddings."""
+    """Frozen-feature path: only the head trains, on cached trunk embeddings (seconds: one device)."""
     keras.utils.set_random_seed(seed)
-    model = build_head_model(embeddings.shape[1], labels.shape[1], member)
-    fit_inputs = {"x": np.asarray(embeddings, np.float32), "y": np.asarray(labels, np.float32),
-                  "batch_size": member.batch_size, "shuffle": True}
-    steps = math.ceil(len(embeddings) / member.batch_size)
+    placement = resolve_placement(member)
+    placement = Placement(placement.backend, placement.kind, placement.devices[:1], "float32",
+                          placement.jit_compile, placement.steps_per_execution)
+    features, labels = np.asarray(embeddings, np.float32), np.asarray(labels, np.float32)
+    steps = steps_per_epoch(len(features), member.batch_size)
     phase = Phase("head", member.frozen_epochs, member.learning_rate)
-    return _run_phases(model, member, [phase], fit_inputs, steps, Path(fold_dir), where, len(embeddings),
-                       callbacks, has_trunk=False)
+
+    def epoch_data(epoch: int, skip: int):
+        rows = epoch_order(len(features), seed, epoch)[skip * member.batch_size:]
+        return ArrayBatches(features[rows], labels[rows], member.batch_size)
+
+    model = build_head_model(features.shape[1], labels.shape[1], member)
+    return _run_phases(model, member, [phase], lambda number: epoch_data, steps, Path(fold_dir), where,
+                       len(features), placement, callbacks, has_trunk=False)
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """In-memory (features, labels) in the given row order, as batches."""
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, batch_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.features, self.labels, self.batch_size = features, labels, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.features) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.features[rows], self.labels[rows]
 
 
 # ---- prediction and files ------------------------------------------------------------------
 
 
-def predict_images(model: keras.Model, member: MemberConfig, paths: Sequence[str], desc: str = "predict") -> np.ndarray:
-    """Probabilities in `paths` order; with member.tta_flip, the mean over the image and its mirror."""
+def predict_images(model: keras.Model, paths: Sequence[str], batch_size: int, tta_flip: bool = False,
+                   reader: str = "auto", workers: Optional[int] = None, desc: str = "predict",
+                   replicas: int = 1) -> np.ndarray:
+    """Probabilities in `paths` order, the images made as the model's own InputSpec says; with
+    tta_flip, the mean over the image and its mirror. Batches are padded to a multiple of the
+    replicas (data parallel needs equal shares) and the padding dropped."""
     if not len(paths):
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
-    size = resolve_size(member.backbone, member.image_size)
-    batches = image_batches(paths, None, size, member.resize, member.batch_size, shuffle=False)
+    spec = input_spec_of(model)
+    batches = prediction_batches(paths, spec.size, spec.resize, batch_size * replicas, reader=reader, workers=workers)
     out = []
-    for images in progress(batches, desc=desc, total=math.ceil(len(paths) / member.batch_size), leave=False):
-        images = np.asarray(images, dtype=np.float32)
-        probs = np.asarray(model.predict_on_batch(images), dtype=np.float32)
-        if member.tta_flip:
-            mirrored = np.ascontiguousarray(images[:, :, ::-1])
-            probs = (probs + np.asarray(model.predict_on_batch(mirrored), dtype=np.float32)) / 2
-        out.append(probs)
+    for images in progress(batches, desc=desc, total=len(batches), leave=False):
+        out.append(predict_batch(model, np.asarray(images, dtype=np.float32), tta_flip, replicas))
     return np.concatenate(out)
+
+
+def predict_batch(model: keras.Model, images: np.ndarray, tta_flip: bool = False, replicas: int = 1) -> np.ndarray:
+    n = len(images)
+    short = (-n) % replicas
+    if short:
+        images = np.concatenate([images, np.repeat(images[-1:], short, axis=0)])
+    probs = np.asarray(model.predict_on_batch(images), dtype=np.float32)
+    if tta_flip:
+        mirrored = np.ascontiguousarray(images[:, :, ::-1])
+        probs = (probs + np.asarray(model.predict_on_batch(mirrored), dtype=np.float32)) / 2
+    return probs[:n]
 
 
 def predict_embeddings(model: keras.Model, embeddings: np.ndarray, mirrored: Optional[np.ndarray] = None,
@@ -226,6 +411,12 @@ def save_model(model: keras.Model, path: Path) -> None:
 def load_model(path: Path) -> keras.Model:
     """A saved fold model, ready to predict (the optimizer state is not needed)."""
     return keras.saving.load_model(str(path), compile=False)
+
+
+def remove_checkpoints(fold_dir: Path) -> None:
+    """Once model.keras holds the final weights, the phase weights and checkpoints are spent."""
+    for name in ("phases", CHECKPOINTS, "backup"):
+        shutil.rmtree(Path(fold_dir) / name, ignore_errors=True)
 
 
 def training_rate(history: pd.DataFrame) -> float:

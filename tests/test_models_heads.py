@@ -54,10 +54,11 @@ def test_head_has_one_sigmoid_per_label_and_optional_hidden_layer():
     assert model.get_layer("label_probs").activation.__name__ == "sigmoid"
 
 
-def test_mixed_precision_computes_in_float16_but_outputs_float32():
-    model = build_member_model(tiny_member(mixed_precision=True), 4)
+@pytest.mark.parametrize("policy, compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
+def test_mixed_precision_computes_in_half_precision_but_outputs_float32(policy, compute):
+    model = build_member_model(tiny_member(), 4, precision=policy)
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after building
-    assert trunk_of(model).get_layer("tiny_block1_conv").compute_dtype == "float16"
+    assert trunk_of(model).get_layer("tiny_block1_conv").compute_dtype == compute
     out = model.predict_on_batch(np.zeros((1, 16, 16, 3), np.float32))
     assert str(out.dtype) == "float32"
 
