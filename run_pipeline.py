@@ -35,7 +35,10 @@ STAGES = {
     "compare": ("reports.compare:run_compare", "member x fold score table: report/fold_scores.{csv,md,png}"),
     "ablate": ("reports.ablation:run_ablate", "leave-one-member-out and single-member refits: report/ablation.{csv,md,png}"),
     "report": ("reports.html:run_report", "report/index.html with plots"),
+    "kaggle_submit": ("submissions.kaggle:run_kaggle_submit",
+                      "opt-in, never in 'all': submit submission.csv to kaggle.competition, log the public score"),
 }
+OPT_IN = ("kaggle_submit",)  # run only when named in --stages
 
 
 def stage_help() -> str:
@@ -43,13 +46,15 @@ def stage_help() -> str:
     return "stages, in order:\n" + "\n".join(f"  {name:<{width}}  {writes}" for name, (_, writes) in STAGES.items())
 
 
-def parse_args(argv):
+def parse_args(argv, prog=None):
     parser = argparse.ArgumentParser(
+        prog=prog,
         description=__doc__, epilog=stage_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="YAML config (default: configs/demo.yaml)")
+    parser.add_argument("--config", type=Path, help="YAML config, or a shipped config's name: demo, ccp, ... "
+                        "(default: configs/demo.yaml)")
     parser.add_argument("--data-dir", type=Path, help="competition-layout data directory (overrides data.dir)")
     parser.add_argument("--run-dir", type=Path, help="run directory (default: runs/<config name>)")
-    parser.add_argument("--stages", default="all", help="comma-separated stages to run (default: all)")
+    parser.add_argument("--stages", default="all", help="comma-separated stages to run (default: all, i.e. all but the opt-in kaggle_submit)")
     parser.add_argument("--members", help="comma-separated member names: restrict member training to these")
     parser.add_argument("--redo", default="", help="comma-separated stages to recompute even if finished, or 'all'")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -63,6 +68,11 @@ def split_names(text: str, valid, what: str) -> list:
     if unknown:
         raise ConfigError(f"unknown {what} {unknown}; valid: {', '.join(valid)}")
     return names
+
+
+def chosen_stages(text: str) -> list:
+    """--stages: "all" is every stage but the opt-in ones, which run only when named."""
+    return [s for s in STAGES if s not in OPT_IN] if text == "all" else split_names(text, STAGES, "stage(s)")
 
 
 def build_context(args) -> StageContext:
@@ -94,11 +104,11 @@ def run_stage(name: str, ctx: StageContext, log) -> dict:
     return summary
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv=None, prog=None) -> int:
+    args = parse_args(argv, prog)
     log = setup_logging()
     try:
-        stages = list(STAGES) if args.stages == "all" else split_names(args.stages, STAGES, "stage(s)")
+        stages = chosen_stages(args.stages)
         ctx = build_context(args)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

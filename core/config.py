@@ -151,6 +151,25 @@ class AblationConfig:
 
 
 @dataclass
+class TensorBoardConfig:
+    """TensorBoard logs of every (member, fold) fit under members/<m>/<unit>/tensorboard/
+    (models.tensorboard_logs); view them with `tensorboard --logdir runs/<run>`."""
+    enabled: bool = False
+    every_n_batches: int = 0  # 0: one point per epoch; N > 0: also the running loss every N training batches
+
+
+@dataclass
+class KaggleConfig:
+    """The opt-in kaggle_submit stage (submissions.kaggle): where to submit and where to log the score."""
+    competition: Optional[str] = None  # the competition's slug; kaggle_submit refuses to run without one
+    # {run} {source} {rule} {metric} {cv_score} are filled in; the public score comes back on its own
+    message: str = "fashion-stack {run}: {source} + {rule}, CV {metric}-F1 {cv_score:.4f}"
+    leaderboard_log: str = "../leaderboard.csv"  # relative to the run directory: runs beside it share one log
+    wait_for_score_s: float = 600.0  # how long to wait for Kaggle to score the submission (0: do not wait)
+    poll_s: float = 15.0
+
+
+@dataclass
 class PipelineConfig:
     name: str = "demo"
     data: DataConfig = field(default_factory=DataConfig)
@@ -161,6 +180,8 @@ class PipelineConfig:
     stack: StackConfig = field(default_factory=StackConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+    kaggle: KaggleConfig = field(default_factory=KaggleConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -242,21 +263,76 @@ def parse_override(text: str) -> dict:
     return value
 
 
-def load_config(path: str | Path | None = None, overrides: list[dict] | None = None) -> PipelineConfig:
-    """Defaults, then the YAML at `path` (None: the demo config), then each override in order."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+# ---- config files: shipped configs by name, `base:` overlays, `member_defaults` --------------
+
+
+def config_path(name: str | Path) -> Path:
+    """A config file: an existing path, else a config shipped with the package, by name (`ccp`,
+    `ccp.yaml` or `configs/ccp.yaml`), so the README's commands also work from an installed copy."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if path.parent in (Path("."), Path("configs")):
+        for candidate in (CONFIGS_DIR / path.name, CONFIGS_DIR / f"{path.name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    raise ConfigError(f"config {name} not found; give a YAML file, or the name of a shipped config: "
+                      f"{', '.join(shipped_configs())}")
+
+
+def shipped_configs() -> list:
+    return sorted(path.stem for path in CONFIGS_DIR.glob("*.yaml"))
+
+
+def read_config_file(path: Path, _chain: tuple = ()) -> dict:
+    """The YAML mapping at `path`. With `base: OTHER.yaml` (beside this file, or a shipped
+    config's name) it is an overlay: OTHER's mapping with this one merged over it (nested
+    sections key by key; a list, such as members, replaces the base's list whole)."""
     try:
-        from_yaml = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"config {path} is not valid YAML: {err}") from err
-    if not isinstance(from_yaml, dict):
+    if not isinstance(values, dict):
         raise ConfigError(f"config {path}: top level must be a mapping")
-    values = from_yaml
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"config {path}: base must be a file name, got {base!r}")
+    beside = Path(path).parent / base
+    base_path = beside if beside.is_file() else config_path(base)
+    chain = _chain + (Path(path).resolve(),)
+    if base_path.resolve() in chain:
+        raise ConfigError(f"config {path}: base {base} leads back to itself ({' -> '.join(map(str, chain))})")
+    return _merge(read_config_file(base_path, chain), values)
+
+
+def apply_member_defaults(values: dict) -> dict:
+    """`member_defaults` (any member setting but its name) merged under every entry of `members`:
+    settings the members share are written once; a member's own value wins."""
+    values = dict(values)
+    defaults = values.pop("member_defaults", None) or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"member_defaults: expected a mapping of member settings, got a {type(defaults).__name__}")
+    if "name" in defaults:
+        raise ConfigError("member_defaults.name: every member names itself; remove name from member_defaults")
+    _build(MemberConfig, defaults, "member_defaults")  # its own typos are named as its own
+    members = values.get("members")
+    if defaults and isinstance(members, list):
+        values["members"] = [_merge(defaults, m) if isinstance(m, dict) else m for m in members]
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[dict] | None = None) -> PipelineConfig:
+    """Defaults, then the YAML at `path` (None: the demo config), then each override in order."""
+    path = config_path(path) if path is not None else DEFAULT_CONFIG
+    values = read_config_file(path)
     for override in overrides or []:
         values = _merge(values, override)
     try:
+        values = apply_member_defaults(values)
         config = _build(PipelineConfig, values, "")
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
@@ -286,4 +362,11 @@ def dump_config(config: PipelineConfig) -> str:
 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
+CONFIGS_DIR = PROJECT_ROOT / "configs"  # shipped as package data (the `configs` package)
+DEFAULT_CONFIG = CONFIGS_DIR / "demo.yaml"
+
+
+def cache_root() -> Path:
+    """Where generated data (the demo) is cached: .cache/ in a source checkout, else .cache/ in the
+    working directory (an installed copy's site-packages is no place to write)."""
+    return PROJECT_ROOT / ".cache" if (PROJECT_ROOT / "pyproject.toml").is_file() else Path.cwd() / ".cache"

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from core import atomic
-from core.config import PROJECT_ROOT, DemoConfig
+from core.config import DemoConfig, cache_root
 from core.labels import LabelSpace
 from core.log import get_logger, progress, setup_logging
 from datasets.demo_draw import UPPER_BODY, GarmentLook, render_garment
@@ -166,7 +166,7 @@ def demo_config_hash(cfg: DemoConfig) -> str:
 
 
 def demo_cache_dir(cfg: DemoConfig) -> Path:
-    return PROJECT_ROOT / ".cache" / "demo" / demo_config_hash(cfg)
+    return cache_root() / "demo" / demo_config_hash(cfg)
 
 
 def _image_size(cfg_size: int, rng: np.random.Generator) -> tuple:

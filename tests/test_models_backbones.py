@@ -10,6 +10,7 @@ from conftest import shared_path  # noqa: E402
 from models.backbones import (BackboneError, backbone_names, backbone_spec, create_backbone,  # noqa: E402
                               preprocess_images, resolve_size)
 from models.heads import build_member_model, set_trainable, trunk_of  # noqa: E402
+from models.trainer import load_model, save_model  # noqa: E402
 from models_synthetic import tiny_member  # noqa: E402
 
 MOBILENET_WEIGHTS = ("weights", "mobilenet_v2_1.0_224_imagenet_notop.weights.h5")
@@ -90,3 +91,60 @@ def test_weights_for_another_trunk_are_refused(tmp_path):
     path = shared_path(*MOBILENET_WEIGHTS)
     with pytest.raises(BackboneError, match="does not fit"):
         create_backbone("tiny_cnn", 32, str(path))
+
+
+# ---- the modern trunks: EfficientNetV2, ConvNeXt -----------------------------------------------
+
+MODERN = {"efficientnetv2_b0": keras.applications.EfficientNetV2B0,
+          "efficientnetv2_s": keras.applications.EfficientNetV2S,
+          "convnext_tiny": keras.applications.ConvNeXtTiny}
+
+
+def _keras_own_preprocessing(constructor, size):
+    """The layers these trunks put in front of their stem when include_preprocessing=True (the
+    weightless layers before the first layer with weights), as a model: the reference."""
+    trunk = constructor(include_top=False, weights=None, input_shape=(size, size, 3), include_preprocessing=True)
+    first_weighted = next(i for i, layer in enumerate(trunk.layers) if layer.weights)
+    return keras.Model(trunk.input, trunk.layers[first_weighted - 1].output)
+
+
+@pytest.mark.parametrize("backbone", sorted(MODERN))
+def test_modern_trunks_preprocess_exactly_as_their_own_built_in_layers(backbone):
+    images = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype(np.float32)
+    reference = np.asarray(_keras_own_preprocessing(MODERN[backbone], 32).predict_on_batch(images))
+    ours = keras.ops.convert_to_numpy(preprocess_images(images, backbone_spec(backbone).preprocess_style))
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-4)
+    assert not np.allclose(reference, images)  # the reference does scale: an identity would not pass
+
+
+def test_modern_trunks_have_their_native_sizes_and_take_no_built_in_preprocessing():
+    assert {name: backbone_spec(name).native_size for name in MODERN} == {
+        "efficientnetv2_b0": 224, "efficientnetv2_s": 384, "convnext_tiny": 224}
+    trunk = create_backbone("efficientnetv2_b0", 32, None)
+    first_weighted = next(i for i, layer in enumerate(trunk.layers) if layer.weights)
+    assert first_weighted == 1  # the stem conv right after the input: ImagePreprocess does the scaling
+
+
+def test_efficientnetv2_b0_loads_a_local_weights_file_at_any_size(tmp_path):
+    path = tmp_path / "efficientnetv2_b0_notop.weights.h5"
+    saved = create_backbone("efficientnetv2_b0", 32, None)
+    saved.save_weights(str(path))
+    loaded = create_backbone("efficientnetv2_b0", 64, str(path))
+    kernel = lambda model: np.asarray(model.get_layer("stem_conv").kernel)  # noqa: E731
+    np.testing.assert_array_equal(kernel(loaded), kernel(saved))
+    assert not np.allclose(kernel(create_backbone("efficientnetv2_b0", 32, None)), kernel(saved))
+
+
+def _check_save_load(backbone: str, tmp_path):
+    size = backbone_spec(backbone).min_size
+    model = build_member_model(tiny_member(backbone=backbone, image_size=size, hidden_units=8), n_labels=5)
+    images = np.random.default_rng(2).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
+    save_model(model, tmp_path / "model.keras")
+    loaded = load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict_on_batch(images), model.predict_on_batch(images), atol=1e-5)
+
+
+@pytest.mark.slow  # 30-80 s each on 2 busy cores; their builds are in the slow every-backbone test above
+@pytest.mark.parametrize("backbone", sorted(MODERN))
+def test_modern_members_save_and_load_with_the_same_outputs(backbone, tmp_path):
+    _check_save_load(backbone, tmp_path)
