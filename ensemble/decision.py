@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from core.log import progress
 from core.metrics import f1_from_counts
 from core.registry import Registry
+from ensemble.gfm import fit_joint_model, predict_sets
 from ensemble.label_sets import (METRICS, TopLabels, check_probabilities, check_truth, counts_at_thresholds,
                                  enforce_cardinality, expected_f1_of_ranking, per_label_threshold_search,
                                  threshold_grid)
@@ -148,6 +149,41 @@ class ExpectedF1(DecisionRule):
         return top.mask(lo + np.argmax(expected[:, lo - 1:], axis=1))
 
 
+@register_rule("gfm")
+class GeneralFMaximizer(DecisionRule):
+    """Per image, the set that maximises expected F1 under an estimated joint distribution of the
+    labels (Dembczynski et al.'s GFM, NIPS 2011; ensemble.gfm): exact for the estimated matrix
+    P(y_i = 1, |y| = s), which a multinomial over (image, candidate label) rows learns from the
+    training rows, so unlike expected_f1 it does not assume independent, calibrated labels: set
+    sizes and each label's share of large and small sets come from the truth. Like expected_f1 it
+    maximises sample-F1 whatever `metric` says. min_labels may be 0 here: the empty set is then a
+    candidate, with expected F1 P(y = empty set) from the set-size model."""
+
+    def __init__(self, min_labels=1, max_labels=23, metric="micro", n_candidates=32, C=1.0, max_iter=300):
+        self.min_labels = min_labels
+        self.max_labels = max_labels
+        self.metric = metric
+        self.n_candidates = n_candidates
+        self.C = C
+        self.max_iter = max_iter
+
+    def _check_params(self) -> None:
+        if self.min_labels == 0 and isinstance(self.max_labels, (int, np.integer)) and self.max_labels >= 0:
+            if self.metric not in METRICS:
+                raise ValueError(f"{type(self).__name__}: metric={self.metric!r}; use one of {METRICS}")
+            return
+        super()._check_params()
+
+    def _fit(self, probs, y_true):
+        self.joint_model_ = fit_joint_model(probs, y_true, self._depth(), self.C, self.max_iter)
+
+    def _predict(self, probs):
+        return predict_sets(self.joint_model_, probs, self._depth(), self.min_labels, self.max_labels)
+
+    def _depth(self) -> int:
+        return max(int(self.n_candidates), int(self.max_labels))
+
+
 @register_rule("group")
 class GroupAware(DecisionRule):
     """Exactly one label of each exclusive group (its most probable) plus a global threshold on
@@ -229,6 +265,8 @@ class TopKByCardinality(DecisionRule):
 def _jsonable(value):
     if isinstance(value, (list, tuple)):
         return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
     return np.asarray(value).tolist()
 
 

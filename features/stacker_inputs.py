@@ -213,3 +213,54 @@ def _standardise(matrix: np.ndarray) -> np.ndarray:
     scale = matrix.std(axis=0)
     # constant columns (a label never seen in these rows) carry no correlation
     return np.divide(centred, scale, out=np.zeros_like(centred), where=scale > 0)
+
+
+# ---------------------------------------------------------------- long format: one row per (image, label)
+
+LABEL_FEATURE = "label"  # the long-format column holding the label's index: a categorical feature
+
+
+def long_features(stack: MemberStack, label_frequency: np.ndarray, context_labels=None) -> tuple:
+    """(X float32 (images x labels, features), feature names): one row per (image, label), image
+    major (row i * labels + j), for a stacker that learns one model across all labels.
+
+    Per row: each member's probability and its rank within the image (0 = the member's top label),
+    pairwise products of the members' probabilities, their mean / max / spread, the label's index
+    (categorical, LABEL_FEATURE) and `label_frequency` (its rate in the training rows), and
+    image-level summaries: the sum of mean probabilities (a cardinality cue), the image's top mean
+    probability, and with groups the label's rank in its group and the group's top and sum.
+    `context_labels` (labels, c) indices (select_context_labels): the mean probability of each
+    label's k-th context label joins as column context:k, so one model can still use the labels
+    that best explain each label."""
+    label_frequency = np.asarray(label_frequency, dtype=np.float32)
+    if label_frequency.shape != (stack.n_labels,):
+        raise StackerInputError(f"label_frequency needs one rate per label ({stack.n_labels}), "
+                                f"got shape {label_frequency.shape}")
+    n, labels = len(stack), stack.n_labels
+    probs = stack.probs
+    columns = [probs[:, m, :] for m in range(stack.n_members)]
+    columns += [np.argsort(np.argsort(-probs[:, m, :], axis=1, kind="stable"), axis=1, kind="stable")
+                for m in range(stack.n_members)]
+    pairs = [(a, b) for a in range(stack.n_members) for b in range(a + 1, stack.n_members)]
+    columns += [probs[:, a, :] * probs[:, b, :] for a, b in pairs]
+    columns += [stack.mean, stack.max, stack.spread,
+                np.broadcast_to(np.arange(labels), (n, labels)),
+                np.broadcast_to(label_frequency, (n, labels)),
+                np.broadcast_to(stack.expected_count[:, None], (n, labels)),
+                np.broadcast_to(stack.mean.max(axis=1, keepdims=True), (n, labels))]
+    names = ([f"member:{m}" for m in stack.member_names] + [f"rank:{m}" for m in stack.member_names]
+             + [f"product:{stack.member_names[a]}*{stack.member_names[b]}" for a, b in pairs]
+             + ["mean", "max", "spread", LABEL_FEATURE, "label_frequency", "expected_count", "image_top"])
+    if stack.group_context is not None:
+        columns += list(stack.group_context)
+        names += ["group_rank", "group_top", "group_sum"]
+    if context_labels is not None and np.asarray(context_labels).size:
+        context_labels = np.asarray(context_labels, dtype=int)
+        if context_labels.ndim != 2 or context_labels.shape[0] != labels:
+            raise StackerInputError(f"context_labels must be (labels, c) = ({labels}, c), got {context_labels.shape}")
+        columns += [stack.mean[:, context_labels[:, k]] for k in range(context_labels.shape[1])]
+        names += [f"context:{k + 1}" for k in range(context_labels.shape[1])]
+    X = np.empty((n, labels, len(columns)), dtype=np.float32)
+    for k, column in enumerate(columns):
+        X[:, :, k] = column
+    return X.reshape(n * labels, len(columns)), names

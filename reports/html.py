@@ -185,11 +185,27 @@ def stacking_section(inputs: _Inputs) -> str:
     table = pd.DataFrame(rows)
     best_member = table[table["kind"] == "member"]["micro_f1@best"].max()
     table["gain_vs_best_member"] = table["micro_f1@best"] - best_member
+    cv_threshold = _cv_threshold_scores(inputs)
+    if cv_threshold is not None:
+        table = table.merge(cv_threshold, on=["source", "kind"], how="left")
     plots.bars(inputs.report / "stacking_gain.png", table["source"], table["micro_f1@best"],
                ylabel="OOF micro-F1 at best threshold", title="Members and stackers (pool OOF)",
                highlight=table.loc[table["micro_f1@best"].idxmax(), "source"])
-    return ("<p>OOF scores over the whole pool (stackers: second-level OOF). Gain = micro-F1 minus the best "
-            "member's.</p>" + html_table(table) + _img("stacking_gain.png", "stacking gain"))
+    return ("<p>OOF scores over the whole pool (stackers: second-level OOF). <b>micro_f1@best and "
+            "samples_f1@best use the one threshold that is best for the very rows they score</b> (in-sample, "
+            "optimistic); micro_f1@cv_threshold is the decide stage's global rule, its threshold chosen on "
+            "the other folds (nested CV). Gain = micro_f1@best minus the best member's.</p>"
+            + html_table(table) + _img("stacking_gain.png", "stacking gain"))
+
+
+def _cv_threshold_scores(inputs: _Inputs):
+    """(source, kind, micro_f1@cv_threshold) from decision/scores.csv's global-rule rows, or None."""
+    path = inputs.run.decision_dir / "scores.csv"
+    if not path.exists():
+        return None
+    scores = pd.read_csv(path)
+    scores = scores[scores["rule"] == "global"]
+    return scores[["source", "kind", "micro_f1"]].rename(columns={"micro_f1": "micro_f1@cv_threshold"})
 
 
 def _oof_scores(record: dict) -> dict:
@@ -207,8 +223,33 @@ def decision_section(inputs: _Inputs) -> str:
     chosen = [i for i, (s, k, r) in enumerate(zip(scores["source"], kinds, scores["rule"]))
               if str(s) == str(rule["source"]) and r == rule["rule"] and k in (None, rule.get("kind", k))]
     return (f"<p>Chosen: source <b>{html.escape(str(rule['source']))}</b>, rule <b>{html.escape(rule['rule'])}"
-            f"</b> (nested-CV {html.escape(metric_column)} {rule.get('score', float('nan')):.4f}). All "
-            "candidates, nested cross-validated on the OOF pool:</p>" + html_table(scores, highlight_rows=chosen))
+            f"</b> (nested-CV {html.escape(metric_column)} {rule.get('score', float('nan')):.4f}, the best of "
+            f"{len(scores)} candidates scored on the same folds, so optimistic).</p>"
+            + _honest_paragraph(rule.get("honest")) + "<p>All candidates, nested cross-validated on the OOF pool:</p>"
+            + html_table(scores, highlight_rows=chosen) + _vs_mean_paragraph(inputs))
+
+
+def _honest_paragraph(honest) -> str:
+    """The chosen candidate's headline from the outer loop (ensemble.selection), with each fold's choice."""
+    if not honest or honest.get("method") is None:
+        reason = (honest or {}).get("reason", "the decide stage predates it")
+        return f"<p>Honest headline: not measured ({html.escape(reason)}).</p>"
+    per_fold = pd.DataFrame(honest["per_fold"])
+    return (f"<p><b>Honest headline</b>: micro-F1 <b>{honest['micro_f1']:.4f}</b>, sample-F1 "
+            f"<b>{honest['samples_f1']:.4f}</b>. For each fold the whole choice among the "
+            f"{honest['n_candidates']} candidates was repeated on the other folds only, and that choice "
+            "predicted the fold; the fold's labels never took part in the choice that scored it.</p>"
+            + html_table(per_fold))
+
+
+def _vs_mean_paragraph(inputs: _Inputs) -> str:
+    path = inputs.run.decision_dir / "vs_mean.csv"
+    if not path.exists():
+        return ""
+    table = pd.read_csv(path)
+    return ("<h3>Each stacker against the mean, rule by rule</h3><p>Nested-CV change against the mean stacker "
+            "under the same rule, with a 95% fold-paired bootstrap interval (images resampled within folds).</p>"
+            + html_table(table))
 
 
 def ablation_section(inputs: _Inputs) -> str:

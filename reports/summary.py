@@ -12,7 +12,9 @@ def _short(summary: dict) -> str:
         if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
             # per-member / per-stacker records: show each one's out-of-fold micro-F1
             scores = {name: v.get("oof_micro_f1@best", v.get("micro_f1@best")) for name, v in value.items()}
-            parts.append(f"{key} OOF micro-F1@best: " + ", ".join(
+            # "@best": the best global threshold for the very rows scored (in-sample, optimistic);
+            # the decide stage's nested and outer-loop figures below are the honest ones
+            parts.append(f"{key} OOF micro-F1@best (threshold tuned on the scored rows): " + ", ".join(
                 f"{name}={score:.4f}" for name, score in scores.items() if score is not None))
             continue
         if key in ("seconds", "up_to_date") or isinstance(value, (dict, list)) and len(str(value)) > 60:
@@ -21,6 +23,16 @@ def _short(summary: dict) -> str:
             value = f"{value:.4g}"
         parts.append(f"{key}={value}")
     return ", ".join(parts)
+
+
+def honest_line(honest) -> str:
+    """The headline measured on rows the choice never saw (decision/rule.json "honest")."""
+    if not honest or honest.get("method") is None:
+        reason = (honest or {}).get("reason", "the decide stage predates it")
+        return f"Honest headline: not measured ({reason})"
+    choices = ", ".join(f"{c['source']}+{c['rule']}" for c in honest["per_fold"])
+    return (f"Honest headline (outer loop: the choice repeated without each scored fold): micro-F1 "
+            f"{honest['micro_f1']:.4f}, sample-F1 {honest['samples_f1']:.4f}; the folds chose {choices}")
 
 
 def final_screen(ctx, summaries: dict) -> str:
@@ -39,7 +51,9 @@ def final_screen(ctx, summaries: dict) -> str:
         best_member = table[table["kind"] == "member"].sort_values("micro_f1", ascending=False).head(1)
         lines.append("")
         lines.append(f"Chosen: {chosen.get('source')} + rule {chosen.get('rule')}: nested-CV "
-                     f"{chosen.get('metric', 'micro')}-F1 {chosen.get('score', float('nan')):.4f}")
+                     f"{chosen.get('metric', 'micro')}-F1 {chosen.get('score', float('nan')):.4f}"
+                     f" (the best of {len(table)} candidates on the same folds, so optimistic)")
+        lines.append(honest_line(chosen.get("honest")))
         if len(best_member):
             row = best_member.iloc[0]
             lines.append(f"Best single member: {row['source']} + {row['rule']}: micro-F1 {row['micro_f1']:.4f}")

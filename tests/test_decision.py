@@ -15,7 +15,7 @@ from sklearn.utils.estimator_checks import (check_get_params_invariance, check_n
 from core import atomic, metrics, predictions
 from core.config import DecisionConfig, MemberConfig, PipelineConfig, StackConfig
 from core.context import StageContext
-from core.rundir import RunDir
+from core.rundir import RunDir, mark_done
 from datasets.folds import write_folds
 from datasets.manifest import make_manifest
 from ensemble import decision
@@ -405,6 +405,7 @@ def _tiny_run(tmp_path, stackers=("mean",)):
         predictions.write(folder / "oof.parquet",
                           predictions.make_table(np.array(train_ids)[shuffled], oof[shuffled], label_ids))
         predictions.write(folder / "test.parquet", predictions.make_table(test_ids, test_probs, label_ids))
+        mark_done(folder, "source-config", run.folds_hash())  # finished, as its stage would leave it
     config = PipelineConfig(members=[MemberConfig(name="m1")], stack=StackConfig(stackers=list(stackers)),
                             decision=DecisionConfig(rules=["global", "per_label", "expected_f1", "group", "topk"]))
     return StageContext(config=config, run=run, data_dir=data_dir), y_true, train_ids
@@ -433,13 +434,37 @@ def test_run_decide_on_a_tiny_run(tmp_path):
     counts = test_labels["labels"].str.split().str.len()
     assert len(test_labels) == 20 and counts.between(1, 23).all()
     assert (out / "DONE.json").exists()
-    # a rerun skips; a redo recomputes
-    stamp = (out / "scores.csv").stat().st_mtime_ns
+    # the honest headline: 3 folds, the outer loop chose once per fold among every candidate
+    honest = rule["honest"]
+    assert honest == atomic.read_json(out / "selection.json") and honest["n_candidates"] == len(scores)
+    assert [c["fold"] for c in honest["per_fold"]] == [0, 1, 2]
+    assert 0 < honest["micro_f1"] <= 1 and summary["honest_micro_f1"] == honest["micro_f1"]
+    # a rerun skips; a redo recomputes: new files and a new DONE record, not only a DONE.json
+    stamps = {name: (out / name).stat().st_mtime_ns for name in ("scores.csv", "rule.json", "selection.json")}
+    finished = atomic.read_json(out / "DONE.json")["finished_at"]
     run_decide(ctx)
-    assert (out / "scores.csv").stat().st_mtime_ns == stamp
+    assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
     ctx.redo = {"decide"}
     run_decide(ctx)
-    assert (out / "DONE.json").exists()
+    assert all((out / name).stat().st_mtime_ns != stamp for name, stamp in stamps.items())
+    assert atomic.read_json(out / "DONE.json")["finished_at"] > finished
+    redone = pd.read_csv(out / "scores.csv")
+    assert redone.drop(columns="seconds").equals(scores.drop(columns="seconds"))  # recomputed, and deterministic
+
+
+def test_run_decide_compares_each_stacker_with_the_mean_and_skips_the_outer_loop_below_3_folds(tmp_path):
+    ctx, _, train_ids = _tiny_run(tmp_path, stackers=("mean", "other"))
+    write_folds(ctx.run.folds, train_ids, np.arange(90) % 2)
+    for source in ("m1", "mean", "other"):  # the sources were made under the new folds
+        folder = ctx.run.member_dir(source) if source == "m1" else ctx.run.stacker_dir(source)
+        mark_done(folder, "source-config", ctx.run.folds_hash())
+    ctx.config.decision.rules = ["global", "topk"]
+    summary = run_decide(ctx)
+    assert summary["honest_micro_f1"] is None
+    assert atomic.read_json(ctx.run.decision_dir / "rule.json")["honest"]["method"] is None
+    table = pd.read_csv(ctx.run.decision_dir / "vs_mean.csv")
+    assert list(table["source"]) == ["other", "other"] and list(table["rule"]) == ["global", "topk"]
+    assert (table["delta_micro_f1"] == 0).all()  # the fixture gives both stackers the same OOF
 
 
 def test_run_decide_falls_back_to_members_without_stackers(tmp_path):

@@ -13,13 +13,14 @@ from core import atomic, predictions
 from core.metrics import best_global_threshold
 from ensemble import stackers as stackers_module
 from ensemble.stackers import (STACKERS, MeanStacker, Stacker, WeightedMeanStacker,
-                               XGBoostStacker, load_stacker, make_stacker)
+                               XGBoostStacker, load_stacker, make_stacker, per_label)
 from ensemble.stacking import second_level_oof
 from ensemble.stage import run_stack
-from features.stacker_inputs import StackerInputError, join_members
-from stacking_fixtures import LABEL_IDS, correlated_truth, make_run, member_tables, noisy_members
+from features.stacker_inputs import StackerInputError, join_members, long_features
+from stacking_fixtures import GROUPS, LABEL_IDS, correlated_truth, make_run, member_tables, noisy_members
 
-FAST = {"mean": {}, "weighted": {}, "linear": {}, "xgboost": {"n_estimators": 30, "n_jobs": 1}}
+FAST = {"mean": {}, "weighted": {}, "linear": {}, "xgboost": {"n_estimators": 30, "n_jobs": 1},
+        "xgboost_long": {"n_estimators": 30, "n_jobs": 1}, "grid_cnn": {"epochs": 3, "hidden_units": 32}}
 CONTRACT_CHECKS = ["check_estimator_cloneable", "check_estimator_repr", "check_get_params_invariance",
                    "check_set_params", "check_no_attributes_set_in_init",
                    "check_parameters_default_constructible", "check_do_not_raise_errors_in_init_or_set_params"]
@@ -70,7 +71,7 @@ def test_xgboost_boosters_are_saved_in_xgboost_format(data, tmp_path):
 
 
 def test_unknown_stacker_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown stacker 'ridge'; valid stackers: \['linear', 'mean', 'weighted', 'xgboost'\]"):
+    with pytest.raises(ValueError, match=r"unknown stacker 'ridge'; valid stackers: \['grid_cnn', 'linear', 'mean', 'weighted', 'xgboost', 'xgboost_long'\]"):
         make_stacker("ridge")
 
 
@@ -116,8 +117,8 @@ def test_rare_labels_fall_back_and_are_listed(name, params, fallback_kind, data)
 def test_labels_fitted_in_parallel_predict_as_labels_fitted_one_at_a_time(name, data, monkeypatch):
     probs, y = data
     asked = []
-    parallel = stackers_module.Parallel
-    monkeypatch.setattr(stackers_module, "Parallel",
+    parallel = per_label.Parallel
+    monkeypatch.setattr(per_label, "Parallel",
                         lambda n_jobs, **kwargs: asked.append(n_jobs) or parallel(n_jobs=n_jobs, **kwargs))
     one_at_a_time = make_stacker(name, **{**FAST[name], "n_jobs": 1}).fit(probs, y)
     two_at_a_time = make_stacker(name, **{**FAST[name], "n_jobs": 2}).fit(probs, y)
@@ -152,17 +153,23 @@ def test_second_level_oof_never_fits_on_the_predicted_fold(monkeypatch, data):
     assert {"seconds", "micro_f1@best", "loss", "fallback_labels"} <= set(records[0])
 
 
-def test_stackers_beat_the_mean_when_a_label_depends_on_others():
+@pytest.fixture(scope="module")
+def dependent_label():
     y = correlated_truth(3000, seed=7)  # label 2 = label 0 AND label 1
     probs = noisy_members(y, qualities=(1.0, 1.5, 2.0), noise=1.5, seed=7)
     probs[:, :, 2] = noisy_members(y[:, 2:3], qualities=(0.3, 0.3, 0.3), seed=8)[:, :, 0]  # members barely see it
     train, test = slice(0, 2000), slice(2000, None)
-    scores = {}
-    for name in ("mean", "linear", "xgboost"):
-        stacker = make_stacker(name, **({"n_jobs": 1} if name == "xgboost" else {})).fit(probs[train], y[train])
-        scores[name] = best_global_threshold(y[test], stacker.predict_proba(probs[test]))[1]
-    assert scores["linear"] > scores["mean"] + 0.01, scores
-    assert scores["xgboost"] > scores["mean"] + 0.01, scores
+    mean = best_global_threshold(y[test], probs[test].mean(axis=1))[1]
+    return probs, y, train, test, mean
+
+
+@pytest.mark.parametrize("name", ["linear", "xgboost", "xgboost_long", "grid_cnn"])
+def test_stackers_beat_the_mean_when_a_label_depends_on_others(name, dependent_label):
+    probs, y, train, test, mean_score = dependent_label
+    params = {"n_jobs": 1} if name.startswith("xgboost") else {}
+    stacker = make_stacker(name, **params).fit(probs[train], y[train])
+    score = best_global_threshold(y[test], stacker.predict_proba(probs[test]))[1]
+    assert score > mean_score + 0.01, (score, mean_score)
 
 
 def test_run_stack_writes_every_artifact_and_skips_when_done(tmp_path, monkeypatch):
@@ -178,12 +185,19 @@ def test_run_stack_writes_every_artifact_and_skips_when_done(tmp_path, monkeypat
         assert scores["stacker"] == name and [f["fold"] for f in scores["folds"]] == [0, 1, 2]
         assert {"oof", "seconds", "fallback_labels"} <= set(scores) and (unit / "DONE.json").exists()
         np.testing.assert_array_equal(load_stacker(unit / "model").predict_proba(_test_stack(ctx)), test.to_numpy())
-    monkeypatch.setattr(stackers_module.MeanStacker, "fit", _refuse)
-    again = run_stack(ctx)
-    assert again["up_to_date"] and all(s["skipped"] for s in again["stackers"].values())
-    ctx.redo = {"stack"}
-    with pytest.raises(AssertionError, match="refit"):
-        run_stack(ctx)
+    unit = ctx.run.stacker_dir("mean")
+    stamp, finished = (unit / "oof.parquet").stat().st_mtime_ns, atomic.read_json(unit / "DONE.json")["finished_at"]
+    with monkeypatch.context() as patched:
+        patched.setattr(stackers_module.MeanStacker, "fit", _refuse)
+        again = run_stack(ctx)
+        assert again["up_to_date"] and all(s["skipped"] for s in again["stackers"].values())
+        ctx.redo = {"stack"}
+        with pytest.raises(AssertionError, match="refit"):
+            run_stack(ctx)
+    redone = run_stack(ctx)  # the redo recomputed: new artifacts and a new DONE record
+    assert not any(s["skipped"] for s in redone["stackers"].values())
+    assert (unit / "oof.parquet").stat().st_mtime_ns != stamp
+    assert atomic.read_json(unit / "DONE.json")["finished_at"] > finished
 
 
 def _refuse(*args, **kwargs):
@@ -269,3 +283,81 @@ def test_save_load_round_trip_without_the_prior(name, params, data, tmp_path):
     stacker = make_stacker(name, **FAST[name], **params).fit(probs, y)
     stacker.save(tmp_path / "model")
     np.testing.assert_array_equal(load_stacker(tmp_path / "model").predict_proba(probs), stacker.predict_proba(probs))
+
+
+# --- the long-format and grid stackers ------------------------------------------------------------
+
+def test_long_features_hold_one_row_per_image_and_label(data):
+    probs, y = data
+    stack = join_members(member_tables(probs[:5], [f"i{k}" for k in range(5)]), LABEL_IDS, label_groups=GROUPS)
+    frequency = y.mean(axis=0)
+    context = np.tile(np.arange(2), (8, 1))  # every label's context: labels 0 and 1
+    X, names = long_features(stack, frequency, context)
+    assert X.shape == (5 * 8, len(names)) and X.dtype == np.float32
+    column = {name: X[:, k] for k, name in enumerate(names)}
+    for i, j in [(0, 0), (3, 5), (4, 7)]:
+        row = i * 8 + j  # image major
+        assert [column[f"member:{m}"][row] for m in "abc"] == pytest.approx(probs[i, :, j].tolist())
+        assert column["label"][row] == j and column["label_frequency"][row] == pytest.approx(frequency[j])
+        assert column["rank:b"][row] == int((probs[i, 1] > probs[i, 1, j]).sum())  # 0 = member b's top label
+        assert column["product:a*c"][row] == pytest.approx(probs[i, 0, j] * probs[i, 2, j])
+        assert column["expected_count"][row] == pytest.approx(probs[i].mean(axis=0).sum())
+        assert column["image_top"][row] == pytest.approx(probs[i].mean(axis=0).max())
+        assert column["context:2"][row] == pytest.approx(probs[i, :, 1].mean())
+    assert {"group_rank", "group_top", "group_sum"} <= set(names)
+    with pytest.raises(StackerInputError, match="one rate per label"):
+        long_features(stack, frequency[:3])
+
+
+def test_long_format_lets_a_rare_label_learn_from_the_common_ones():
+    # every member is overconfident in the same way on every label; label 7 has 6 positives, too
+    # few for a model of its own (the per-label booster keeps the mean), enough to share one
+    rng = np.random.default_rng(3)
+    y = (rng.random((2400, 8)) < np.r_[np.linspace(0.2, 0.5, 7), 0.004]).astype(np.uint8)
+    logits = 3.0 * (2.0 * y - 1.0)[:, None, :] + rng.normal(0.0, 2.0, (2400, 2, 8))
+    probs = (1 / (1 + np.exp(-2.5 * logits))).astype(np.float32)  # calibrated would be 1x, not 2.5x
+    train, test = slice(0, 1200), slice(1200, None)
+    per_label = XGBoostStacker(n_jobs=1).fit(probs[train], y[train])
+    long = make_stacker("xgboost_long", n_jobs=1).fit(probs[train], y[train])
+    assert "7" in per_label.fallback_labels_ and long.fallback_labels_ == []
+    mean_loss = _log_loss(y[test, 7], probs[test, :, 7].mean(axis=1))
+    long_loss = _log_loss(y[test, 7], long.predict_proba(probs[test])[:, 7])
+    assert long_loss < 0.7 * mean_loss, (long_loss, mean_loss)
+
+
+def test_long_format_whose_trees_learn_nothing_predicts_the_members_mean(data):
+    probs, y = data
+    stacker = make_stacker("xgboost_long", **{**FAST["xgboost_long"], "learning_rate": 0.0}).fit(probs, y)
+    np.testing.assert_allclose(stacker.predict_proba(probs), probs.mean(axis=1), atol=1e-5)
+
+
+def test_long_format_rows_come_in_chunks_with_the_same_model(data):
+    probs, y = data
+    whole = make_stacker("xgboost_long", **FAST["xgboost_long"], chunk_images=10_000).fit(probs, y)
+    chunked = make_stacker("xgboost_long", **FAST["xgboost_long"], chunk_images=64).fit(probs, y)
+    np.testing.assert_allclose(chunked.predict_proba(probs), whole.predict_proba(probs), atol=1e-6)
+
+
+def test_grid_stacker_that_learns_nothing_predicts_the_mean_log_odds(data):
+    probs, y = data
+    # learning rate 0: the weights stay at their start, the shared mix of 1/members and a zero correction
+    stacker = make_stacker("grid_cnn", **{**FAST["grid_cnn"], "learning_rate": 0.0}).fit(probs, y)
+    p = np.clip(probs.astype(np.float64), 1e-6, 1 - 1e-6)
+    mean_log_odds = np.log(p / (1 - p)).mean(axis=1)
+    np.testing.assert_allclose(stacker.predict_proba(probs), 1 / (1 + np.exp(-mean_log_odds)), atol=1e-5)
+
+
+def test_grid_stacker_is_seeded_and_stops_on_inner_training_rows(data, monkeypatch):
+    probs, y = data
+    import keras
+    seen = []
+    fit = keras.Model.fit
+    monkeypatch.setattr(keras.Model, "fit", lambda self, x, y, validation_data, **kw: seen.append(
+        (len(x), len(validation_data[0]))) or fit(self, x, y, validation_data=validation_data, **kw))
+    first = make_stacker("grid_cnn", **FAST["grid_cnn"]).fit(probs[:500], y[:500])
+    again = make_stacker("grid_cnn", **FAST["grid_cnn"]).fit(probs[:500], y[:500])
+    other = make_stacker("grid_cnn", **FAST["grid_cnn"], seed=1).fit(probs[:500], y[:500])
+    assert seen[0] == (400, 100)  # early stopping watches a fifth of the training rows, never others
+    np.testing.assert_array_equal(first.predict_proba(probs[500:]), again.predict_proba(probs[500:]))
+    assert np.abs(first.predict_proba(probs[500:]) - other.predict_proba(probs[500:])).max() > 1e-4
+    assert 1 <= first.best_epoch_ <= FAST["grid_cnn"]["epochs"]

@@ -1,0 +1,117 @@
+"""The grid stacker: a small Keras network over each image's (members x labels) matrix of
+log-odds, as the 2nd-place 2018 team (cybercore) stacked: one combination of the members shared by
+every label (a convolution along the member axis), then dense layers over all labels at once, one
+sigmoid per label. It learns label correlation from the whole grid, which per-label models cannot.
+
+Keras is imported when a grid stacker is built or loaded, not with this package: TensorFlow takes
+seconds to import, and runs that do not list the grid stacker should not pay for it.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from core import atomic
+from ensemble.stackers.base import Stacker, log, logit, register_stacker
+
+MODEL_FILE = "grid.keras"
+
+
+@register_stacker("grid_cnn")
+class GridStacker(Stacker):
+    """Log-odds of the members' probabilities, (members, labels) per image, through:
+
+    - a shared member mix: one weight per member, the same for every label, started at 1/members,
+      so the untrained network predicts the mean of the members' log-odds;
+    - `filters` ReLU combinations of the members per label (a 1-wide convolution along the member
+      axis, shared across labels), flattened over all labels, then `hidden_units` ReLU units with
+      dropout, then one output per label, started at zero: a correction to the mix that can use
+      every label's evidence.
+
+    Trained with Adam on binary cross-entropy; the epoch is chosen by early stopping on
+    `inner_fraction` of the training images (never the rows it will predict), restoring the best
+    epoch's weights. Seeded (`seed`): the inner split, the initial weights and dropout."""
+
+    def __init__(self, filters: int = 8, hidden_units: int = 256, dropout: float = 0.3,
+                 epochs: int = 60, patience: int = 6, batch_size: int = 128, learning_rate: float = 1e-3,
+                 inner_fraction: float = 0.2, seed: int = 0):
+        self.filters = filters
+        self.hidden_units = hidden_units
+        self.dropout = dropout
+        self.epochs = epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.inner_fraction = inner_fraction
+        self.seed = seed
+
+    @classmethod
+    def params_from(cls, stack_config) -> dict:
+        return dataclasses.asdict(stack_config.grid_cnn)
+
+    def _fit(self, stack, y):
+        import keras
+        keras.utils.set_random_seed(self.seed)
+        order = np.random.default_rng(self.seed).permutation(len(stack))
+        n_stop = max(1, int(round(self.inner_fraction * len(stack))))
+        stop_rows, fit_rows = order[:n_stop], order[n_stop:]
+        grid = _grid(stack)
+        y = y.astype(np.float32)
+        model = self._build(stack.n_members, stack.n_labels)
+        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
+                                                restore_best_weights=True)
+        history = model.fit(grid[fit_rows], y[fit_rows], validation_data=(grid[stop_rows], y[stop_rows]),
+                            epochs=self.epochs, batch_size=self.batch_size, shuffle=True,
+                            callbacks=[stopper], verbose=0)
+        losses = history.history["val_loss"]
+        self.best_epoch_ = int(np.argmin(losses)) + 1
+        self.inner_loss_ = float(min(losses))
+        self.model_ = model
+        log.info("grid_cnn stacker: best epoch %d of %d, inner log-loss %.4f", self.best_epoch_,
+                 len(losses), self.inner_loss_)
+
+    def _build(self, n_members: int, n_labels: int):
+        import keras
+        from keras import layers
+        grid = keras.Input((n_members, n_labels), name="member_label_logits")
+        per_label = layers.Permute((2, 1))(grid)  # (labels, members): Dense acts along the member axis
+        mix = layers.Dense(1, use_bias=False, kernel_initializer=keras.initializers.Constant(1.0 / n_members),
+                           name="member_mix")(per_label)
+        features = layers.Dense(self.filters, activation="relu", name="member_conv")(per_label)
+        hidden = layers.Dropout(self.dropout, seed=self.seed)(layers.Flatten()(features))
+        hidden = layers.Dense(self.hidden_units, activation="relu", name="all_labels")(hidden)
+        hidden = layers.Dropout(self.dropout, seed=self.seed + 1)(hidden)
+        correction = layers.Dense(n_labels, kernel_initializer="zeros", name="correction")(hidden)
+        log_odds = layers.Add(name="log_odds")([layers.Flatten()(mix), correction])
+        model = keras.Model(grid, log_odds, name="grid_stacker")
+        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
+                      loss=keras.losses.BinaryCrossentropy(from_logits=True))
+        return model
+
+    def _predict(self, stack):
+        log_odds = self.model_.predict(_grid(stack), batch_size=max(self.batch_size, 1024), verbose=0)
+        return 1.0 / (1.0 + np.exp(-np.asarray(log_odds, dtype=np.float64)))
+
+    def save(self, directory: str | Path) -> None:
+        """The network in Keras' own format (grid.keras); the rest joblib."""
+        directory = Path(directory)
+        with atomic.atomic_path(directory / MODEL_FILE, suffix=".keras") as tmp:
+            self.model_.save(tmp)
+        shell = copy.copy(self)
+        shell.model_ = None
+        Stacker.save(shell, directory)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "GridStacker":
+        import keras
+        stacker = super().load(directory)
+        stacker.model_ = keras.saving.load_model(Path(directory) / MODEL_FILE, compile=False)
+        return stacker
+
+
+def _grid(stack) -> np.ndarray:
+    """(images, members, labels) float32 log-odds."""
+    return logit(stack.probs).astype(np.float32)
