@@ -50,13 +50,12 @@ def measure_model(backbone: str, size: int, batch: int, steps: int, warmup: int)
 
 
 def measure_pipeline(size: int, n_images: int) -> dict:
-    from models.inputs import make_dataset
+    from models.inputs import prediction_batches
 
     paths = _pipeline_images(n_images)
-    data = make_dataset(paths, None, size, "pad", batch_size=32, cache=False)
-    next(iter(data))  # start the threads outside the timing
+    next(iter(prediction_batches(paths[:64], size, "pad", batch_size=32)))  # start the readers outside the timing
     started = time.perf_counter()
-    count = sum(int(batch.shape[0]) for batch in make_dataset(paths, None, size, "pad", batch_size=32, cache=False))
+    count = sum(len(batch) for batch in prediction_batches(paths, size, "pad", batch_size=32))
     return {"pipeline_ips": count / (time.perf_counter() - started), "source": str(Path(paths[0]).parent.name)}
 
 

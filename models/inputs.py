@@ -25,7 +25,6 @@ from typing import Optional, Sequence
 
 import keras
 import numpy as np
-from keras import layers
 
 from models.augment import ImageAugment
 from models.decode_pool import default_workers, submit_batch
@@ -34,6 +33,7 @@ from models.image_decode import (DRAFT_RATIOS, RESIZE_POLICIES, as_hw, check_pol
                                  decode_or_explain)
 
 READERS = ("auto", "tfdata", "process")
+LOOKUP_CHUNK = 64  # cached images the tf.data reader reads per Python call
 PREFETCH_PER_WORKER = 2  # batches in flight per decode process: one decoding, one queued
 
 
@@ -157,13 +157,10 @@ def _tf_batches(paths, labels, order, size, resize, batch_size, cache, rows):
     all_paths = tf.constant(np.asarray(list(map(str, paths)), dtype=object))
 
     if cache is None:
-        def image_at(position):
-            return decode(tf.gather(all_paths, position))
+        images = positions.map(lambda position: decode(tf.gather(all_paths, position)),
+                               num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        all_rows = tf.constant(rows)
-        image_at = _tf_cached(cache, decode, all_paths, all_rows, height, width)
-
-    images = positions.map(image_at, num_parallel_calls=tf.data.AUTOTUNE)
+        images = _tf_cached_images(positions, cache, decode, all_paths, tf.constant(rows), height, width)
     if labels is not None:
         all_labels = tf.constant(np.asarray(labels))
         data = tf.data.Dataset.zip(images, positions.map(lambda p: tf.gather(all_labels, p)))
@@ -174,32 +171,38 @@ def _tf_batches(paths, labels, order, size, resize, batch_size, cache, rows):
     return data.batch(batch_size).map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def _tf_cached(cache, decode, all_paths, all_rows, height, width):
+def _tf_cached_images(positions, cache, decode, all_paths, all_rows, height, width):
+    """Cached rows are looked up LOOKUP_CHUNK at a time (one Python call per chunk, not per image);
+    only the misses are decoded by tf ops, and written back."""
     import tensorflow as tf
 
-    empty = np.zeros((height, width, 3), np.uint8)
-
-    def lookup(row):
-        pixels = cache.read(int(row))
-        return (empty, False) if pixels is None else (pixels, True)
+    def lookup(rows):
+        pixels, hit = np.zeros((len(rows), height, width, 3), np.uint8), np.zeros(len(rows), bool)
+        for n, row in enumerate(rows):
+            cached = cache.read(int(row))
+            if cached is not None:
+                pixels[n], hit[n] = cached, True
+        return pixels, hit
 
     def store(row, pixels):
         cache.write(int(row), pixels)
         return pixels
 
-    def image_at(position):
-        row = tf.gather(all_rows, position)
-        pixels, hit = tf.numpy_function(lookup, [row], [tf.uint8, tf.bool], stateful=True)
+    def look_up_chunk(chunk):
+        pixels, hit = tf.numpy_function(lookup, [tf.gather(all_rows, chunk)], [tf.uint8, tf.bool], stateful=True)
+        return chunk, pixels, hit
 
+    def image_at(position, pixels, hit):
         def decode_and_store():
             fresh = decode(tf.gather(all_paths, position))
-            return tf.numpy_function(store, [row, fresh], tf.uint8, stateful=True)
+            return tf.numpy_function(store, [tf.gather(all_rows, position), fresh], tf.uint8, stateful=True)
 
         image = tf.cond(hit, lambda: pixels, decode_and_store)
         image.set_shape((height, width, 3))
         return image
 
-    return image_at
+    looked_up = positions.batch(LOOKUP_CHUNK).map(look_up_chunk, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    return looked_up.map(image_at, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _tf_decoder(height: int, width: int, policy: str):
@@ -262,14 +265,7 @@ def _tf_decoder(height: int, width: int, policy: str):
     return decode
 
 
-# ---- until the trainer and embeddings use training_batches / prediction_batches -------------
-
-
-def resizer(size: int, policy: str) -> layers.Resizing:
-    """The Keras resize layer of the old readers below (kept until their callers move)."""
-    check_policy(policy)
-    return layers.Resizing(size, size, crop_to_aspect_ratio=policy == "crop",
-                           pad_to_aspect_ratio=policy == "pad", antialias=True, dtype="float32")
+# ---- augmentation, placed inside the model ---------------------------------------------------
 
 
 def augmentation_layers(seed: int = 0) -> list:
@@ -282,82 +278,3 @@ def _check_inputs(paths: Sequence[str], labels: Optional[np.ndarray]) -> None:
         raise ValueError(f"{len(paths)} image paths but {len(labels)} label rows")
     if not len(paths):
         raise ValueError("no images to read: the id list is empty")
-
-
-def make_dataset(paths: Sequence[str], labels: Optional[np.ndarray], size: int, resize: str,
-                 batch_size: int, shuffle: bool = False, seed: int = 0, cache: bool | str = True):
-    """tf.data batches of (images, labels) or images, in `paths` order unless `shuffle`.
-
-    cache: True keeps the resized uint8 images in memory (a 96 px image is 27 KB), a path string
-    caches them to that file (for sets larger than memory), False decodes every epoch.
-    """
-    import tensorflow as tf
-
-    _check_inputs(paths, labels)
-    resize_layer = resizer(size, resize)
-
-    def decode(path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        image = resize_layer(tf.cast(image, tf.float32))
-        return tf.saturate_cast(tf.round(image), tf.uint8)
-
-    images = tf.data.Dataset.from_tensor_slices(list(map(str, paths)))
-    images = images.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    data = images if labels is None else tf.data.Dataset.zip(
-        images, tf.data.Dataset.from_tensor_slices(np.asarray(labels, dtype=np.float32)))
-    if cache:
-        data = data.cache("" if cache is True else str(cache))
-    if shuffle:
-        data = data.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    to_float = (lambda x: tf.cast(x, tf.float32)) if labels is None else (lambda x, y: (tf.cast(x, tf.float32), y))
-    return data.batch(batch_size).map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-class ImageBatches(keras.utils.PyDataset):
-    """Backend-neutral batches of (images, labels) or images, decoded with PIL."""
-
-    def __init__(self, paths: Sequence[str], labels: Optional[np.ndarray], size: int, resize: str,
-                 batch_size: int, shuffle: bool = False, seed: int = 0, cache: bool = True, **kwargs):
-        kwargs.setdefault("workers", 2)
-        super().__init__(**kwargs)
-        _check_inputs(paths, labels)
-        self.paths = list(map(str, paths))
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
-        self.size, self.batch_size, self.shuffle = size, batch_size, shuffle
-        self._resize_layer = resizer(size, resize)
-        self._resize = resize
-        self._rng = np.random.default_rng(seed)
-        self._order = self._rng.permutation(len(self.paths)) if shuffle else np.arange(len(self.paths))
-        self._cache: Optional[dict] = {} if cache else None
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.paths) / self.batch_size)
-
-    def __getitem__(self, index: int):
-        rows = self._order[index * self.batch_size:(index + 1) * self.batch_size]
-        images = np.stack([self._image(row) for row in rows]).astype(np.float32)
-        return images if self.labels is None else (images, self.labels[rows])
-
-    def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self._order = self._rng.permutation(len(self.paths))
-
-    def _image(self, row: int) -> np.ndarray:
-        if self._cache is not None and row in self._cache:
-            return self._cache[row]
-        image = load_image(self.paths[row], self.size, self._resize)
-        if self._cache is not None:
-            self._cache[row] = image
-        return image
-
-
-def image_batches(paths, labels, size: int, resize: str, batch_size: int, shuffle: bool = False,
-                  seed: int = 0, reader: str = "auto"):
-    """The reader for this backend: tf.data on TensorFlow, the PyDataset elsewhere."""
-    if reader == "auto":
-        reader = "tfdata" if keras.backend.backend() == "tensorflow" else "pydataset"
-    if reader == "tfdata":
-        return make_dataset(paths, labels, size, resize, batch_size, shuffle, seed)
-    if reader == "pydataset":
-        return ImageBatches(paths, labels, size, resize, batch_size, shuffle, seed)
-    raise ValueError(f"unknown reader {reader!r}; use auto, tfdata or pydataset")
