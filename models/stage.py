@@ -32,6 +32,7 @@ from models.backbones import resolve_input_spec
 from models.devices import resolve_placement
 from models.embeddings import member_embeddings
 from models.inputs import image_cache
+from models.tensorboard_logs import training_log_callbacks
 
 STARTED = "STARTED.json"
 MODES = ("finetune", "frozen")
@@ -163,7 +164,8 @@ def run_member(ctx, member: MemberConfig, data: StageData, callbacks=()) -> dict
             embeddings = _embeddings(member, data, member_dir / "embeddings", redo)
         if member.mode == "finetune" and resources is None:
             resources = member_resources(member, data, ctx.run.root / "cache" / "images")
-        run_unit(member, unit, unit_dir, data, config_hash, embeddings, callbacks, resources, lineage=lineage)
+        unit_callbacks = list(callbacks) + training_log_callbacks(ctx.run.root, member.name, unit.name, ctx.config)
+        run_unit(member, unit, unit_dir, data, config_hash, embeddings, unit_callbacks, resources, lineage=lineage)
         trained += 1
     # the member-level files follow from the units' recorded outputs and the pool's labels (scores)
     member_inputs = {"units": {unit.name: upstream_digest(member_dir / unit.name, "members") for unit in data.units},
@@ -228,12 +230,12 @@ def unit_lineage(digests: ManifestDigests, data: StageData, unit: Unit) -> dict:
     member scores its pool predictions at assembly), so a validation label edit re-scores the
     member without retraining a model on the 1M training images."""
     train_splits = data.pool_splits if unit.train_side == "pool" else ("train",)
-    record = {"train labels": digests.labels(unit.train_ids, train_splits),
-              "train images": digests.images(unit.train_ids, train_splits),
-              "held-out images": digests.images(unit.predict_ids, data.pool_splits),
+    train_labels, train_images = digests.labels_and_images(unit.train_ids, train_splits)
+    held_out_labels, held_out_images = digests.labels_and_images(unit.predict_ids, data.pool_splits)
+    record = {"train labels": train_labels, "train images": train_images, "held-out images": held_out_images,
               "test images": digests.images(data.test, ("test",))}
     if unit.train_side == "pool":
-        record["held-out labels"] = digests.labels(unit.predict_ids, data.pool_splits)
+        record["held-out labels"] = held_out_labels
     return record
 
 
