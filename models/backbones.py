@@ -75,21 +75,31 @@ def resolve_size(name: str, image_size: Optional[int]) -> int:
 @dataclass(frozen=True)
 class InputSpec:
     """What a member's images look like on their way into the model: resolved once from the
-    member config, saved inside the model (its preprocess layer), and read back from the model for
-    prediction, as timm's models carry their pretrained config."""
-    size: int
+    member config, saved inside the model (its input shape and preprocess layer), and read back
+    from the model for prediction, as timm's models carry their pretrained config."""
+    height: int
+    width: int
     resize: str  # "stretch" | "pad" | "crop"
     preprocess_style: str
 
     @property
+    def size(self):
+        """What the readers take: an int when square, else (height, width)."""
+        return self.height if self.height == self.width else (self.height, self.width)
+
+    @property
     def shape(self) -> tuple:
-        return (self.size, self.size, 3)
+        return (self.height, self.width, 3)
 
 
 def resolve_input_spec(member) -> InputSpec:
-    """The one place a member's input size, resize policy and preprocessing are worked out."""
-    return InputSpec(resolve_size(member.backbone, member.image_size), member.resize,
-                     backbone_spec(member.backbone).preprocess_style)
+    """The one place a member's input size, resize policy and preprocessing are worked out.
+    `image_size` is the width, and the height too unless `image_height` is set (non-square
+    inputs: tall photos keep their aspect, e.g. 320 x 224, in a fully convolutional trunk)."""
+    width = resolve_size(member.backbone, member.image_size)
+    height_setting = getattr(member, "image_height", None)
+    height = width if height_setting is None else resolve_size(member.backbone, height_setting)
+    return InputSpec(height, width, member.resize, backbone_spec(member.backbone).preprocess_style)
 
 
 def input_spec_of(model: keras.Model) -> InputSpec:
@@ -101,18 +111,22 @@ def input_spec_of(model: keras.Model) -> InputSpec:
     if layer.resize is None:
         raise BackboneError(f"model {model.name!r} was saved without its resize policy (made by an older "
                             "version); rerun its members stage with --redo members")
-    return InputSpec(int(model.input_shape[1]), layer.resize, layer.style)
+    return InputSpec(int(model.input_shape[1]), int(model.input_shape[2]), layer.resize, layer.style)
 
 
-def create_backbone(name: str, input_size: Optional[int] = None, weights: Optional[str] = None) -> keras.Model:
-    """The trunk without its classifier, for square `input_size` RGB inputs.
+def create_backbone(name: str, input_size=None, weights: Optional[str] = None) -> keras.Model:
+    """The trunk without its classifier, for `input_size` RGB inputs: an int (square) or
+    (height, width); the trunks here are fully convolutional, so any shape above their minimum.
 
     weights: "imagenet" (Keras downloads them; needs the internet once), a local .h5 /
     .weights.h5 file saved from the same trunk without its top, or None (random init).
     """
     spec = backbone_spec(name)
-    size = resolve_size(name, input_size)
-    shape = (size, size, 3)
+    if isinstance(input_size, (tuple, list)):
+        shape = (resolve_size(name, input_size[0]), resolve_size(name, input_size[1]), 3)
+    else:
+        size = resolve_size(name, input_size)
+        shape = (size, size, 3)
     if weights is None or weights == "imagenet":
         return spec.builder(shape, weights)
     path = Path(weights).expanduser()

@@ -1,5 +1,6 @@
 """Frozen-feature fast path: each image goes through the member's trunk once, the pooled
-features are cached under members/<m>/embeddings/, and every fold trains only a head on them.
+features (or, for a head that reads the feature map, the map itself in float16) are cached under
+members/<m>/embeddings/, and every fold trains only a head on them.
 
 On a 2-core CPU this turns a member's k folds of fine-tuning into one forward pass plus seconds
 of head training, which is what makes ablations over members affordable here.
@@ -22,19 +23,20 @@ from core.log import get_logger, progress
 from core.rundir import DONE, mark_done, read_done
 from models.backbones import input_spec_of
 from models.devices import resolve_placement
-from models.heads import build_embedding_model
+from models.heads import build_embedding_model, pooling_of
 from models.inputs import prediction_batches
 
 log = get_logger("members")
 # The member fields that change the embeddings; head fields (dropout, loss...) do not.
-EMBEDDING_FIELDS = ("backbone", "image_size", "weights", "resize", "pooling", "mixed_precision", "tta_flip")
+EMBEDDING_FIELDS = ("backbone", "image_size", "image_height", "weights", "resize", "pooling", "pooling_bands",
+                    "mixed_precision", "tta_flip")
 # (the image cache is not used here: each image passes through the trunk once)
 
 
 @dataclass
 class EmbeddingTable:
     image_ids: list
-    features: np.ndarray  # (n_images, dim) float32
+    features: np.ndarray  # (n_images, dim) float32, or (n_images, height, width, channels) float16 maps
     mirrored: Optional[np.ndarray]  # features of the horizontally flipped images (flip TTA), or None
 
     def __post_init__(self):
@@ -70,23 +72,25 @@ def member_embeddings(member: MemberConfig, image_ids: Sequence[str], paths: Seq
     _write_array(cache_dir / "features.npy", features)
     if mirrored is not None:
         _write_array(cache_dir / "mirrored.npy", mirrored)
-    mark_done(cache_dir, wanted, None, n_images=len(image_ids), dim=int(features.shape[1]))
+    mark_done(cache_dir, wanted, None, n_images=len(image_ids), shape=list(features.shape[1:]))
     return EmbeddingTable(image_ids, features, mirrored)
 
 
 def compute_embeddings(member: MemberConfig, paths: Sequence[str]) -> tuple:
-    """(features, mirrored features or None), one row per path, in order."""
+    """(features, mirrored features or None), one row per path, in order: float32 vectors, or
+    float16 feature maps for a head that reads the map."""
     model = build_embedding_model(member, precision=resolve_placement(member).precision_policy)
     spec = input_spec_of(model)
+    dtype = np.float16 if pooling_of(member).reads_map else np.float32
     batches = prediction_batches(paths, spec.size, spec.resize, member.batch_size, reader=member.reader,
                                  workers=member.reader_workers)
     plain, mirrored = [], []
     for images in progress(batches, desc=f"embed {member.name}", total=len(batches)):
         images = np.asarray(images, dtype=np.float32)
-        plain.append(np.asarray(model.predict_on_batch(images), dtype=np.float32))
+        plain.append(np.asarray(model.predict_on_batch(images), dtype=dtype))
         if member.tta_flip:
             flipped = np.ascontiguousarray(images[:, :, ::-1])
-            mirrored.append(np.asarray(model.predict_on_batch(flipped), dtype=np.float32))
+            mirrored.append(np.asarray(model.predict_on_batch(flipped), dtype=dtype))
     return np.concatenate(plain), (np.concatenate(mirrored) if member.tta_flip else None)
 
 
@@ -111,4 +115,16 @@ def _read(cache_dir: Path, image_ids: list, with_mirrored: bool) -> EmbeddingTab
 
 def _write_array(path: Path, array: np.ndarray) -> None:
     with atomic.atomic_path(path, suffix=".npy") as tmp:
-        np.save(tmp, np.asarray(array, dtype=np.float32))
+        np.save(tmp, array if array.dtype == np.float16 else np.asarray(array, dtype=np.float32))
+
+
+def pool_cached_maps(maps: np.ndarray, member: MemberConfig, chunk: int = 256) -> np.ndarray:
+    """Cached float16 feature maps (n, height, width, channels) -> the vectors `member`'s pooling
+    makes of them, with the same Keras layer the member model uses: one embedding pass of the
+    trunk serves every pooling (the heads ablation trains avg, max, bands and CSRA on one pass)."""
+    pooling = pooling_of(member)
+    if pooling.reads_map:
+        return maps
+    layer = pooling.pool(member, f"{member.pooling}_pool")
+    return np.concatenate([np.asarray(layer(np.asarray(maps[i:i + chunk], np.float32)), np.float32)
+                           for i in range(0, len(maps), chunk)])

@@ -3,16 +3,104 @@ train in each fine-tuning phase."""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import keras
-from keras import layers
+import numpy as np
+from keras import layers, ops
 
 from core.config import MemberConfig
 from models.backbones import ImagePreprocess, backbone_spec, create_backbone, is_pretrained, resolve_input_spec
 from models.inputs import augmentation_layers
 
-POOLINGS = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
 PHASES = ("head", "top", "all")
+
+
+@keras.saving.register_keras_serializable(package="fashion")
+class BandPooling(layers.Layer):
+    """(batch, height, width, channels) -> (batch, bands * channels): the average over each of
+    `bands` horizontal bands, top to bottom, concatenated. A standing person's head, torso and
+    legs fall in different bands, so a label seen only at the feet (shoes) keeps its place."""
+
+    def __init__(self, bands: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.bands = int(bands)
+
+    def _edges(self, height: int) -> list:
+        if height < self.bands:
+            raise ValueError(f"band pooling into {self.bands} bands needs a feature map at least {self.bands} "
+                             f"rows high, got {height}; raise the member's image_height/image_size or lower "
+                             "pooling_bands")
+        return [round(k * height / self.bands) for k in range(self.bands + 1)]
+
+    def build(self, input_shape):
+        self._edges(int(input_shape[1]))
+
+    def call(self, feature_map):
+        edges = self._edges(int(feature_map.shape[1]))
+        return ops.concatenate([ops.mean(feature_map[:, top:bottom], axis=(1, 2))
+                                for top, bottom in zip(edges[:-1], edges[1:])], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.bands * input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "bands": self.bands}
+
+
+@keras.saving.register_keras_serializable(package="fashion")
+class ClassResidualAttention(layers.Layer):
+    """CSRA (Zhu & Wu, "Residual Attention: A Simple but Effective Method for Multi-Label
+    Recognition", ICCV 2021): a 1x1 classifier scores every position for every label, s[p, j];
+    the logit is the average score plus `lam` times an attention-weighted score,
+        logit_j = mean_p s[p, j] + lam * sum_p softmax_p(T * s[., j])[p] * s[p, j],
+    so a label that shows in a few positions (a belt, sunglasses) is not averaged away."""
+
+    def __init__(self, n_labels: int, lam: float = 0.1, temperature: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.n_labels, self.lam, self.temperature = int(n_labels), float(lam), float(temperature)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(int(input_shape[-1]), self.n_labels), initializer="glorot_uniform",
+                                      name="kernel")
+        self.bias = self.add_weight(shape=(self.n_labels,), initializer="zeros", name="bias")
+
+    def call(self, feature_map):
+        scores = ops.matmul(feature_map, ops.cast(self.kernel, feature_map.dtype))
+        scores = scores + ops.cast(self.bias, feature_map.dtype)  # (batch, h, w, labels)
+        scores = ops.reshape(scores, (-1, scores.shape[1] * scores.shape[2], self.n_labels))
+        base = ops.mean(scores, axis=1)
+        attention = ops.softmax(self.temperature * scores, axis=1)
+        return base + self.lam * ops.sum(attention * scores, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.n_labels)
+
+    def get_config(self):
+        return {**super().get_config(), "n_labels": self.n_labels, "lam": self.lam,
+                "temperature": self.temperature}
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How a member turns the trunk's feature map into label scores."""
+    reads_map: bool  # the head works on the feature map itself (the frozen path caches the map, float16)
+    pool: Optional[Callable] = None  # (member, name) -> layer, map -> vector; None when reads_map
+
+
+POOLINGS = {
+    "avg": Pooling(False, lambda member, name: layers.GlobalAveragePooling2D(name=name)),
+    "max": Pooling(False, lambda member, name: layers.GlobalMaxPooling2D(name=name)),
+    "bands": Pooling(False, lambda member, name: BandPooling(member.pooling_bands, name=name)),
+    "csra": Pooling(True),
+}
+
+
+def pooling_of(member) -> Pooling:
+    if member.pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {member.pooling!r}; use one of {sorted(POOLINGS)} (member config `pooling`)")
+    return POOLINGS[member.pooling]
 
 
 @contextmanager
@@ -27,19 +115,26 @@ def precision_policy(policy: str):
         keras.mixed_precision.set_global_policy(previous)
 
 
-def pool_features(feature_map, pooling: str):
-    if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; use one of {sorted(POOLINGS)} (member config `pooling`)")
-    return POOLINGS[pooling](name=f"{pooling}_pool")(feature_map)
+def pool_features(feature_map, member):
+    """The trunk's feature map as the head's input: a vector, or the map itself for a head that
+    reads the map (CSRA)."""
+    pooling = pooling_of(member)
+    if pooling.reads_map:
+        return feature_map
+    return pooling.pool(member, f"{member.pooling}_pool")(feature_map)
 
 
-def classifier_head(features, n_labels: int, dropout: float, hidden_units: int):
+def classifier_head(features, n_labels: int, member):
+    """Head input (a vector, or the feature map for CSRA) -> per-label probabilities."""
     x = features
-    if hidden_units:
-        x = layers.Dense(hidden_units, activation="relu", name="head_hidden")(x)
-    if dropout:
-        x = layers.Dropout(dropout, name="head_dropout")(x)
+    if member.hidden_units:
+        x = layers.Dense(member.hidden_units, activation="relu", name="head_hidden")(x)  # 1x1 on a map
+    if member.dropout:
+        x = layers.Dropout(member.dropout, name="head_dropout")(x)
     # float32 output: float16 sigmoids saturate at 1 - 2**-11 and the loss would see log(0)
+    if pooling_of(member).reads_map:
+        logits = ClassResidualAttention(n_labels, member.csra_lambda, member.csra_temperature, name="csra")(x)
+        return layers.Activation("sigmoid", dtype="float32", name="label_probs")(logits)
     return layers.Dense(n_labels, activation="sigmoid", dtype="float32", name="label_probs")(x)
 
 
@@ -51,8 +146,8 @@ def trunk_of(model: keras.Model) -> keras.Model:
 
 
 def build_member_model(member: MemberConfig, n_labels: int, precision: str = "float32") -> keras.Model:
-    """Image (0..255, square, the member's size) -> per-label probabilities, augmentation inside.
-    The model carries its InputSpec (size, resize policy, preprocessing) for prediction.
+    """Image (0..255, the member's height x width) -> per-label probabilities, augmentation
+    inside. The model carries its InputSpec (size, resize policy, preprocessing) for prediction.
 
     A pretrained trunk runs with BatchNorm in inference mode in every phase (the statistics of
     its training set are kept; with small batches they would otherwise be overwritten by noise).
@@ -67,28 +162,32 @@ def build_member_model(member: MemberConfig, n_labels: int, precision: str = "fl
             x = layer(x)
         x = ImagePreprocess(spec.preprocess_style, spec.resize, name="preprocess")(x)
         x = trunk(x, training=False if is_pretrained(member.weights) else None)
-        x = pool_features(x, member.pooling)
-        outputs = classifier_head(x, n_labels, member.dropout, member.hidden_units)
+        outputs = classifier_head(pool_features(x, member), n_labels, member)
         # built inside the policy so compile() wraps the optimizer in loss scaling when mixed
         return keras.Model(inputs, outputs, name=f"member_{member.name or member.backbone}")
 
 
 def build_embedding_model(member: MemberConfig, precision: str = "float32") -> keras.Model:
-    """Image -> pooled trunk features, for the frozen-feature path (carries its InputSpec too)."""
+    """Image -> what the frozen path caches (carries its InputSpec too): the pooled trunk
+    features (float32), or for a head that reads the map the feature map itself (float16: a
+    7 x 7 x 1280 map is 49 times a pooled vector)."""
     spec = resolve_input_spec(member)
     with precision_policy(precision):
         trunk = create_backbone(member.backbone, spec.size, member.weights)
         inputs = keras.Input(spec.shape, name="image")
         x = ImagePreprocess(spec.preprocess_style, spec.resize, name="preprocess")(inputs)
-        x = pool_features(trunk(x, training=False), member.pooling)
-        outputs = layers.Activation("linear", dtype="float32", name="embedding")(x)
+        x = pool_features(trunk(x, training=False), member)
+        dtype = "float16" if pooling_of(member).reads_map else "float32"
+        outputs = layers.Activation("linear", dtype=dtype, name="embedding")(x)
         return keras.Model(inputs, outputs, name=f"embed_{member.name or member.backbone}")
 
 
-def build_head_model(embedding_dim: int, n_labels: int, member: MemberConfig) -> keras.Model:
-    """Pooled features -> per-label probabilities: the part the frozen path trains per fold."""
-    inputs = keras.Input((embedding_dim,), name="embedding")
-    outputs = classifier_head(inputs, n_labels, member.dropout, member.hidden_units)
+def build_head_model(embedding_shape, n_labels: int, member: MemberConfig) -> keras.Model:
+    """Cached embeddings (a vector's length, or a feature map's (height, width, channels)) ->
+    per-label probabilities: the part the frozen path trains per fold."""
+    shape = (int(embedding_shape),) if isinstance(embedding_shape, (int, np.integer)) else tuple(embedding_shape)
+    inputs = keras.Input(shape, name="embedding")
+    outputs = classifier_head(inputs, n_labels, member)
     return keras.Model(inputs, outputs, name=f"head_{member.name or member.backbone}")
 
 

@@ -305,6 +305,8 @@ def run_unit(member: MemberConfig, unit: Unit, unit_dir: Path, data: StageData, 
     history = trainer.read_history(unit_dir / trainer.HISTORY)
     scores = {"fold": unit.fold, **score_probabilities(data.labels(list(unit.predict_ids)), oof),
               "seconds": time.perf_counter() - started, "train_images_per_s": trainer.training_rate(history)}
+    if member.epoch_selection != "fixed":  # the epoch the inner split of the training folds chose, per phase
+        scores["chosen_epochs"] = trainer.chosen_epochs(unit_dir)
     trainer.remove_checkpoints(unit_dir)  # model.keras now holds the final weights
     mark_done(unit_dir, config_hash, data.folds_hash, inputs_hash=lineage,
               artifacts=["oof.parquet", "test.parquet", trainer.MODEL_FILE], trained_ids=list(unit.train_ids),

@@ -12,8 +12,11 @@ batches already trained, without decoding them, and carries on with the same bat
 uninterrupted run would see. Keras's BackupAndRestore restores only at epoch boundaries, which at
 a million images is hours of lost work.
 
-The schedule is fixed (epochs and a cosine learning rate per phase): nothing here looks at the
-held-out fold, so its predictions are honest out-of-fold predictions.
+The schedule is fixed (epochs and a cosine learning rate per phase), or, with member
+epoch_selection "inner_split", each phase keeps the epoch with the lowest loss on an inner split of
+the training folds and stops `patience` epochs after it (epoch_selection.csv records every epoch's
+inner scores; the chosen epoch is the phase's lowest-loss row). Nothing here looks at the held-out
+fold, so its predictions are honest out-of-fold predictions.
 """
 from __future__ import annotations
 
@@ -37,8 +40,10 @@ from models.devices import Placement, placement_scope, resolve_placement, scaled
 from models.heads import build_head_model, build_member_model, set_trainable
 from models.inputs import epoch_order, prediction_batches, steps_per_epoch, training_batches
 from models.losses import get_loss
+from core.metrics import score_probabilities
 
 HISTORY = "history.csv"
+SELECTION = "epoch_selection.csv"
 STEPS = "steps.csv"
 MODEL_FILE = "model.keras"
 CHECKPOINTS = "checkpoint"
@@ -230,6 +235,75 @@ def _current_learning_rate(model) -> float:
         return float("nan")
 
 
+# ---- epoch selection on the training folds --------------------------------------------------
+
+
+def inner_split(n: int, fraction: float, seed: int) -> tuple:
+    """(fit rows, inner rows) of a fold's n training rows: a seeded random `fraction` is held out
+    for choosing the epoch. It is part of the training folds; the held-out fold is never seen."""
+    n_inner = int(round(n * fraction))
+    if n_inner < 1 or n - n_inner < 1:
+        raise ValueError(f"an inner split of {fraction} of {n} training images leaves {n_inner} to score and "
+                         f"{n - n_inner} to train on; change the member's inner_fraction or use epoch_selection fixed")
+    order = np.random.default_rng([seed, 20210]).permutation(n)
+    return np.sort(order[n_inner:]), np.sort(order[:n_inner])
+
+
+class EpochSelector(keras.callbacks.Callback):
+    """At each epoch's end: the inner split's loss and micro-F1 (best global threshold) into
+    epoch_selection.csv, and the weights of the lowest-loss epoch so far into
+    phases/<phase>.best.weights.h5. Everything it decides follows from that file, so a resumed
+    phase stops where an uninterrupted one would."""
+
+    def __init__(self, fold_dir: Path, phase: str, predict: Callable, labels: np.ndarray, patience: int, where: str):
+        super().__init__()
+        self.fold_dir, self.phase, self.predict = Path(fold_dir), phase, predict
+        self.labels, self.patience, self.where = np.asarray(labels, np.float32), int(patience), where
+        self.best_path = self.fold_dir / "phases" / f"{phase}.best.weights.h5"
+
+    def _rows(self) -> pd.DataFrame:
+        rows = read_history(self.fold_dir / SELECTION)
+        return rows[rows["phase"] == self.phase] if len(rows) else rows
+
+    def best_epoch(self) -> Optional[int]:
+        rows = self._rows()
+        return int(rows.sort_values(["inner_loss", "epoch"]).iloc[0]["epoch"]) if len(rows) else None
+
+    def should_stop(self) -> bool:
+        rows = self._rows()
+        return bool(len(rows)) and int(rows["epoch"].max()) - self.best_epoch() >= self.patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        scores = score_probabilities(self.labels, self.predict(self.model))
+        best = self.best_epoch()
+        previous = self._rows()
+        best_loss = float(previous.loc[previous["epoch"] == best, "inner_loss"].iloc[0]) if best else float("inf")
+        if scores["loss"] < best_loss or best == epoch + 1:
+            save_weights(self.model, self.best_path)  # before the row: a kill between them rescores the epoch
+        path = self.fold_dir / SELECTION
+        rows = read_history(path)
+        if len(rows):
+            rows = rows[~((rows["phase"] == self.phase) & (rows["epoch"] == epoch + 1))]
+        row = {"phase": self.phase, "epoch": epoch + 1, "inner_loss": scores["loss"],
+               "inner_micro_f1": scores["micro_f1@best"], "inner_images": len(self.labels)}
+        atomic.write_csv(path, pd.concat([rows, pd.DataFrame([row])], ignore_index=True))
+        log.info("%s %s epoch %d: inner loss %.4f, micro-F1 %.4f (best epoch %d)", self.where, self.phase,
+                 epoch + 1, scores["loss"], scores["micro_f1@best"], self.best_epoch())
+
+    def restore_best(self, model) -> None:
+        if self.best_path.exists():
+            model.load_weights(str(self.best_path))
+
+
+def chosen_epochs(fold_dir: Path) -> dict:
+    """{phase: the epoch epoch selection kept}, from epoch_selection.csv ({} under a fixed schedule)."""
+    rows = read_history(Path(fold_dir) / SELECTION)
+    if not len(rows):
+        return {}
+    best = rows.sort_values(["inner_loss", "epoch"]).groupby("phase", sort=False).head(1)
+    return {str(r.phase): int(r.epoch) for r in best.itertuples()}
+
+
 # ---- training ------------------------------------------------------------------------------
 
 
@@ -242,8 +316,9 @@ def _compile(model: keras.Model, member: MemberConfig, learning_rate: float, tot
 
 
 def _fit_phase(model, member: MemberConfig, phase: Phase, epoch_data: EpochData, steps: int, fold_dir: Path,
-               where: str, images_per_epoch: int, callbacks: Sequence = ()) -> None:
-    """The phase's epochs, one `fit` each, from its checkpoint if there is one."""
+               where: str, images_per_epoch: int, callbacks: Sequence = (), selector=None) -> None:
+    """The phase's epochs, one `fit` each, from its checkpoint if there is one; with a selector
+    (EpochSelector), until it says stop."""
     path = fold_dir / CHECKPOINTS / f"{phase.name}.npz"
     restored = restore_checkpoint(model, path, phase.name, where)
     position, rows = restored if restored else (Position(0, 0), [])
@@ -252,21 +327,32 @@ def _fit_phase(model, member: MemberConfig, phase: Phase, epoch_data: EpochData,
                  position.step, steps)
     checkpoint = StepCheckpoint(path, fold_dir, phase.name, steps, member.checkpoint_steps, member.checkpoint_minutes,
                                 rows, where, images_per_epoch)
-    standard = [checkpoint, StopOnNonFiniteLoss(where)]
+    # the selector scores an epoch before the checkpoint records it as trained: a kill between the
+    # two retrains the epoch's tail and scores it again, never leaves a trained epoch unscored
+    standard = ([selector] if selector else []) + [checkpoint, StopOnNonFiniteLoss(where)]
     for epoch in range(position.epoch, phase.epochs):
+        if selector is not None and selector.should_stop():
+            log.info("%s %s: stopping after epoch %d, the inner split's best was epoch %d", where, phase.name,
+                     epoch, selector.best_epoch())
+            break
         skip = position.step if epoch == position.epoch else 0
         checkpoint.begin_epoch(epoch, skip)
         if skip < steps:
             model.fit(epoch_data(epoch, skip), initial_epoch=epoch, epochs=epoch + 1, shuffle=False,
                       callbacks=standard + list(callbacks), verbose=0)
         else:  # killed after the epoch's last step, before its end was recorded
+            if selector is not None:
+                selector.set_model(model)
+                selector.on_epoch_end(epoch)
             checkpoint.set_model(model)
             checkpoint.end_epoch()
+    if selector is not None:
+        selector.restore_best(model)
 
 
 def _run_phases(model, member: MemberConfig, phases: list, data_for_phase: Callable[[int], EpochData], steps: int,
                 fold_dir: Path, where: str, images_per_epoch: int, placement: Placement, callbacks: Sequence = (),
-                has_trunk: bool = True) -> keras.Model:
+                has_trunk: bool = True, selector_for: Optional[Callable] = None) -> keras.Model:
     """Each phase: skip if its weights exist, else start from the previous phase's weights and
     train (from its checkpoint, if any)."""
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -281,7 +367,7 @@ def _run_phases(model, member: MemberConfig, phases: list, data_for_phase: Calla
             rate = scaled_learning_rate(phase.learning_rate, member.lr_scaling, placement.replicas)
             _compile(model, member, rate, phase.epochs * steps, placement)
             _fit_phase(model, member, phase, data_for_phase(number), steps, fold_dir, where, images_per_epoch,
-                       callbacks)
+                       callbacks, selector_for(phase) if selector_for else None)
             save_weights(model, finished)
             (fold_dir / CHECKPOINTS / f"{phase.name}.npz").unlink(missing_ok=True)
         previous = finished
@@ -305,9 +391,21 @@ def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarra
     spec = resolve_input_spec(member)
     global_batch = member.batch_size * placement.replicas
     drop_remainder = placement.replicas > 1  # every replica gets an equal share of each batch
-    steps = steps_per_epoch(len(paths), global_batch, drop_remainder)
     phases = finetune_phases(member)
     labels = np.asarray(labels, np.float32)
+    paths = list(paths)
+    selector_for = None
+    if member.epoch_selection == "inner_split":
+        fit, inner = inner_split(len(paths), member.inner_fraction, seed)
+        inner_paths, inner_labels = [paths[i] for i in inner], labels[inner]
+        paths, labels = [paths[i] for i in fit], labels[fit]
+
+        def selector_for(phase: Phase) -> EpochSelector:
+            def predict(model):
+                return predict_images(model, inner_paths, member.batch_size, reader=member.reader,
+                                      workers=member.reader_workers, desc=f"{where} inner", replicas=placement.replicas)
+            return EpochSelector(fold_dir, phase.name, predict, inner_labels, member.patience, where)
+    steps = steps_per_epoch(len(paths), global_batch, drop_remainder)
 
     def data_for_phase(number: int) -> EpochData:
         base = _epoch_base(phases, number)
@@ -318,7 +416,7 @@ def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarra
     with placement_scope(placement):
         model = build_member_model(member, labels.shape[1], precision=placement.precision_policy)
         return _run_phases(model, member, phases, data_for_phase, steps, Path(fold_dir), where, len(paths),
-                           placement, callbacks)
+                           placement, callbacks, selector_for=selector_for)
 
 
 def train_head(member: MemberConfig, embeddings: np.ndarray, labels: np.ndarray, fold_dir: Path,
@@ -328,7 +426,18 @@ def train_head(member: MemberConfig, embeddings: np.ndarray, labels: np.ndarray,
     placement = resolve_placement(member)
     placement = Placement(placement.backend, placement.kind, placement.devices[:1], "float32",
                           placement.jit_compile, placement.steps_per_execution)
-    features, labels = np.asarray(embeddings, np.float32), np.asarray(labels, np.float32)
+    # feature maps stay float16 (the model casts each batch); vectors are float32
+    features = embeddings if embeddings.dtype == np.float16 else np.asarray(embeddings, np.float32)
+    labels = np.asarray(labels, np.float32)
+    selector_for = None
+    if member.epoch_selection == "inner_split":
+        fit, inner = inner_split(len(features), member.inner_fraction, seed)
+        inner_features, inner_labels = features[inner], labels[inner]
+        features, labels = features[fit], labels[fit]
+
+        def selector_for(phase: Phase) -> EpochSelector:
+            return EpochSelector(fold_dir, phase.name, lambda model: predict_embeddings(model, inner_features),
+                                 inner_labels, member.patience, where)
     steps = steps_per_epoch(len(features), member.batch_size)
     phase = Phase("head", member.frozen_epochs, member.learning_rate)
 
@@ -336,9 +445,9 @@ def train_head(member: MemberConfig, embeddings: np.ndarray, labels: np.ndarray,
         rows = epoch_order(len(features), seed, epoch)[skip * member.batch_size:]
         return ArrayBatches(features[rows], labels[rows], member.batch_size)
 
-    model = build_head_model(features.shape[1], labels.shape[1], member)
+    model = build_head_model(features.shape[1:], labels.shape[1], member)
     return _run_phases(model, member, [phase], lambda number: epoch_data, steps, Path(fold_dir), where,
-                       len(features), placement, callbacks, has_trunk=False)
+                       len(features), placement, callbacks, has_trunk=False, selector_for=selector_for)
 
 
 class ArrayBatches(keras.utils.PyDataset):

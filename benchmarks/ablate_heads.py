@@ -1,0 +1,159 @@
+"""Heads x input policy x size for a frozen trunk, on the pipeline's own folds (issue 12).
+
+    python -m benchmarks.ablate_heads --config configs/ccp.yaml --data-dir ../shared/data/ccp \
+        --run-dir <scratch>/ablation
+
+Cheap by construction: each (policy, size) passes the pool's images through the trunk once and
+caches the feature map (float16); every head trains on that one pass (avg / max / bands are the
+member's own pooling layers applied to the cached map, CSRA reads the map). Each head trains per
+fold exactly as the members stage trains a frozen member (models.trainer.train_head, the same
+seed per fold), and is scored out-of-fold: micro-F1 at the best global threshold per fold, the
+pooled OOF micro-F1, and the fold-paired difference against the baseline row (avg, stretch, 224:
+today's frozen member), mean and a 95% t interval over the k folds (k - 1 degrees of freedom).
+
+Every row is a candidate: the best row of the table is a maximum over candidates chosen on these
+same folds, so its margin over the baseline is optimistic by the selection.
+Results are cached per row (<run-dir>/ablation/rows/*.json): a rerun prints the table at once.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from core import atomic
+from core.metrics import score_probabilities
+from models import trainer
+from models.embeddings import member_embeddings, pool_cached_maps
+from models.stage import load_stage_data
+
+BASELINE = ("avg", "stretch", "224")
+
+
+def parse_inputs(text: str) -> list:
+    """"stretch:224,pad:320x224" -> [("stretch", 224, None), ("pad", 224, 320)] (policy, width, height)."""
+    out = []
+    for item in text.split(","):
+        policy, size = item.split(":")
+        if "x" in size:
+            height, width = size.split("x")
+            out.append((policy, int(width), int(height)))
+        else:
+            out.append((policy, int(size), None))
+    return out
+
+
+def size_name(width: int, height) -> str:
+    return str(width) if height is None else f"{height}x{width}"
+
+
+def fold_paired(diffs: list) -> tuple:
+    """Mean of the per-fold differences and its 95% t interval."""
+    diffs = np.asarray(diffs, float)
+    mean = float(diffs.mean())
+    if len(diffs) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs)))
+    return mean, mean - half, mean + half
+
+
+def run_row(base, head: str, maps: np.ndarray, row_of: dict, data, work: Path) -> dict:
+    member = dataclasses.replace(base, pooling=head, tta_flip=False)
+    features = pool_cached_maps(maps, member)
+    pool_probs, fold_scores, started = {}, [], time.perf_counter()
+    for unit in data.units:
+        seed = member.seed * 1000 + unit.fold  # as models.stage.run_unit seeds a unit
+        fold_dir = work / f"{head}_{unit.name}"
+        shutil.rmtree(fold_dir, ignore_errors=True)
+        train_rows = [row_of[i] for i in unit.train_ids]
+        model = trainer.train_head(member, features[train_rows], data.labels(list(unit.train_ids)), fold_dir, seed)
+        probs = trainer.predict_embeddings(model, features[[row_of[i] for i in unit.predict_ids]])
+        fold_scores.append(score_probabilities(data.labels(list(unit.predict_ids)), probs)["micro_f1@best"])
+        pool_probs.update(zip(unit.predict_ids, probs))
+        shutil.rmtree(fold_dir, ignore_errors=True)
+    oof = np.stack([pool_probs[i] for i in data.pool])
+    return {"folds": fold_scores, "oof": score_probabilities(data.labels(data.pool), oof)["micro_f1@best"],
+            "head_seconds": time.perf_counter() - started}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/ccp.yaml")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--run-dir", required=True, help="scratch run directory (prepare + folds run there)")
+    parser.add_argument("--member", default="mobilenetv2_frozen", help="the config's frozen member to vary")
+    parser.add_argument("--inputs", default="stretch:224,stretch:320x224,pad:224,crop:224,pad:320x224,"
+                                            "crop:320x224,stretch:160,pad:160,crop:160",
+                        help="policy:size list; size is N (square) or HxW")
+    parser.add_argument("--heads", default="avg,max,bands,csra")
+    args = parser.parse_args(argv)
+
+    import run_pipeline  # top floor: the pipeline's own prepare and folds stages make the folds
+    common = ["--config", args.config, "--data-dir", args.data_dir, "--run-dir", args.run_dir]
+    if run_pipeline.main(common + ["--stages", "prepare,folds"]) != 0:
+        return 2
+    ctx = run_pipeline.build_context(run_pipeline.parse_args(common))
+    data = load_stage_data(ctx)
+    base = next((m for m in ctx.config.members if m.name == args.member), None)
+    if base is None:
+        parser.error(f"no member {args.member!r} in {args.config}")
+    root = Path(args.run_dir) / "ablation"
+    row_of = {image_id: n for n, image_id in enumerate(data.pool)}
+    heads = args.heads.split(",")
+    results = {}
+    for policy, width, height in parse_inputs(args.inputs):
+        size = size_name(width, height)
+        pending = [h for h in heads if not (root / "rows" / f"{h}_{policy}_{size}.json").exists()]
+        timing = root / "rows" / f"embed_{policy}_{size}.json"
+        if pending:
+            mapper = dataclasses.replace(base, resize=policy, image_size=width, image_height=height, pooling="csra",
+                                         tta_flip=False)
+            started = time.perf_counter()
+            maps = member_embeddings(mapper, [f"pool:{i}" for i in data.pool],
+                                     [data.path_of["pool"][i] for i in data.pool],
+                                     root / "maps" / f"{policy}_{size}").features
+            if not timing.exists():
+                atomic.write_json(timing, {"seconds": time.perf_counter() - started, "shape": list(maps.shape[1:])})
+            for head in pending:
+                row = run_row(base, head, maps, row_of, data, root / "work")
+                atomic.write_json(root / "rows" / f"{head}_{policy}_{size}.json", row)
+                print(f"{head:6s} {policy:8s} {size:8s} OOF {row['oof']:.4f} folds "
+                      f"{' '.join(f'{f:.4f}' for f in row['folds'])} ({row['head_seconds']:.0f} s)", flush=True)
+            del maps
+        for head in heads:
+            results[(head, policy, size)] = atomic.read_json(root / "rows" / f"{head}_{policy}_{size}.json")
+    print_table(results, root, base)
+    return 0
+
+
+def print_table(results: dict, root: Path, base) -> None:
+    baseline = results.get(BASELINE)
+    print(f"\nfrozen {base.backbone}, {base.frozen_epochs} head epochs, lr {base.learning_rate}; "
+          f"{len(next(iter(results.values()))['folds'])} folds; micro-F1 at the best global threshold")
+    print("| head | policy | size | fold micro-F1 | mean of folds | OOF | vs avg/stretch/224: mean [95% CI] |"
+          " embed s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (head, policy, size), row in sorted(results.items(), key=lambda kv: -kv[1]["oof"]):
+        if baseline is not None:
+            mean, low, high = fold_paired(np.subtract(row["folds"], baseline["folds"]))
+            paired = f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
+        else:
+            paired = "-"
+        timing = root / "rows" / f"embed_{policy}_{size}.json"
+        seconds = f"{atomic.read_json(timing)['seconds']:.0f}" if timing.exists() else "-"
+        print(f"| {head} | {policy} | {size} | {' '.join(f'{f:.4f}' for f in row['folds'])} | "
+              f"{np.mean(row['folds']):.4f} | {row['oof']:.4f} | {paired} | {seconds} |")
+    best = max(results.items(), key=lambda kv: kv[1]["oof"])
+    print(f"\nbest row (a maximum over {len(results)} candidates on these folds, so optimistic): "
+          f"{' / '.join(best[0])}, OOF {best[1]['oof']:.4f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
