@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
 
-from core import atomic
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's start-up notes would bury a one-line error
+
+from core import atomic  # noqa: E402 (after the environment it reads)
 from core.config import ConfigError, dump_config, load_config, parse_override
 from core.context import StageContext
 from core.log import setup_logging
-from core.rundir import RunDir, StaleArtifactError, environment_record
+from core.rundir import RunDir, RunDirError, StaleArtifactError, environment_record, run_lock
 
 # name -> (entry point, what it writes). Order is the order of the pipeline.
 STAGES = {
@@ -57,6 +60,12 @@ def parse_args(argv, prog=None):
     parser.add_argument("--stages", default="all", help="comma-separated stages to run (default: all, i.e. all but the opt-in kaggle_submit)")
     parser.add_argument("--members", help="comma-separated member names: restrict member training to these")
     parser.add_argument("--redo", default="", help="comma-separated stages to recompute even if finished, or 'all'")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="where units run: this process, in order (default), or as Ray tasks on a cluster")
+    parser.add_argument("--ray-address", default=None,
+                        help="with --engine ray: 'auto' (the cluster this machine joined), HOST:PORT, or unset "
+                             "for a Ray started here")
+    parser.add_argument("--ray-retries", type=int, default=2, help="retries of a unit whose Ray worker died")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set folds.k=5 (repeatable)")
     return parser.parse_args(argv)
@@ -70,16 +79,34 @@ def split_names(text: str, valid, what: str) -> list:
     return names
 
 
+def registered_choices(stages=None) -> dict:
+    """The vocabularies that live in registries above core (stackers, decision rules, backbones),
+    handed to the config check so that a bad name is refused before any work. Only those the
+    requested stages use (None: all of them): importing the registries imports Keras."""
+    wanted = set(STAGES) if stages is None else set(stages)
+    choices = {}
+    if wanted & {"members"}:
+        from models.backbones import backbone_names
+        choices["members.backbone"] = backbone_names()
+    if wanted & {"features", "stack", "decide", "ablate", "report"}:
+        from ensemble.stackers import STACKERS
+        choices["stack.stackers"] = sorted(STACKERS)
+    if wanted & {"decide", "ablate", "report"}:
+        from ensemble.decision import RULES
+        choices["decision.rules"] = sorted(RULES)
+    return choices
+
+
 def chosen_stages(text: str) -> list:
     """--stages: "all" is every stage but the opt-in ones, which run only when named."""
     return [s for s in STAGES if s not in OPT_IN] if text == "all" else split_names(text, STAGES, "stage(s)")
 
 
-def build_context(args) -> StageContext:
+def build_context(args, stages=None) -> StageContext:
     overrides = [parse_override(text) for text in args.overrides]
     if args.data_dir is not None:
         overrides.append({"data": {"dir": str(args.data_dir)}})
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides, choices=registered_choices(stages))
     if config.data.dir is None:
         from datasets.demo import demo_cache_dir, generate_demo
         data_dir = generate_demo(demo_cache_dir(config.demo), config.demo)
@@ -90,7 +117,12 @@ def build_context(args) -> StageContext:
     run = RunDir(args.run_dir or Path("runs") / config.name)
     redo = set(split_names(args.redo, list(STAGES) + ["all"], "--redo stage(s)"))
     members = args.members.split(",") if args.members else None
-    return StageContext(config=config, run=run, data_dir=data_dir, redo=redo, only_members=members)
+    executor = None
+    if args.engine != "local":  # Ray is imported only when asked for
+        from core.executor import make_executor
+        executor = make_executor(args.engine, run.root, address=args.ray_address, max_retries=args.ray_retries)
+    return StageContext(config=config, run=run, data_dir=data_dir, redo=redo, only_members=members,
+                        executor=executor)
 
 
 def run_stage(name: str, ctx: StageContext, log) -> dict:
@@ -109,13 +141,21 @@ def main(argv=None, prog=None) -> int:
     log = setup_logging()
     try:
         stages = chosen_stages(args.stages)
-        ctx = build_context(args)
-    except (ConfigError, ValueError) as err:
+        ctx = build_context(args, stages)
+        with run_lock(ctx.run.root):  # held for the whole run: one run per run directory
+            return run_stages(ctx, stages, log)
+    except (ConfigError, ValueError, RunDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    ctx.run.root.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(ctx.run.root / "config.yaml", dump_config(ctx.config))
-    atomic.write_json(ctx.run.root / "env.json", {**environment_record(), "data_dir": str(ctx.data_dir)})
+
+
+def run_stages(ctx: StageContext, stages: list, log) -> int:
+    try:
+        atomic.write_text(ctx.run.root / "config.yaml", dump_config(ctx.config))
+        atomic.write_json(ctx.run.root / "env.json", {**environment_record(), "data_dir": str(ctx.data_dir)})
+    except OSError as err:
+        raise RunDirError(f"run directory {ctx.run.root} is not writable ({err.strerror or err}); "
+                          "fix its permissions or choose another --run-dir") from err
     log.info("run directory %s, data %s, stages %s", ctx.run.root, ctx.data_dir, ",".join(stages))
     summaries = {}
     for name in stages:

@@ -8,11 +8,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
+import annotated_types
 import yaml
+from annotated_types import Ge, Gt, Interval, MinLen
 
 
 class ConfigError(ValueError):
@@ -29,36 +33,36 @@ class DataConfig:
     # "train+validation": members train k-fold over both (regime a).
     # "train": k-fold over train alone. "validation": members train on train, predict the
     # validation pool and test; the stacker trains k-fold on validation (regime b, 1M images).
-    pool: str = "train+validation"
+    pool: Literal["train+validation", "train", "validation"] = "train+validation"
     allow_missing_test_images: bool = False  # a submission needs every test row
     # "flat": images/<imageId>.jpg (CCP, the demo). "per_split": images/<split>/<imageId>.jpg, needed
     # for the real competition, whose train, validation and test files reuse the same imageIds.
-    image_layout: str = "flat"
-    validate_workers: int = 2
+    image_layout: Literal["flat", "per_split"] = "flat"
+    validate_workers: Annotated[int, Ge(1)] = 2
 
 
 @dataclass
 class DownloadConfig:
-    workers: int = 16
-    timeout_s: float = 10.0
-    retries: int = 3
-    backoff_s: float = 0.5
-    max_side: int = 299  # fit within max_side x max_side, aspect kept
-    jpeg_quality: int = 90
+    workers: Annotated[int, Ge(1)] = 16
+    timeout_s: Annotated[float, Gt(0)] = 10.0
+    retries: Annotated[int, Ge(0)] = 3
+    backoff_s: Annotated[float, Ge(0)] = 0.5
+    max_side: Annotated[int, Ge(16)] = 299  # fit within max_side x max_side, aspect kept
+    jpeg_quality: Annotated[int, Interval(ge=1, le=100)] = 90
 
 
 @dataclass
 class DemoConfig:
-    n_train: int = 600
-    n_validation: int = 200
-    n_test: int = 200
-    image_size: int = 96
+    n_train: Annotated[int, Ge(1)] = 600
+    n_validation: Annotated[int, Ge(0)] = 200
+    n_test: Annotated[int, Ge(1)] = 200
+    image_size: Annotated[int, Ge(16)] = 96
     seed: int = 0
 
 
 @dataclass
 class FoldsConfig:
-    k: int = 3
+    k: Annotated[int, Ge(2)] = 3
     seed: int = 42
 
 
@@ -66,36 +70,21 @@ class FoldsConfig:
 class MemberConfig:
     name: str = ""
     backbone: str = "tiny_cnn"
-    image_size: Optional[int] = None  # None: the backbone's native input size (the width when image_height is set)
-    # non-square inputs (height x width = image_height x image_size, e.g. 320 x 224 for portrait
-    # photos); None: square
-    image_height: Optional[int] = None
+    image_size: Optional[int] = None  # None: the backbone's native input size
     weights: Optional[str] = None  # "imagenet", a local .h5 / .weights.h5 path, or None
-    mode: str = "finetune"  # "finetune" (two phases) or "frozen" (embeddings once, heads per fold)
-    resize: str = "pad"  # "stretch" | "pad" | "crop"
-    # how the feature map becomes label scores: global average / max; "csra": class-specific
-    # residual attention (per-label spatial attention added to the average); "bands": average over
-    # horizontal bands (head, torso, legs) concatenated
-    pooling: Literal["avg", "max", "csra", "bands"] = "avg"
-    csra_lambda: float = 0.1  # weight of CSRA's attention term
-    csra_temperature: float = 1.0  # CSRA's softmax temperature over positions
-    pooling_bands: int = 3  # "bands": how many horizontal bands
-    dropout: float = 0.2
-    hidden_units: int = 0
-    loss: str = "bce"  # "bce" | "focal" | "asymmetric"
-    batch_size: int = 32
-    head_epochs: int = 2  # phase 1: frozen backbone
-    finetune_epochs: int = 4  # phase 2: top blocks unfrozen (all epochs when the backbone is from scratch)
-    frozen_epochs: int = 20  # mode "frozen": epochs of the head on cached embeddings (cheap)
-    learning_rate: float = 1e-3
-    finetune_learning_rate: float = 1e-4
-    unfreeze: str = "top"  # "top" | "all"
-    # "fixed": every configured epoch. "inner_split": epochs chosen on an inner split of the
-    # training folds (never the held-out fold): the epoch with the lowest inner loss is kept and
-    # training stops `patience` epochs after it; the chosen epoch is recorded per fold
-    epoch_selection: Literal["fixed", "inner_split"] = "fixed"
-    inner_fraction: float = 0.2
-    patience: int = 3
+    mode: Literal["finetune", "frozen"] = "finetune"  # "finetune" (two phases) or "frozen" (embeddings once, heads per fold)
+    resize: Literal["stretch", "pad", "crop"] = "pad"
+    pooling: Literal["avg", "max"] = "avg"
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.2
+    hidden_units: Annotated[int, Ge(0)] = 0
+    loss: Literal["bce", "focal", "asymmetric"] = "bce"
+    batch_size: Annotated[int, Ge(1)] = 32
+    head_epochs: Annotated[int, Ge(0)] = 2  # phase 1: frozen backbone
+    finetune_epochs: Annotated[int, Ge(0)] = 4  # phase 2: top blocks unfrozen (all epochs when the backbone is from scratch)
+    frozen_epochs: Annotated[int, Ge(0)] = 20  # mode "frozen": epochs of the head on cached embeddings (cheap)
+    learning_rate: Annotated[float, Gt(0)] = 1e-3
+    finetune_learning_rate: Annotated[float, Gt(0)] = 1e-4
+    unfreeze: Literal["top", "all"] = "top"
     augment: bool = True
     tta_flip: bool = False
     # Scale settings (issue: members at the competition's size). Enumerations are Literal so the
@@ -145,23 +134,23 @@ class XGBoostConfig:
 
 @dataclass
 class StackConfig:
-    stackers: list = field(default_factory=lambda: ["mean", "weighted", "linear", "xgboost"])
+    stackers: Annotated[list[str], MinLen(1)] = field(default_factory=lambda: ["mean", "weighted", "linear", "xgboost"])
     xgboost: XGBoostConfig = field(default_factory=XGBoostConfig)
 
 
 @dataclass
 class DecisionConfig:
-    metric: str = "micro"  # "micro" | "samples"
-    min_labels: int = 1
-    max_labels: int = 23
-    rules: list = field(
+    metric: Literal["micro", "samples"] = "micro"
+    min_labels: Annotated[int, Ge(1)] = 1
+    max_labels: Annotated[int, Ge(1)] = 23
+    rules: Annotated[list[str], MinLen(1)] = field(
         default_factory=lambda: ["global", "per_label", "expected_f1", "group", "topk"]
     )
 
 
 @dataclass
 class AblationConfig:
-    bootstrap: int = 1000
+    bootstrap: Annotated[int, Ge(0)] = 1000
     seed: int = 0
 
 
@@ -191,7 +180,7 @@ class PipelineConfig:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
-    members: list = field(default_factory=list)  # list[MemberConfig]
+    members: list[MemberConfig] = field(default_factory=list)
     stack: StackConfig = field(default_factory=StackConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
@@ -215,46 +204,104 @@ class PipelineConfig:
         raise ConfigError(f"no member named {name!r}; configured: {[m.name for m in self.members]}")
 
 
-# Which dataclass a list-valued field holds; everything else in lists is a scalar.
-_LIST_ITEM_TYPES = {("PipelineConfig", "members"): MemberConfig}
+# ---- loading: the one place where a config is checked ------------------------------------------
+# Every value is checked against its field's annotation, generically: dataclasses (sections),
+# Optional, Literal (typed choices), list[X] and dict[str, X], int/float/str/bool (an int is a float,
+# a bool is not an int), and Annotated range markers from annotated_types (Ge(1), Interval(...),
+# MinLen(1)). `choices` names the vocabularies that live in registries above this floor (stacker
+# and decision-rule names, backbones): the caller passes them down. Cross-field rules are in
+# validate(). No stage starts before all of this has passed.
 
 
-def _build(cls: type, values: dict, path: str) -> Any:
+def _build(cls: type, values: Any, path: str, choices: dict) -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(values).__name__}")
-    hints = get_type_hints(cls)
+        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {_shown(values)}")
+    hints = get_type_hints(cls, include_extras=True)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - known, key=str)
     if unknown:
-        where = ", ".join(f"{path}.{k}" if path else k for k in unknown)
+        where = ", ".join(f"{path}.{k}" if path else str(k) for k in unknown)
         raise ConfigError(f"unknown config key(s): {where}; valid keys here: {sorted(known)}")
-    kwargs = {}
-    for name, value in values.items():
-        key_path = f"{path}.{name}" if path else name
-        kwargs[name] = _coerce(cls, name, hints[name], value, key_path)
-    obj = cls(**kwargs)
-    return obj
+    kwargs = {name: _coerce(hints[name], value, f"{path}.{name}" if path else name, choices)
+              for name, value in values.items()}
+    return cls(**kwargs)
 
 
-def _coerce(owner: type, name: str, hint: Any, value: Any, path: str) -> Any:
+def _coerce(hint: Any, value: Any, path: str, choices: dict) -> Any:
+    """`value` checked (and, where lossless, converted: int -> float) against the annotation `hint`."""
+    if get_origin(hint) is Annotated:
+        base, *markers = get_args(hint)
+        value = _coerce(base, value, path, choices)
+        _check_markers(markers, value, path)
+        return value
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value or {}, path)
-    item_cls = _LIST_ITEM_TYPES.get((owner.__name__, name))
-    if item_cls is not None:
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list")
-        return [_build(item_cls, v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if get_origin(hint) is Optional or type(None) in get_args(hint):
-        if value is None:
+        return _build(hint, {} if value is None else value, path, choices)
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Union or origin is UnionType:
+        if value is None and type(None) in args:
             return None
-        hint = next(a for a in get_args(hint) if a is not type(None))
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _coerce(options[0], value, path, choices)
+        raise ConfigError(f"{path}: unions other than Optional are not supported by the loader")
+    if origin is Literal:
+        if isinstance(value, bool) and ("on" if value else "off") in args and value not in args:
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
+        if not any(value == a and type(value) is type(a) for a in args):
+            raise ConfigError(f"{path}: {_shown(value)} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is list or hint is list:
+        if not isinstance(value, list):
+            hint_text = f"; write [{value}]" if isinstance(value, str) else ""
+            raise ConfigError(f"{path}: expected a list, got {_shown(value)}{hint_text}")
+        item = args[0] if args else Any
+        items = [_coerce(item, v, f"{path}[{i}]", choices) for i, v in enumerate(value)]
+    elif origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {_shown(value)}")
+        item = args[1] if args else Any
+        return {k: _coerce(item, v, f"{path}.{k}", choices) for k, v in value.items()}
+    else:
+        items = [_scalar(hint, value, path)]
+    allowed = choices.get(re.sub(r"\[\d+\]", "", path))
+    for position, item_value in enumerate(items):
+        if allowed is not None and item_value not in allowed:
+            where = f"{path}[{position}]" if origin is list or hint is list else path
+            raise ConfigError(f"{where}: {_shown(item_value)} is not one of {', '.join(sorted(allowed))}")
+    return items if origin is list or hint is list else items[0]
+
+
+def _scalar(hint: Any, value: Any, path: str) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, float, str, bool) and not isinstance(value, hint):
-        raise ConfigError(f"{path}: expected {hint.__name__}, got {value!r}")
-    if hint is int and isinstance(value, bool):
-        raise ConfigError(f"{path}: expected int, got {value!r}")
+    if hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"{path}: expected {hint.__name__}, got {_shown(value)}")
     return value
+
+
+def _check_markers(markers, value: Any, path: str) -> None:
+    for marker in markers:
+        if isinstance(marker, annotated_types.GroupedMetadata):  # Interval(gt=0, le=1) and the like
+            _check_markers(list(marker), value, path)
+            continue
+        min_length = getattr(marker, "min_length", None)
+        if min_length is not None and len(value) < min_length:
+            raise ConfigError(f"{path} has {len(value)} entries; it needs at least {min_length}")
+        for attribute, holds, says in _BOUND_TESTS:
+            bound = getattr(marker, attribute, None)
+            if bound is not None and not holds(value, bound):
+                raise ConfigError(f"{path} is {value!r}; it must be {says} {bound}")
+
+
+_BOUND_TESTS = (
+    ("gt", lambda v, b: v > b, "greater than"), ("ge", lambda v, b: v >= b, "at least"),
+    ("lt", lambda v, b: v < b, "less than"), ("le", lambda v, b: v <= b, "at most"),
+)
+
+
+def _shown(value: Any) -> str:
+    kind = "the string" if isinstance(value, str) else type(value).__name__
+    return f"{kind} {value!r}" if not isinstance(value, (dict, list)) else f"a {kind}"
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -268,12 +315,21 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def parse_override(text: str) -> dict:
-    """`a.b.c=value` (value parsed as YAML) -> nested dict."""
+    """`a.b.c=value` (value parsed as YAML) -> nested dict. A value that does not parse is a
+    one-line ConfigError."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
+        raise ConfigError(f"--set {text!r} must look like section.key=value")
     dotted, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else None
-    for part in reversed(dotted.strip().split(".")):
+    parts = [part.strip() for part in dotted.split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set {text!r}: the key {dotted!r} has an empty part; write e.g. folds.k=5")
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"--set {text!r}: the value {raw!r} is not valid YAML ({problem}); "
+                          "lists look like [a, b], strings with special characters need quotes") from None
+    for part in reversed(parts):
         value = {part: value}
     return value
 
@@ -324,52 +380,56 @@ def read_config_file(path: Path, _chain: tuple = ()) -> dict:
     return _merge(read_config_file(base_path, chain), values)
 
 
-def apply_member_defaults(values: dict) -> dict:
+def apply_member_defaults(values: dict, choices: dict) -> dict:
     """`member_defaults` (any member setting but its name) merged under every entry of `members`:
     settings the members share are written once; a member's own value wins."""
     values = dict(values)
     defaults = values.pop("member_defaults", None) or {}
     if not isinstance(defaults, dict):
-        raise ConfigError(f"member_defaults: expected a mapping of member settings, got a {type(defaults).__name__}")
+        raise ConfigError(f"member_defaults: expected a mapping of member settings, got {_shown(defaults)}")
     if "name" in defaults:
         raise ConfigError("member_defaults.name: every member names itself; remove name from member_defaults")
-    _build(MemberConfig, defaults, "member_defaults")  # its own typos are named as its own
+    _build(MemberConfig, defaults, "member_defaults", choices)  # its own typos are named as its own
     members = values.get("members")
     if defaults and isinstance(members, list):
         values["members"] = [_merge(defaults, m) if isinstance(m, dict) else m for m in members]
     return values
 
 
-def load_config(path: str | Path | None = None, overrides: list[dict] | None = None) -> PipelineConfig:
-    """Defaults, then the YAML at `path` (None: the demo config), then each override in order."""
+def load_config(path: str | Path | None = None, overrides: list[dict] | None = None,
+                choices: Optional[dict] = None) -> PipelineConfig:
+    """Defaults, then the YAML at `path` (None: the demo config), then each override in order;
+    every value checked (types, ranges, typed choices, cross-field rules) before it is returned.
+    `choices`: {"stack.stackers": names, "decision.rules": names, "members.backbone": names, ...},
+    vocabularies from registries on higher floors (keys are dotted paths without list indices)."""
     path = config_path(path) if path is not None else DEFAULT_CONFIG
     values = read_config_file(path)
     for override in overrides or []:
         values = _merge(values, override)
     try:
-        values = apply_member_defaults(values)
-        config = _build(PipelineConfig, values, "")
+        choices = {k: set(v) for k, v in (choices or {}).items()}
+        values = apply_member_defaults(values, choices)
+        config = _build(PipelineConfig, values, "", choices)
+        validate(config)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
-    validate(config)
     return config
 
 
 def validate(config: PipelineConfig) -> None:
-    """Cross-field checks that a single type cannot express."""
-    if config.data.pool not in ("train+validation", "train", "validation"):
-        raise ConfigError(f"data.pool: {config.data.pool!r}; use train+validation, train or validation")
-    if config.data.image_layout not in ("flat", "per_split"):
-        raise ConfigError(f"data.image_layout: {config.data.image_layout!r}; use flat or per_split")
-    if config.folds.k < 2:
-        raise ConfigError("folds.k must be at least 2")
+    """Cross-field checks that a single annotation cannot express."""
     names = [m.name for m in config.members]
     if len(set(names)) != len(names) or any(not n for n in names):
         raise ConfigError(f"members need unique, non-empty names; got {names}")
-    if not 1 <= config.decision.min_labels <= config.decision.max_labels:
-        raise ConfigError("decision: need 1 <= min_labels <= max_labels")
-    if config.decision.metric not in ("micro", "samples"):
-        raise ConfigError(f"decision.metric: {config.decision.metric!r}; use micro or samples")
+    for position, member in enumerate(config.members):
+        epochs = (member.frozen_epochs if member.mode == "frozen" else member.head_epochs + member.finetune_epochs)
+        if epochs < 1:
+            fields = "frozen_epochs" if member.mode == "frozen" else "head_epochs + finetune_epochs"
+            raise ConfigError(f"members[{position}] ({member.name}): {fields} is {epochs}; a member needs at "
+                              "least one training epoch")
+    if config.decision.min_labels > config.decision.max_labels:
+        raise ConfigError(f"decision: min_labels {config.decision.min_labels} is above max_labels "
+                          f"{config.decision.max_labels}")
 
 
 def dump_config(config: PipelineConfig) -> str:

@@ -49,7 +49,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(f"{path}: manifest lacks column(s) {missing}; rerun the prepare stage (--redo prepare)")
-    unknown = sorted(set(frame["status"]) - set(STATUSES))
+    unknown = sorted(set(frame["status"].unique()) - set(STATUSES))  # unique() first: no per-row Python
     if unknown:
         raise ManifestError(f"{path}: unknown status value(s) {unknown}; expected one of {list(STATUSES)}")
     return _typed(frame[list(COLUMNS)])
@@ -133,8 +133,8 @@ def label_frequencies(manifest: pd.DataFrame, label_space: LabelSpace) -> pd.Ser
 class ManifestDigests:
     """What a unit reads from the manifest, as digests (core.lineage): the labels of a list of ids,
     and the image files (path, size, mtime, status) that stand for them, looked up among the usable
-    rows of the given splits. Rows are hashed once per (splits, columns); a unit's digest then costs
-    a lookup per id."""
+    rows of the given splits. Cells are hashed once per splits; a unit's digest then costs a lookup
+    per id."""
 
     LABEL_COLUMNS = ("labels",)
     IMAGE_COLUMNS = ("path", "bytes", "mtime_ns", "status")
@@ -144,13 +144,19 @@ class ManifestDigests:
         self._cache: dict = {}
 
     def labels(self, image_ids, splits: Sequence[str]) -> str:
-        return self._digests(tuple(splits), self.LABEL_COLUMNS).of(image_ids)
+        return self.labels_and_images(image_ids, splits)[0]
 
     def images(self, image_ids, splits: Sequence[str]) -> str:
-        return self._digests(tuple(splits), self.IMAGE_COLUMNS).of(image_ids)
+        return self._digests(tuple(splits)).of(image_ids, self.IMAGE_COLUMNS)
 
-    def _digests(self, splits: tuple, columns: tuple) -> RowDigests:
-        if (splits, columns) not in self._cache:
+    def labels_and_images(self, image_ids, splits: Sequence[str]) -> tuple:
+        """(labels digest, images digest) of the ids, looked up once."""
+        both = self._digests(tuple(splits)).each(image_ids, {"labels": self.LABEL_COLUMNS,
+                                                             "images": self.IMAGE_COLUMNS})
+        return both["labels"], both["images"]
+
+    def _digests(self, splits: tuple) -> RowDigests:
+        if splits not in self._cache:
             rows = self._rows[self._rows["split"].isin(splits)]
-            self._cache[splits, columns] = RowDigests(rows["imageId"], rows[list(columns)])
-        return self._cache[splits, columns]
+            self._cache[splits] = RowDigests(rows["imageId"], rows[list(self.LABEL_COLUMNS + self.IMAGE_COLUMNS)])
+        return self._cache[splits]

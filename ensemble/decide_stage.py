@@ -20,12 +20,14 @@ from core.context import StageContext
 from core.labels import LabelSpace
 from core.log import progress
 from core.metrics import cardinality_error, micro_f1, samples_f1
-from core.rundir import files_hash, is_done, mark_done
+from core.rundir import is_done, is_finished, mark_done, upstream_digest
 from datasets.folds import read_folds
 from datasets.manifest import pool_labels, read_manifest
 from ensemble.decision import RULES, make_rule, nested_cv_predict
+from features.stage import pool_labels_digest
 
 STAGE = "decide"
+MADE_BY = {"member": "members", "stacker": "stack"}  # the stage that makes each kind of source
 METRIC_COLUMNS = {"micro": "micro_f1", "samples": "samples_f1"}
 
 
@@ -48,10 +50,10 @@ def run_decide(ctx: StageContext) -> dict:
     out_dir = ctx.run.decision_dir
     config_hash = ctx.config.section_hash("decision")
     folds_hash = ctx.run.folds_hash()
-    # every candidate source's predictions are inputs: a new or refitted member or stacker makes
-    # the decision out of date (recomputed); a changed decision config needs --redo decide
-    candidates = _candidate_sources(ctx)
-    inputs_hash = files_hash([path for source in candidates for path in (source.oof, source.test)])
+    # every candidate source's recorded hash and the pool's labels are inputs (core.lineage): a new
+    # or refitted member or stacker, or an edited label, makes the decision out of date
+    # (recomputed); a changed decision config needs --redo decide
+    inputs_hash = decision_inputs(ctx, _candidate_sources(ctx))
     if is_done(out_dir, config_hash, folds_hash, redo=ctx.redo_stage(STAGE), inputs_hash=inputs_hash):
         ctx.logger(STAGE).info("decision already done under this config; skipped")
         return {**_summary(atomic.read_json(out_dir / "rule.json"), out_dir), "up_to_date": True}
@@ -77,17 +79,28 @@ def run_decide(ctx: StageContext) -> dict:
     record = _apply_best(ctx, choose_best(scores, ctx.config.decision.metric), sources, label_space,
                          manifest, fold_table)
     mark_done(out_dir, config_hash, folds_hash, inputs_hash=inputs_hash, source=record["source"], rule=record["rule"],
-              metric=record["metric"], score=record["score"])
+              metric=record["metric"], score=record["score"],
+              artifacts=["rule.json", "scores.csv", "oof_labels.csv", "test_labels.csv"])
     return _summary(record, out_dir)
 
 
+def decision_inputs(ctx: StageContext, candidates: list) -> dict:
+    """Each candidate's recorded hash ("unfinished" while it has no DONE.json: it is not scored,
+    and finishing it makes the decision out of date) and the pool labels' digest."""
+    inputs = {f"{source.kind} {source.name}": upstream_digest(source.folder, MADE_BY[source.kind])
+              if is_finished(source.folder) else "unfinished" for source in candidates}
+    inputs["pool labels"] = pool_labels_digest(ctx)
+    return inputs
+
+
 def find_sources(ctx: StageContext) -> list:
-    """Members' and stackers' folders that hold an oof.parquet, in config order."""
+    """Members' and stackers' folders that are finished (a DONE.json: an oof.parquet alone may be
+    the leftover of a killed run), in config order."""
     candidates = _candidate_sources(ctx)
-    present = [source for source in candidates if source.oof.exists()]
-    skipped = [f"{source.kind} {source.name}" for source in candidates if not source.oof.exists()]
+    present = [source for source in candidates if is_finished(source.folder)]
+    skipped = [f"{source.kind} {source.name}" for source in candidates if not is_finished(source.folder)]
     if skipped:
-        ctx.logger(STAGE).info("no oof.parquet yet for %s; not scored", ", ".join(skipped))
+        ctx.logger(STAGE).info("not finished (no DONE.json) yet: %s; not scored", ", ".join(skipped))
     if not present:
         raise FileNotFoundError(f"{ctx.run.root}: no member or stacker oof.parquet to decide on; "
                                 "run the members (and stack) stages first")

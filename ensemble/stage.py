@@ -9,19 +9,20 @@ import time
 from core import atomic, predictions
 from core.context import StageContext
 from core.metrics import score_probabilities
-from core.rundir import files_hash, is_done, mark_done
+from core.rundir import is_done, mark_done
 from datasets.folds import read_folds
 from ensemble.stackers import make_stacker, stacker_params
 from ensemble.stacking import second_level_oof
-from features.stage import load_member_stacks, member_prediction_files, pool_truth
+from features.stage import load_member_stacks, member_lineage, pool_truth
 
 
 def run_stack(ctx: StageContext) -> dict:
     log = ctx.logger("stack")
     folds_hash = ctx.run.folds_hash()
-    # the members' predictions are this stage's inputs: a member added or retrained makes the
-    # stackers out of date (recomputed), while a changed stack config needs --redo stack
-    inputs_hash = files_hash(member_prediction_files(ctx))
+    # the members' recorded outputs and the pool's labels are this stage's inputs (core.lineage):
+    # a member added or retrained, or a label edited, makes the stackers out of date (recomputed),
+    # while a changed stack config needs --redo stack; an unfinished member is refused by name
+    inputs_hash = member_lineage(ctx)
     for name in ctx.config.stack.stackers:
         make_stacker(name)  # an unknown name fails here, before any work, listing the valid ones
     # each stacker is its own unit, hashed on its own settings: adding or tuning one stacker
@@ -40,7 +41,7 @@ def run_stack(ctx: StageContext) -> dict:
         if name in todo:
             scores = _run_stacker(ctx, name, oof_stack, test_stack, y_true, folds)
             mark_done(unit, config_hash[name], folds_hash, inputs_hash=inputs_hash, seconds=scores["seconds"],
-                      oof=scores["oof"])
+                      oof=scores["oof"], artifacts=["oof.parquet", "test.parquet", "scores.json", "model"])
         else:
             log.info("stacker %s already done under this config and folds; skipped", name)
             scores = atomic.read_json(unit / "scores.json")

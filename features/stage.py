@@ -9,10 +9,9 @@ import numpy as np
 
 from core import atomic, predictions
 from core.context import StageContext
-from core.rundir import derived_stage
-from core.rundir import DONE
+from core.rundir import DONE, derived_stage, upstream_digest
 from datasets.folds import read_folds
-from datasets.manifest import pool_labels, read_manifest, test_ids
+from datasets.manifest import POOLS, ManifestDigests, pool_ids, pool_labels, read_manifest, test_ids
 from features.stacker_inputs import (StackerInputError, base_feature_names,
                                      join_members)
 
@@ -21,8 +20,30 @@ def member_prediction_files(ctx: StageContext) -> list:
     return [ctx.run.member_dir(m.name) / f"{kind}.parquet" for m in ctx.config.members for kind in ("oof", "test")]
 
 
+def member_units(ctx: StageContext) -> list:
+    """(member folder, "members") for every configured member: the upstream units stacking reads."""
+    return [(ctx.run.member_dir(m.name), "members") for m in ctx.config.members]
+
+
+def member_lineage(ctx: StageContext) -> dict:
+    """What every stage above the members reads from them, as digests (core.lineage): each
+    configured member's recorded hash (refused, naming it, while the member is unfinished or
+    damaged) and the labels of the pool, the truth stackers and decision rules are fitted on."""
+    inputs = {f"member {m.name}": upstream_digest(ctx.run.member_dir(m.name), "members") for m in ctx.config.members}
+    inputs["pool labels"] = pool_labels_digest(ctx)
+    return inputs
+
+
+def pool_labels_digest(ctx: StageContext) -> str:
+    """Digest of the labels of the pool's usable images (in pool order), from the run's manifest."""
+    manifest = read_manifest(ctx.run.manifest)
+    pool = ctx.config.data.pool
+    return ManifestDigests(manifest).labels(pool_ids(manifest, pool), POOLS[pool])
+
+
 @derived_stage("features", inputs=lambda ctx: member_prediction_files(ctx) + [ctx.run.folds, ctx.run.manifest],
-               outputs=lambda ctx: [features_dir(ctx) / "summary.json"], config_sections=("stack",))
+               outputs=lambda ctx: [features_dir(ctx) / "summary.json"], config_sections=("stack",),
+               upstream=member_units)
 def run_features(ctx: StageContext) -> dict:
     oof_stack, test_stack = load_member_stacks(ctx)
     n_context = ctx.config.stack.xgboost.n_context

@@ -19,13 +19,13 @@ from core import atomic
 from core.context import StageContext
 from core.log import progress
 from core.metrics import micro_f1, sample_f1s, samples_f1
-from core.rundir import files_hash, is_done, mark_done
+from core.rundir import is_done, mark_done, upstream_digest
 from ensemble.decide_stage import rule_params
 from ensemble.decision import nested_cv_predict
 from ensemble.stackers import stacker_params
 from ensemble.stacking import second_level_oof
 from features.stacker_inputs import MemberStack
-from features.stage import load_member_stacks, member_prediction_files
+from features.stage import load_member_stacks, member_lineage
 from reports import plots
 from reports.run_data import RunDataError, read_folds, read_manifest, true_labels
 from reports.tables import markdown_table
@@ -127,16 +127,16 @@ def _weighted_score(weights, stats, metric: str) -> np.ndarray:
 def run_ablate(ctx: StageContext) -> dict:
     log = ctx.logger("ablate")
     rule = atomic.read_json(_require(ctx.run.decision_dir / "rule.json", "decide"))
+    decision = upstream_digest(ctx.run.decision_dir, "decide")  # a finished, intact decision only
     stacker_name = _stacker_of(rule)
     unit = ctx.run.report_dir / "ablation"
     # the chosen rule is part of the hash: a redone decide stage may pick another one
     config_hash = ctx.config.section_hash("ablation")
-    # inputs: the members' predictions and the decision (its chosen stacker and rule); when they
-    # change the ablation is recomputed without asking
-    inputs_hash = files_hash(member_prediction_files(ctx) + [ctx.run.decision_dir / "rule.json"])
+    # inputs: the members' recorded outputs, the pool's labels and the decision (its chosen stacker
+    # and rule); when they change the ablation is recomputed without asking
+    inputs_hash = {**member_lineage(ctx), "decision": decision}
     paths = [ctx.run.report_dir / f"ablation.{ext}" for ext in ("csv", "md", "png")]
-    if is_done(unit, config_hash, ctx.run.folds_hash(), redo=ctx.redo_stage("ablate"), inputs_hash=inputs_hash) and all(
-            p.exists() for p in paths):
+    if is_done(unit, config_hash, ctx.run.folds_hash(), redo=ctx.redo_stage("ablate"), inputs_hash=inputs_hash):
         log.info("ablation already done under this config; skipped (--redo ablate recomputes)")
         return {"up_to_date": True, "path": str(paths[0])}
     label_space = ctx.label_space()
@@ -149,7 +149,7 @@ def run_ablate(ctx: StageContext) -> dict:
                            rule_params(rule["rule"], ctx, label_space), metric,
                            ctx.config.ablation.bootstrap, ctx.config.ablation.seed)
     _write(ctx, table, stacker_name, rule, metric)
-    mark_done(unit, config_hash, ctx.run.folds_hash(), inputs_hash=inputs_hash, subsets=len(table))
+    mark_done(unit, config_hash, ctx.run.folds_hash(), inputs_hash=inputs_hash, subsets=len(table), artifacts=paths)
     full = table.iloc[0]
     log.info("ablation: %d subsets; full ensemble %s-F1 %.4f", len(table), metric, full[f"{metric}_f1"])
     return {"subsets": len(table), "stacker": stacker_name, "rule": rule["rule"],

@@ -16,6 +16,7 @@ from core import atomic
 from core.context import StageContext
 from core.rundir import derived_stage
 from core.rundir import RunDir
+from features.stage import member_units
 from reports import plots
 from core.metrics import frequency_floor
 from reports.run_data import RunDataError, read_folds, read_manifest, true_labels
@@ -116,7 +117,8 @@ def _compare_outputs(ctx: StageContext) -> list:
 
 
 @derived_stage("compare", inputs=lambda ctx: sorted((ctx.run.root / "members").glob("*/scores.json"))
-               + [ctx.run.folds, ctx.run.manifest], outputs=_compare_outputs, config_sections=("decision",))
+               + [ctx.run.folds, ctx.run.manifest], outputs=_compare_outputs, config_sections=("decision",),
+               upstream=member_units)
 def run_compare(ctx: StageContext) -> dict:
     log = ctx.logger("compare")
     table = fold_score_table(ctx.run)

@@ -20,7 +20,8 @@ class SubmissionInputError(ValueError):
 
 @derived_stage("submit", inputs=lambda ctx: [ctx.run.decision_dir / "test_labels.csv", ctx.run.manifest,
                                              ctx.data_dir / SOLUTION_FILE],
-               outputs=lambda ctx: [ctx.run.submission], config_sections=("decision",))
+               outputs=lambda ctx: [ctx.run.submission], config_sections=("decision",),
+               upstream=lambda ctx: [(ctx.run.decision_dir, "decide")])
 def run_submit(ctx: StageContext) -> dict:
     log = ctx.logger("submit")
     manifest = read_manifest(ctx.run.manifest)

@@ -63,6 +63,7 @@ def make_run(root: Path, n_pool: int = 120, n_test: int = 30, k: int = 3, stacke
         predictions.write(member_dir / "oof.parquet", make_table(pool_ids, oof[:, m], LABEL_IDS))
         predictions.write(member_dir / "test.parquet", make_table(test_ids, test[:, m], LABEL_IDS))
         mark_done(member_dir / "fold0", "member-config", folds_hash)  # as the members stage marks its units
+        mark_done(member_dir, "member-config", folds_hash, artifacts=["oof.parquet", "test.parquet"])  # and the member
     config = PipelineConfig(members=[MemberConfig(name=name) for name in members])
     config.stack.stackers = list(stackers)
     config.stack.xgboost = XGBoostConfig(n_estimators=20, min_positives=5, n_jobs=1)

@@ -69,6 +69,8 @@ def build_run(tmp_path, stages=("prepare", "folds", "members", "stack", "decide"
                 TEST_USABLE, rng.random((len(TEST_USABLE), len(LABEL_IDS))), LABEL_IDS))
             mark_done(run.member_dir(member) / "fold0", "members-hash", run.folds_hash())
             atomic.write_json(run.member_dir(member) / "scores.json", _member_scores(member, truth, oof[member]))
+            mark_done(run.member_dir(member), "members-hash", run.folds_hash(),  # finished, as its stage leaves it
+                      artifacts=["oof.parquet", "test.parquet", "scores.json"])
     mean = predictions.make_table(pool, np.mean([oof[m].to_numpy() for m in MEMBERS], axis=0), LABEL_IDS)
     if "stack" in stages:
         predictions.write(run.stacker_dir("mean") / "oof.parquet", mean)
@@ -113,6 +115,8 @@ def _write_decision(run, pool, oof_labels):
         [("m_b", "member", "global"), ("mean", "stacker", "per_label"), ("mean", "stacker", "global")])],
         columns=["source", "kind", "rule", "micro_f1", "samples_f1", "cardinality_error", "seconds"])
     atomic.write_csv(run.decision_dir / "scores.csv", scores)
+    mark_done(run.decision_dir, "decision-hash", run.folds_hash(),
+              artifacts=["rule.json", "scores.csv", "oof_labels.csv", "test_labels.csv"])
 
 
 # ---- fold-score comparison -------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from core.config import PipelineConfig
 from core.context import StageContext
 from core.labels import LabelSpace
-from core.rundir import RunDir
+from core.rundir import RunDir, mark_done
 from datasets.manifest import make_manifest
 from submissions.stage import fallback_labels, run_submit
 from submissions.validate import validate_submission
@@ -199,6 +199,7 @@ def write_test_labels(run, label_sets):
     run.decision_dir.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame({"imageId": list(label_sets), "labels": [" ".join(v) for v in label_sets.values()]})
     frame.to_csv(run.decision_dir / "test_labels.csv", index=False)
+    mark_done(run.decision_dir, "decision-config", None, artifacts=["test_labels.csv"])  # as decide marks it
 
 
 def test_fallback_is_most_frequent_labels_up_to_median_cardinality(tmp_path):
