@@ -70,11 +70,20 @@ class FoldsConfig:
 class MemberConfig:
     name: str = ""
     backbone: str = "tiny_cnn"
-    image_size: Optional[int] = None  # None: the backbone's native input size
+    image_size: Optional[int] = None  # None: the backbone's native input size (the width when image_height is set)
+    # non-square inputs (height x width = image_height x image_size, e.g. 320 x 224 for portrait
+    # photos); None: square
+    image_height: Optional[int] = None
     weights: Optional[str] = None  # "imagenet", a local .h5 / .weights.h5 path, or None
     mode: Literal["finetune", "frozen"] = "finetune"  # "finetune" (two phases) or "frozen" (embeddings once, heads per fold)
     resize: Literal["stretch", "pad", "crop"] = "pad"
-    pooling: Literal["avg", "max"] = "avg"
+    # how the feature map becomes label scores: global average / max; "csra": class-specific
+    # residual attention (per-label spatial attention added to the average); "bands": average over
+    # horizontal bands (head, torso, legs) concatenated
+    pooling: Literal["avg", "max", "csra", "bands"] = "avg"
+    csra_lambda: float = 0.1  # weight of CSRA's attention term
+    csra_temperature: float = 1.0  # CSRA's softmax temperature over positions
+    pooling_bands: int = 3  # "bands": how many horizontal bands
     dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.2
     hidden_units: Annotated[int, Ge(0)] = 0
     loss: Literal["bce", "focal", "asymmetric"] = "bce"
@@ -85,6 +94,12 @@ class MemberConfig:
     learning_rate: Annotated[float, Gt(0)] = 1e-3
     finetune_learning_rate: Annotated[float, Gt(0)] = 1e-4
     unfreeze: Literal["top", "all"] = "top"
+    # "fixed": every configured epoch. "inner_split": epochs chosen on an inner split of the
+    # training folds (never the held-out fold): the epoch with the lowest inner loss is kept and
+    # training stops `patience` epochs after it; the chosen epoch is recorded per fold
+    epoch_selection: Literal["fixed", "inner_split"] = "fixed"
+    inner_fraction: float = 0.2
+    patience: int = 3
     augment: bool = True
     tta_flip: bool = False
     # Scale settings (issue: members at the competition's size). Enumerations are Literal so the
