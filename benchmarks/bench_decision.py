@@ -1,6 +1,7 @@
-"""Decision rules: fit on 10,000 x 228 and predict on 40,000 x 228 synthetic probabilities.
+"""Decision rules: fit on 10,000 x 228 and predict on 40,000 x 228 synthetic probabilities, then
+the per-image decoders' predict time at several sizes.
 
-    .venv/bin/python -m benchmarks.bench_decision [--repeats 3] [--seed 0]
+    .venv/bin/python -m benchmarks.bench_decision [--repeats 3] [--seed 0] [--sizes 10000,20000,40000]
 
 The label space mirrors iMaterialist 2018 (228 labels in 8 groups; one category and one gender
 per image, about 8 labels per image); truth is drawn from calibrated probabilities (see SyntheticLabels).
@@ -21,6 +22,7 @@ from ensemble.decision import RULES, make_rule
 GROUP_SIZES = {"category": 105, "material": 34, "pattern": 28, "style": 21, "color": 21,
                "neckline": 11, "sleeve": 5, "gender": 3}  # the real 228-label map's groups
 PREDICT_TARGET_S = 1.0
+GROWTH_RULES = ("expected_f1", "gfm")  # the per-image decoders, whose cost is the one that grows
 
 
 class SyntheticLabels:
@@ -66,23 +68,43 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sizes", default="10000,20000,40000", help="rows for the predict-time growth table")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     world = SyntheticLabels(rng)
     groups = world.groups
     fit_probs, fit_true = world.draw(10_000, rng)
     test_probs, test_true = world.draw(40_000, rng)
-    rows = []
+    rows, fitted = [], {}
     for name in ["global"] + sorted(set(RULES) - {"global"}):
         params = {"groups": groups} if name == "group" else {}
         fit_s, rule = best_time(lambda: make_rule(name, **params).fit(fit_probs, fit_true), args.repeats)
+        fitted[name] = rule
         predict_s, predicted = best_time(lambda: rule.predict(test_probs), args.repeats)
         counts = predicted.sum(axis=1)
         rows.append((name, fit_s, predict_s, micro_f1(test_true, predicted), samples_f1(test_true, predicted),
                      f"{counts.min()}..{counts.max()}"))
+    print_table(rows, fit_probs, test_probs, test_true, args.repeats)
+    print_growth(world, rule_of={name: rule for name, rule in fitted.items() if name in GROWTH_RULES},
+                 sizes=[int(n) for n in args.sizes.split(",")], repeats=args.repeats, rng=rng)
+
+
+def print_growth(world, rule_of: dict, sizes: list, repeats: int, rng) -> None:
+    """Predict time of the per-image decoders (expected_f1, gfm) at several sizes: how it grows."""
+    print(f"\npredict time by rows (228 labels), best of {repeats}; x = time / time at {sizes[0]:,} rows")
+    header = f"{'rule':<12}" + "".join(f"{n:>12,}" for n in sizes) + f"{'x at max':>10}"
+    print(header)
+    print("-" * len(header))
+    matrices = [world.draw(n, rng)[0] for n in sizes]
+    for name, rule in rule_of.items():
+        times = [best_time(lambda: rule.predict(probs), repeats)[0] for probs in matrices]
+        print(f"{name:<12}" + "".join(f"{t:12.3f}" for t in times) + f"{times[-1] / times[0]:10.2f}")
+
+
+def print_table(rows: list, fit_probs, test_probs, test_true, repeats: int) -> None:
     base_fit, base_predict = rows[0][1], rows[0][2]
     print(f"fit on {fit_probs.shape[0]:,} x {fit_probs.shape[1]}, predict on {test_probs.shape[0]:,} x "
-          f"{test_probs.shape[1]}; best of {args.repeats}; ratios vs global; "
+          f"{test_probs.shape[1]}; best of {repeats}; ratios vs global; "
           f"true labels per image {test_true.sum(axis=1).mean():.2f}")
     header = f"{'rule':<12}{'fit s':>9}{'fit x':>8}{'predict s':>11}{'predict x':>11}{'< 1 s':>7}" \
              f"{'micro-F1':>10}{'samples-F1':>12}{'labels':>9}"

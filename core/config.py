@@ -148,9 +148,49 @@ class XGBoostConfig:
 
 
 @dataclass
+class LongXGBoostConfig:
+    """The long-format stacker: one XGBoost over all (image, label) rows (ensemble.stackers.boosted)."""
+    n_estimators: int = 300
+    max_depth: int = 6
+    learning_rate: float = 0.1
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    min_child_weight: float = 5.0
+    reg_lambda: float = 5.0
+    max_bin: int = 64
+    early_stopping_rounds: int = 20
+    inner_fraction: float = 0.2  # training images held out for early stopping
+    prior_margin: bool = True  # boost from the log-odds of the members' mean
+    n_context: int = 4  # columns holding the mean probability of each label's best-correlated other labels
+    candidates: int = 48  # rows: each image's most probable labels by the mean (0: all); the rest keep the mean
+    # XGBoost threads: one by default, since OpenMP threads that other processes' load preempts
+    # spin and stall (measured on 2 loaded cores: 2 threads took 7x the CPU and 10x the wall time of 1)
+    n_jobs: int = 1
+    chunk_images: int = 2048  # images turned into rows at a time (bounds the float rows in memory)
+    seed: int = 0
+
+
+@dataclass
+class GridConfig:
+    """The grid stacker: a Keras network over each image's members x labels log-odds (ensemble.stackers.grid)."""
+    filters: int = 8  # member combinations per label (a 1-wide convolution along the member axis)
+    hidden_units: int = 256
+    dropout: float = 0.3
+    epochs: int = 60  # at most; early stopping on inner_fraction of the training images picks the epoch
+    patience: int = 6
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    inner_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass
 class StackConfig:
-    stackers: Annotated[list[str], MinLen(1)] = field(default_factory=lambda: ["mean", "weighted", "linear", "xgboost"])
+    stackers: Annotated[list[str], MinLen(1)] = field(default_factory=lambda: ["mean", "weighted", "linear", "xgboost", "xgboost_long",
+                                                    "grid_cnn"])
     xgboost: XGBoostConfig = field(default_factory=XGBoostConfig)
+    xgboost_long: LongXGBoostConfig = field(default_factory=LongXGBoostConfig)
+    grid_cnn: GridConfig = field(default_factory=GridConfig)
 
 
 @dataclass
@@ -159,8 +199,11 @@ class DecisionConfig:
     min_labels: Annotated[int, Ge(1)] = 1
     max_labels: Annotated[int, Ge(1)] = 23
     rules: Annotated[list[str], MinLen(1)] = field(
-        default_factory=lambda: ["global", "per_label", "expected_f1", "group", "topk"]
+        default_factory=lambda: ["global", "per_label", "expected_f1", "gfm", "group", "topk"]
     )
+    # the chosen (source, rule)'s honest score: the whole choice repeated without each scored fold
+    # (needs 3+ folds; about (k - 1) / 2 times the nested CV's rule fits on top)
+    outer_loop: bool = True
 
 
 @dataclass

@@ -25,10 +25,13 @@ from datasets.folds import read_folds
 from datasets.manifest import pool_labels, read_manifest
 from ensemble.decision import RULES, make_rule, nested_cv_predict
 from features.stage import pool_labels_digest
+from ensemble.selection import (CandidateCounts, compare_with_reference, label_set_counts, outer_loop_choice,
+                                pairwise_cv_counts)
 
 STAGE = "decide"
 MADE_BY = {"member": "members", "stacker": "stack"}  # the stage that makes each kind of source
 METRIC_COLUMNS = {"micro": "micro_f1", "samples": "samples_f1"}
+REFERENCE_STACKER = "mean"  # what every other stacker is compared with, pair by pair
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,14 @@ def run_decide(ctx: StageContext) -> dict:
     sources = find_sources(ctx)
     manifest = read_manifest(ctx.run.manifest)
     fold_table = read_folds(ctx.run.folds)
-    rows = []
+    rows, counts = [], []
+    outer_loop = _outer_loop_wanted(ctx, fold_table)
+    pool_ids = None
     for source in progress(sources, desc="decide: sources", disable=len(sources) < 2):
         oof = predictions.read(source.oof, label_space.label_ids)
+        # every candidate's per-image counts must line up for the outer loop and the paired comparisons
+        pool_ids = oof.index if pool_ids is None else pool_ids
+        oof = _same_images(oof, pool_ids, source)
         y_true = truth_for(manifest, oof.index, label_space, ctx.config.data.pool, where=str(source.oof))
         fold_of = folds_for(fold_table, oof.index, where=str(source.oof))
         probs = oof.to_numpy()
@@ -72,16 +80,70 @@ def run_decide(ctx: StageContext) -> dict:
             start = time.perf_counter()
             predicted = nested_cv_predict(rule_name, probs, y_true, fold_of, params[rule_name])
             rows.append(_score_row(source, rule_name, y_true, predicted, time.perf_counter() - start))
+            inner = pairwise_cv_counts(rule_name, probs, y_true, fold_of, params[rule_name]) if outer_loop else None
+            counts.append(CandidateCounts(source.name, source.kind, rule_name, label_set_counts(y_true, predicted), inner))
             ctx.logger(STAGE).info("%s %s: micro-F1 %.4f, samples-F1 %.4f", source.name, rule_name,
                                    rows[-1]["micro_f1"], rows[-1]["samples_f1"])
     scores = pd.DataFrame(rows)
     atomic.write_csv(out_dir / "scores.csv", scores)
+    n_true = y_true.sum(axis=1)
+    honest = _honest_headline(ctx, counts, n_true, fold_of, outer_loop)
+    _write_comparison_with_mean(ctx, counts, n_true, fold_of)
     record = _apply_best(ctx, choose_best(scores, ctx.config.decision.metric), sources, label_space,
-                         manifest, fold_table)
+                         manifest, fold_table, honest=honest)
     mark_done(out_dir, config_hash, folds_hash, inputs_hash=inputs_hash, source=record["source"], rule=record["rule"],
               metric=record["metric"], score=record["score"],
-              artifacts=["rule.json", "scores.csv", "oof_labels.csv", "test_labels.csv"])
+              artifacts=["rule.json", "scores.csv", "selection.json", "oof_labels.csv", "test_labels.csv"])
     return _summary(record, out_dir)
+
+
+def _outer_loop_wanted(ctx: StageContext, fold_table: pd.Series) -> bool:
+    if not ctx.config.decision.outer_loop:
+        ctx.logger(STAGE).info("decision.outer_loop is off: the chosen candidate's score is the best of "
+                               "the candidates' nested-CV scores, not an honest estimate")
+        return False
+    if fold_table.nunique() < 3:
+        ctx.logger(STAGE).info("only %d folds: the outer loop needs 3 (one scored, two to choose on); "
+                               "no honest headline for the chosen candidate", fold_table.nunique())
+        return False
+    return True
+
+
+def _same_images(oof: pd.DataFrame, pool_ids: pd.Index, source: Source) -> pd.DataFrame:
+    """`oof` in `pool_ids` order; refused, naming the source and ids, when its images differ."""
+    if len(oof.index) != len(pool_ids) or not oof.index.isin(pool_ids).all():
+        missing, extra = pool_ids.difference(oof.index), oof.index.difference(pool_ids)
+        raise ValueError(f"{source.oof}: its imageIds differ from the first source's (missing {list(missing[:10])}, "
+                         f"extra {list(extra[:10])}); every source must predict the same pool: rerun it with --redo")
+    return oof.reindex(pool_ids)
+
+
+def _honest_headline(ctx: StageContext, counts: list, n_true, fold_of, outer_loop: bool) -> dict:
+    """decision/selection.json and the record for rule.json: the chosen candidate's score from the
+    outer loop (ensemble.selection), or why there is none."""
+    metric = ctx.config.decision.metric
+    if not outer_loop:
+        honest = {"method": None, "reason": "outer loop off or fewer than 3 folds"}
+    else:
+        honest = {"method": "outer loop: for each fold, the whole (source, rule) choice repeated on the "
+                            "other folds, then that choice scores the fold",
+                  **outer_loop_choice(counts, n_true, fold_of, metric, choose_best)}
+        ctx.logger(STAGE).info("honest headline (outer loop over %d candidates): micro-F1 %.4f, samples-F1 %.4f; "
+                               "chosen per fold: %s", honest["n_candidates"], honest["micro_f1"], honest["samples_f1"],
+                               [f"{c['source']}+{c['rule']}" for c in honest["per_fold"]])
+    atomic.write_json(ctx.run.decision_dir / "selection.json", honest)
+    return honest
+
+
+def _write_comparison_with_mean(ctx: StageContext, counts: list, n_true, fold_of) -> None:
+    """decision/vs_mean.csv: each stacker's nested-CV change against the mean stacker under the same
+    rule, with a 95% fold-paired bootstrap interval (when the mean stacker is configured)."""
+    if REFERENCE_STACKER not in ctx.config.stack.stackers:
+        return
+    ablation = ctx.config.ablation
+    table = compare_with_reference(counts, REFERENCE_STACKER, n_true, fold_of, ctx.config.decision.metric,
+                                   ablation.bootstrap, ablation.seed)
+    atomic.write_csv(ctx.run.decision_dir / "vs_mean.csv", table)
 
 
 def decision_inputs(ctx: StageContext, candidates: list) -> dict:
@@ -154,7 +216,7 @@ def choose_best(scores: pd.DataFrame, metric: str) -> pd.Series:
     return pool.loc[pool[METRIC_COLUMNS[metric]].idxmax()]
 
 
-def _apply_best(ctx, best: pd.Series, sources, label_space, manifest, fold_table) -> dict:
+def _apply_best(ctx, best: pd.Series, sources, label_space, manifest, fold_table, honest: dict | None = None) -> dict:
     """Write the chosen rule's honest OOF label sets (nested CV again: keeping every candidate's
     would hold sources x rules boolean matrices), then fit it on the whole OOF for the test set."""
     out_dir, metric = ctx.run.decision_dir, ctx.config.decision.metric
@@ -169,7 +231,8 @@ def _apply_best(ctx, best: pd.Series, sources, label_space, manifest, fold_table
     record = {"source": source.name, "kind": source.kind, "rule": best["rule"], "metric": metric,
               "score": float(best[METRIC_COLUMNS[metric]]),
               "params": {k: v for k, v in rule.get_params().items() if k != "groups"},
-              "fitted": rule.fitted_params(), "n_oof": len(oof), "n_test": len(test)}
+              "fitted": rule.fitted_params(), "n_oof": len(oof), "n_test": len(test),
+              "n_candidates": int(len(ctx.config.decision.rules) * len(sources)), "honest": honest}
     atomic.write_csv(out_dir / "oof_labels.csv", label_table(oof.index, oof_pred, label_space))
     atomic.write_csv(out_dir / "test_labels.csv", label_table(test.index, rule.predict(test.to_numpy()), label_space))
     atomic.write_json(out_dir / "rule.json", record)
@@ -202,5 +265,8 @@ def label_table(image_ids, predicted: np.ndarray, label_space: LabelSpace) -> pd
 
 
 def _summary(record: dict, out_dir: Path) -> dict:
-    return {"source": record["source"], "rule": record["rule"], "metric": record["metric"],
-            "score": record["score"], "decision_dir": str(out_dir)}
+    honest = record.get("honest") or {}
+    metric = record["metric"]
+    return {"source": record["source"], "rule": record["rule"], "metric": metric,
+            "score": record["score"], f"honest_{metric}_f1": honest.get(f"{metric}_f1"),
+            "decision_dir": str(out_dir)}

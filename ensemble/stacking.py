@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from core.log import progress
-from core.metrics import score_probabilities
+from core.metrics import best_global_threshold, micro_f1, score_probabilities
 from ensemble.stackers import make_stacker
 from features.stacker_inputs import MemberStack, StackerInputError
 
@@ -39,3 +39,16 @@ def second_level_oof(stacker_name: str, params: Optional[dict], member_stack_oof
                                  "fallback_labels": list(stacker.fallback_labels_),
                                  **score_probabilities(y_true[held_out], oof[held_out])})
     return oof
+
+
+def cv_threshold_micro_f1(y_true: np.ndarray, probs: np.ndarray, folds) -> float:
+    """micro-F1 of OOF probabilities with each fold's one global threshold chosen on the other
+    folds' rows: the cross-validated counterpart of score_probabilities' micro_f1@best, whose
+    threshold is tuned on the very rows it scores."""
+    folds = np.asarray(folds)
+    predicted = np.zeros(probs.shape, dtype=bool)
+    for fold in np.unique(folds):
+        held_out = folds == fold
+        threshold, _ = best_global_threshold(y_true[~held_out], probs[~held_out])
+        predicted[held_out] = probs[held_out] >= threshold
+    return micro_f1(y_true, predicted)

@@ -12,7 +12,7 @@ from core.metrics import score_probabilities
 from core.rundir import is_done, mark_done
 from datasets.folds import read_folds
 from ensemble.stackers import make_stacker, stacker_params
-from ensemble.stacking import second_level_oof
+from ensemble.stacking import cv_threshold_micro_f1, second_level_oof
 from features.stage import load_member_stacks, member_lineage, pool_truth
 
 
@@ -45,7 +45,8 @@ def run_stack(ctx: StageContext) -> dict:
         else:
             log.info("stacker %s already done under this config and folds; skipped", name)
             scores = atomic.read_json(unit / "scores.json")
-        summary[name] = {"micro_f1@best": scores["oof"]["micro_f1@best"], "seconds": scores["seconds"],
+        summary[name] = {"micro_f1@best": scores["oof"]["micro_f1@best"],
+                         "micro_f1@cv_threshold": scores["oof"].get("micro_f1@cv_threshold"), "seconds": scores["seconds"],
                          "fallback_labels": len(scores["fallback_labels"]), "skipped": name not in todo}
     return {"stackers": summary, "up_to_date": not todo}
 
@@ -62,7 +63,9 @@ def _run_stacker(ctx, name, oof_stack, test_stack, y_true, folds) -> dict:
     full_pool.save(unit / "model")
     test = full_pool.predict_proba(test_stack)
     predictions.write(unit / "test.parquet", predictions.make_table(test_stack.image_ids, test, test_stack.label_ids))
-    scores = {"stacker": name, "folds": fold_records, "oof": score_probabilities(y_true, oof),
+    # micro_f1@best tunes its threshold on the rows it scores; micro_f1@cv_threshold does not
+    oof_scores = {**score_probabilities(y_true, oof), "micro_f1@cv_threshold": cv_threshold_micro_f1(y_true, oof, folds)}
+    scores = {"stacker": name, "folds": fold_records, "oof": oof_scores,
               "seconds": time.perf_counter() - started,
               "fallback_labels": list(full_pool.fallback_labels_)}
     atomic.write_json(unit / "scores.json", scores)

@@ -3,12 +3,9 @@ alone, refitting only the stacker and the decision rule on the cached member OOF
 CNN is retrained). Every score is nested: second-level OOF from the stacker, then the decision
 rule fitted on the other folds and applied to each fold.
 
-Interval of a subset's change against the full ensemble: a paired bootstrap that resamples images
-within each fold (a stratified bootstrap with the folds as strata). Resampling the k fold-level
-deltas instead would give at most a handful of distinct values for k = 3..5 folds, far too coarse
-for a 95% interval. Both systems are scored on the same resampled images (paired), and every
-subset sees the same resamples (same seed), so the intervals are comparable. It measures the
-uncertainty from which images were scored, not from refitting the stacker on other data.
+Interval of a subset's change against the full ensemble: ensemble.comparison's paired bootstrap,
+images resampled within each fold; every subset sees the same resamples (same seed), so the
+intervals are comparable.
 """
 from __future__ import annotations
 
@@ -18,8 +15,9 @@ import pandas as pd
 from core import atomic
 from core.context import StageContext
 from core.log import progress
-from core.metrics import micro_f1, sample_f1s, samples_f1
+from core.metrics import micro_f1, samples_f1
 from core.rundir import is_done, mark_done, upstream_digest
+from ensemble.comparison import paired_bootstrap_interval
 from ensemble.decide_stage import rule_params
 from ensemble.decision import nested_cv_predict
 from ensemble.stackers import stacker_params
@@ -29,8 +27,6 @@ from features.stage import load_member_stacks, member_lineage
 from reports import plots
 from reports.run_data import RunDataError, read_folds, read_manifest, true_labels
 from reports.tables import markdown_table
-
-CHUNK = 100  # bootstrap resamples drawn at once; bounds memory at CHUNK x images weights
 
 
 def member_subsets(members: list) -> list:
@@ -81,47 +77,6 @@ def _row(name, kind, members, labels, full_labels, y_true, folds, metric, n_boot
         row[f"{metric}_f1_fold{fold}"] = score(y_true[rows], labels[rows])
         row[f"delta_fold{fold}"] = score(y_true[rows], labels[rows]) - score(y_true[rows], full_labels[rows])
     return row
-
-
-def paired_bootstrap_interval(y_true, labels, reference_labels, folds, metric: str = "micro",
-                              n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95) -> tuple:
-    """Percentile interval of metric(labels) - metric(reference_labels) over resamples of images
-    drawn with replacement within each fold (fold sizes kept). (nan, nan) when n_bootstrap is 0."""
-    if n_bootstrap <= 0:
-        return float("nan"), float("nan")
-    stats_a, stats_b = _image_stats(y_true, labels), _image_stats(y_true, reference_labels)
-    rng = np.random.default_rng(seed)
-    members_of_fold = [np.flatnonzero(folds == f) for f in np.unique(folds)]
-    deltas = []
-    for start in range(0, n_bootstrap, CHUNK):
-        weights = _resample_weights(members_of_fold, len(folds), min(CHUNK, n_bootstrap - start), rng)
-        deltas.append(_weighted_score(weights, stats_a, metric) - _weighted_score(weights, stats_b, metric))
-    deltas = np.concatenate(deltas)
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(deltas, tail)), float(np.percentile(deltas, 100 - tail))
-
-
-def _image_stats(y_true, labels) -> np.ndarray:
-    # micro-F1 of a resample is 2 sum(tp) / (sum(true) + sum(pred)) with each image's counts
-    # weighted by how often it was drawn, so a resample costs one matrix product
-    t, p = np.asarray(y_true, dtype=bool), np.asarray(labels, dtype=bool)
-    return np.column_stack([(t & p).sum(axis=1), t.sum(axis=1), p.sum(axis=1),
-                            sample_f1s(t, p)]).astype(np.float64)
-
-
-def _resample_weights(members_of_fold, n_images: int, n_draws: int, rng) -> np.ndarray:
-    weights = np.zeros((n_draws, n_images))
-    for rows in members_of_fold:
-        weights[:, rows] = rng.multinomial(rows.size, np.full(rows.size, 1.0 / rows.size), size=n_draws)
-    return weights
-
-
-def _weighted_score(weights, stats, metric: str) -> np.ndarray:
-    totals = weights @ stats
-    if metric == "micro":
-        denom = totals[:, 1] + totals[:, 2]
-        return np.divide(2 * totals[:, 0], denom, out=np.zeros_like(denom), where=denom > 0)
-    return totals[:, 3] / weights.sum(axis=1)
 
 
 def run_ablate(ctx: StageContext) -> dict:

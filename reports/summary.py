@@ -16,6 +16,10 @@ def _short(summary: dict) -> str:
             # the decide stage's nested and outer-loop figures below are the honest ones
             parts.append(f"{key} OOF micro-F1@best (threshold tuned on the scored rows): " + ", ".join(
                 f"{name}={score:.4f}" for name, score in scores.items() if score is not None))
+            cv = {name: v.get("micro_f1@cv_threshold") for name, v in value.items()}
+            if any(score is not None for score in cv.values()):
+                parts.append("threshold chosen on the other folds: " + ", ".join(
+                    f"{name}={score:.4f}" for name, score in cv.items() if score is not None))
             continue
         if key in ("seconds", "up_to_date") or isinstance(value, (dict, list)) and len(str(value)) > 60:
             continue

@@ -361,3 +361,30 @@ def test_grid_stacker_is_seeded_and_stops_on_inner_training_rows(data, monkeypat
     np.testing.assert_array_equal(first.predict_proba(probs[500:]), again.predict_proba(probs[500:]))
     assert np.abs(first.predict_proba(probs[500:]) - other.predict_proba(probs[500:])).max() > 1e-4
     assert 1 <= first.best_epoch_ <= FAST["grid_cnn"]["epochs"]
+
+
+def test_long_format_learns_on_each_images_candidates_and_keeps_the_mean_elsewhere(data):
+    probs, y = data
+    stacker = make_stacker("xgboost_long", **FAST["xgboost_long"], candidates=3).fit(probs, y)
+    out, mean = stacker.predict_proba(probs), probs.mean(axis=1)
+    top3 = np.argsort(-mean, axis=1)[:, :3]
+    inside = np.zeros(mean.shape, dtype=bool)
+    np.put_along_axis(inside, top3, True, axis=1)
+    np.testing.assert_array_equal(out[~inside], mean[~inside].astype(np.float32))
+    assert np.abs(out[inside] - mean[inside]).mean() > 0.01
+
+
+def test_cv_threshold_score_chooses_each_folds_threshold_on_the_other_folds(data):
+    from sklearn.metrics import f1_score
+
+    from core.metrics import THRESHOLD_GRID
+    from ensemble.stacking import cv_threshold_micro_f1
+    probs, y = data
+    p = probs.mean(axis=1)
+    folds = np.arange(len(y)) % 3
+    predicted = np.zeros(y.shape, dtype=bool)
+    for fold in range(3):
+        other = folds != fold
+        best = max(THRESHOLD_GRID, key=lambda t: f1_score(y[other], p[other] >= t, average="micro"))
+        predicted[~other] = p[~other] >= best
+    assert cv_threshold_micro_f1(y, p, folds) == pytest.approx(f1_score(y, predicted, average="micro"))
