@@ -73,7 +73,7 @@ class MemberConfig:
     image_size: Optional[int] = None  # None: the backbone's native input size (the width when image_height is set)
     # non-square inputs (height x width = image_height x image_size, e.g. 320 x 224 for portrait
     # photos); None: square
-    image_height: Optional[int] = None
+    image_height: Optional[Annotated[int, Ge(16)]] = None
     weights: Optional[str] = None  # "imagenet", a local .h5 / .weights.h5 path, or None
     mode: Literal["finetune", "frozen"] = "finetune"  # "finetune" (two phases) or "frozen" (embeddings once, heads per fold)
     resize: Literal["stretch", "pad", "crop"] = "pad"
@@ -81,9 +81,9 @@ class MemberConfig:
     # residual attention (per-label spatial attention added to the average); "bands": average over
     # horizontal bands (head, torso, legs) concatenated
     pooling: Literal["avg", "max", "csra", "bands"] = "avg"
-    csra_lambda: float = 0.1  # weight of CSRA's attention term
-    csra_temperature: float = 1.0  # CSRA's softmax temperature over positions
-    pooling_bands: int = 3  # "bands": how many horizontal bands
+    csra_lambda: Annotated[float, Ge(0)] = 0.1  # weight of CSRA's attention term
+    csra_temperature: Annotated[float, Gt(0)] = 1.0  # CSRA's softmax temperature over positions
+    pooling_bands: Annotated[int, Ge(1)] = 3  # "bands": how many horizontal bands
     dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.2
     hidden_units: Annotated[int, Ge(0)] = 0
     loss: Literal["bce", "focal", "asymmetric"] = "bce"
@@ -98,8 +98,8 @@ class MemberConfig:
     # training folds (never the held-out fold): the epoch with the lowest inner loss is kept and
     # training stops `patience` epochs after it; the chosen epoch is recorded per fold
     epoch_selection: Literal["fixed", "inner_split"] = "fixed"
-    inner_fraction: float = 0.2
-    patience: int = 3
+    inner_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.2
+    patience: Annotated[int, Ge(1)] = 3
     augment: bool = True
     tta_flip: bool = False
     # Scale settings (issue: members at the competition's size). Enumerations are Literal so the
@@ -125,6 +125,10 @@ class MemberConfig:
     cache_budget_gb: float = 4.0
     reader: Literal["auto", "tfdata", "process"] = "auto"  # auto: tf.data on TensorFlow, processes elsewhere
     reader_workers: Optional[int] = None  # decode processes/threads (None: the CPU count)
+    # What each of the member's units asks an executor for (--engine ray places it where these are
+    # free; a fraction of a GPU lets units share one). The local engine ignores them.
+    unit_cpus: Annotated[float, Gt(0)] = 1.0
+    unit_gpus: Annotated[float, Ge(0)] = 1.0
     seed: int = 0
 
 

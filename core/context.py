@@ -21,6 +21,14 @@ class StageContext:
     data_dir: Path
     redo: set = field(default_factory=set)  # stage names, or {"all"}
     only_members: Optional[list] = None  # --members: restrict member-level work to these
+    executor: object = None  # core.executor: where units run (None: this process, in order)
+
+    def run_units(self, tasks) -> list:
+        """Hand independent units to the run's executor; their results, in order."""
+        if self.executor is None:
+            from core.executor import LocalExecutor
+            self.executor = LocalExecutor(self.run.root)
+        return self.executor.map(list(tasks))
 
     def redo_stage(self, stage: str) -> bool:
         return "all" in self.redo or stage in self.redo

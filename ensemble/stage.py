@@ -57,7 +57,7 @@ def _run_stacker(ctx, name, oof_stack, test_stack, y_true, folds) -> dict:
     params = stacker_params(name, ctx.config.stack)
     started = time.perf_counter()
     fold_records = []
-    oof = second_level_oof(name, params, oof_stack, y_true, folds, fold_records)
+    oof = second_level_oof(name, params, oof_stack, y_true, folds, fold_records, run_units=ctx.run_units)
     predictions.write(unit / "oof.parquet", predictions.make_table(oof_stack.image_ids, oof, oof_stack.label_ids))
     full_pool = make_stacker(name, **params).fit(oof_stack, y_true)
     full_pool.save(unit / "model")

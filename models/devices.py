@@ -170,3 +170,17 @@ def replicas_in(model: keras.Model) -> int:
     if distribution is not None and hasattr(distribution, "device_mesh"):
         return int(distribution.device_mesh.devices.size)
     return 1
+
+
+def share_gpu(fraction: float) -> None:
+    """A unit given a fraction of a GPU (Ray's num_gpus < 1) must not take all its memory:
+    TensorFlow then allocates as it grows instead of up front. JAX reads its share from
+    XLA_PYTHON_CLIENT_MEM_FRACTION, which must be set before it starts (the Ray runtime_env)."""
+    if not 0 < fraction < 1 or keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # this process already initialised its GPUs: nothing to change now
+            log.warning("could not turn on memory growth for %s: the GPU was already initialised", gpu.name)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from core import atomic, predictions
 from core.config import MemberConfig
+from core.executor import Resources, Task
 from core.log import get_logger
 from core.metrics import score_probabilities
 from core.rundir import DONE, is_done, mark_done, read_done, upstream_digest
@@ -29,7 +30,7 @@ from datasets.folds import read_folds
 from datasets.manifest import POOLS, ManifestDigests, manifest_labels, pool_ids, read_manifest, test_ids, usable
 from models import trainer
 from models.backbones import resolve_input_spec
-from models.devices import resolve_placement
+from models.devices import resolve_placement, share_gpu
 from models.embeddings import member_embeddings
 from models.inputs import image_cache
 from models.tensorboard_logs import training_log_callbacks
@@ -123,7 +124,7 @@ def _paths(rows: pd.DataFrame, pool_splits: tuple) -> dict:
 # under finished folds is not a reason to retrain (data_parallel does change the global batch, and
 # so the learning rate; a fold finished on 8 GPUs is still a finished fold on 1).
 SPEED_FIELDS = ("steps_per_execution", "data_parallel", "checkpoint_steps", "checkpoint_minutes", "cache",
-                "cache_budget_gb", "reader", "reader_workers", "jit_compile")
+                "cache_budget_gb", "reader", "reader_workers", "jit_compile", "unit_cpus", "unit_gpus")
 
 
 def member_hash(member: MemberConfig, pool_name: str, label_ids) -> str:
@@ -148,9 +149,7 @@ def run_member(ctx, member: MemberConfig, data: StageData, callbacks=()) -> dict
     member_dir = ctx.run.member_dir(member.name)
     _discard_leftover_units(member_dir, data.units, log)
     member_files = [member_dir / name for name in ("oof.parquet", "test.parquet", "scores.json")]
-    embeddings = None
-    resources = None
-    trained = 0
+    jobs = []
     for unit in data.units:
         unit_dir = member_dir / unit.name
         lineage = unit_lineage(digests, data, unit)
@@ -160,13 +159,15 @@ def run_member(ctx, member: MemberConfig, data: StageData, callbacks=()) -> dict
         for path in member_files + [member_dir / DONE]:  # stale the moment any unit retrains, even if this run dies
             path.unlink(missing_ok=True)
         _discard_foreign_partial(unit_dir, config_hash, data.folds_hash, redo, log, lineage)
-        if member.mode == "frozen" and embeddings is None:
-            embeddings = _embeddings(member, data, member_dir / "embeddings", redo)
-        if member.mode == "finetune" and resources is None:
-            resources = member_resources(member, data, ctx.run.root / "cache" / "images")
-        unit_callbacks = list(callbacks) + training_log_callbacks(ctx.run.root, member.name, unit.name, ctx.config)
-        run_unit(member, unit, unit_dir, data, config_hash, embeddings, unit_callbacks, resources, lineage=lineage)
-        trained += 1
+        jobs.append(UnitJob(member, unit, unit_dir, data, config_hash, lineage, ctx.run.root, ctx.config,
+                            tuple(callbacks)))
+    if jobs and member.mode == "frozen":  # one pass through the trunk, then every unit reads it
+        ctx.run_units([Task("members", f"{member.name}/embeddings", compute_embeddings_unit,
+                            (member, data, member_dir / "embeddings", redo), unit_resources(member),
+                            member_dir / "embeddings.log")])
+    ctx.run_units([Task("members", f"{member.name}/{job.unit.name}", train_unit, (job,), unit_resources(member),
+                        job.unit_dir / "unit.log") for job in jobs])
+    trained = len(jobs)
     # the member-level files follow from the units' recorded outputs and the pool's labels (scores)
     member_inputs = {"units": {unit.name: upstream_digest(member_dir / unit.name, "members") for unit in data.units},
                      "pool labels": digests.labels(data.pool, data.pool_splits)}
@@ -246,6 +247,57 @@ def _embeddings(member: MemberConfig, data: StageData, cache_dir: Path, redo: bo
     keys = [f"{side}:{i}" for side, i in ids]
     paths = [data.path_of[side][i] for side, i in ids]
     return member_embeddings(member, keys, paths, cache_dir, redo=redo)
+
+
+@dataclass
+class UnitJob:
+    """Everything one (member, unit) needs, picklable, so any executor can run it anywhere that
+    sees the run directory."""
+    member: MemberConfig
+    unit: Unit
+    unit_dir: Path
+    data: StageData
+    config_hash: str
+    lineage: dict
+    run_root: Path
+    config: object  # the PipelineConfig (TensorBoard settings)
+    callbacks: tuple = ()
+
+
+def unit_resources(member: MemberConfig) -> Resources:
+    """What a unit asks an executor for (Ray places it where these are free)."""
+    return Resources(cpus=member.unit_cpus, gpus=member.unit_gpus)
+
+
+def compute_embeddings_unit(member: MemberConfig, data: StageData, cache_dir: Path, redo: bool) -> int:
+    return len(_embeddings(member, data, cache_dir, redo).image_ids)
+
+
+def train_unit(job: UnitJob) -> dict:
+    """One (member, unit), wherever an executor placed it: its devices are resolved there."""
+    member = job.member
+    embeddings = resources = None
+    if member.mode == "frozen":  # the embeddings unit has made them: this reads the cache
+        embeddings = _embeddings(member, job.data, job.unit_dir.parent / "embeddings", redo=False)
+    else:
+        share_gpu(member.unit_gpus)
+        resources = _resources_for(member, job.data, job.run_root / "cache" / "images", job.config_hash)
+    callbacks = list(job.callbacks) + training_log_callbacks(job.run_root, member.name, job.unit.name, job.config)
+    return run_unit(member, job.unit, job.unit_dir, job.data, job.config_hash, embeddings, callbacks, resources,
+                    lineage=job.lineage)
+
+
+_RESOURCES: dict = {}
+
+
+def _resources_for(member: MemberConfig, data: StageData, cache_root: Path, config_hash: str):
+    # one placement and one image cache per member per process: the local loop's units share
+    # them, and so do the units a Ray worker process runs one after another
+    key = (member.name, config_hash, str(cache_root))
+    if key not in _RESOURCES:
+        _RESOURCES.clear()  # the previous member's cache is not needed any more
+        _RESOURCES[key] = member_resources(member, data, cache_root)
+    return _RESOURCES[key]
 
 
 @dataclass

@@ -54,7 +54,10 @@ def main(argv=None) -> int:
     overrides = {}
     for text in args.member:
         key, value = text.split("=", 1)
-        overrides[key] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, bool) and key in ("data_parallel", "jit_compile"):
+            parsed = "on" if parsed else "off"  # YAML 1.1 reads on/off as booleans (the config loader maps them too)
+        overrides[key] = parsed
     root = args.root
     if (root / "run" / "folds.csv").exists():
         from core.context import StageContext
