@@ -37,7 +37,7 @@ def test_pyproject_takes_every_dependency_from_the_requirements_files():
     assert dynamic["dependencies"] == {"file": ["requirements.txt"]}
     assert dynamic["optional-dependencies"] == {
         "gpu": {"file": ["requirements/jax.txt", "requirements/gpu.txt"]},
-        "dev": {"file": ["requirements/dev.txt", "requirements/jax.txt"]},
+        "dev": {"file": ["requirements/dev.txt", "requirements/jax.txt", "requirements/ray.txt"]},
         "kaggle": {"file": ["requirements/kaggle.txt"]}, "ray": {"file": ["requirements/ray.txt"]}}
     assert project["project"]["scripts"] == {"fashion-stack": "fashion_stack.cli:main"}
 
@@ -56,8 +56,9 @@ def test_every_requirement_is_pinned_and_written_in_one_file_only():
 
 
 def test_the_readmes_dev_install_is_the_runtime_list_plus_the_dev_extra():
-    assert _requirements(PROJECT_ROOT / "requirements-dev.txt") == [
-        "-r requirements.txt", "-r requirements/dev.txt", "-r requirements/jax.txt"]
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    dev_files = project["tool"]["setuptools"]["dynamic"]["optional-dependencies"]["dev"]["file"]
+    assert _requirements(PROJECT_ROOT / "requirements-dev.txt") == [f"-r {name}" for name in ["requirements.txt", *dev_files]]
 
 
 def test_the_tensorflow_gpu_list_is_the_runtime_list_with_the_cuda_builds():
