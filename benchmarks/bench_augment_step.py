@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = {
-    "old layers, eager (before)": ("keras_layers", False),
-    "ImageAugment, eager": ("image_augment", False),
-    "ImageAugment, jitted (now)": ("image_augment", True),
+VARIANTS = {  # key: (row name, augmentation, jit)
+    "before": ("old layers, eager (before)", "keras_layers", False),
+    "eager": ("ImageAugment, eager", "image_augment", False),
+    "now": ("ImageAugment, jitted (now)", "image_augment", True),
 }
 
 
@@ -58,11 +58,13 @@ def measure(augmentation: str, jit: bool, size: int, batch: int, steps: int, war
     for _ in range(warmup):
         model.train_on_batch(images, labels)
     first = time.perf_counter() - started
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for _ in range(steps):
         model.train_on_batch(images, labels)
+    # CPU seconds (all threads) as well as wall: on a shared machine the wall time is mostly the others' load
     return {"backend": keras.backend.backend(), "jit": bool(model.jit_compile), "warmup_s": first,
-            "s_per_step": (time.perf_counter() - started) / steps}
+            "s_per_step": (time.perf_counter() - started) / steps,
+            "cpu_s_per_step": (time.process_time() - cpu_started) / steps}
 
 
 def main() -> None:
@@ -71,6 +73,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -79,21 +82,22 @@ def main() -> None:
     env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     print(f"InceptionV3 at {args.size} px, weights none, batch {args.batch}, JAX on CPU; "
           f"{args.steps} timed steps after {args.warmup} warm-up (compile)")
-    print("| augmentation, step | jit | warm-up s | s/step | x before |")
-    print("|---|---|---|---|---|")
+    print("| augmentation, step | jit | warm-up s | s/step | x first row | CPU s/step | x first row (CPU) |")
+    print("|---|---|---|---|---|---|---|")
     before = None
-    for name, (augmentation, jit) in VARIANTS.items():
+    for name, augmentation, jit in (VARIANTS[key] for key in args.variants):
         command = [sys.executable, "-m", "benchmarks.bench_augment_step", "--one", augmentation, "jit" if jit else "eager",
                    "--size", str(args.size), "--batch", str(args.batch), "--steps", str(args.steps),
                    "--warmup", str(args.warmup)]
         done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
         if done.returncode != 0:
-            print(f"| {name} | failed: {done.stderr.strip().splitlines()[-1][:200]} | | | |")
+            print(f"| {name} | failed: {done.stderr.strip().splitlines()[-1][:200]} | | | | | |")
             continue
         row = json.loads(done.stdout.strip().splitlines()[-1])
-        before = before or row["s_per_step"]
+        before = before or row
         print(f"| {name} | {row['jit']} | {row['warmup_s']:.1f} | {row['s_per_step']:.2f} | "
-              f"{before / row['s_per_step']:.1f} |", flush=True)
+              f"{before['s_per_step'] / row['s_per_step']:.1f} | {row['cpu_s_per_step']:.2f} | "
+              f"{before['cpu_s_per_step'] / row['cpu_s_per_step']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

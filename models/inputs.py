@@ -106,11 +106,12 @@ class ProcessBatches(keras.utils.PyDataset):
 
     def __init__(self, paths, labels, order, size, resize, batch_size, cache, rows, workers):
         super().__init__(workers=1, use_multiprocessing=False)
-        self.paths = paths if isinstance(paths, np.ndarray) else np.asarray(list(map(str, paths)))
+        # object array: shares the caller's str objects (a unicode array would copy at 4 bytes a character)
+        self.paths = np.array([str(p) for p in paths], dtype=object)
         self.labels = None if labels is None else np.asarray(labels)
         self.order, self.size, self.resize, self.batch_size = order, size, resize, batch_size
         self.cache, self.rows = cache, rows
-        self.workers = workers or default_workers()
+        self.decode_workers = workers or default_workers()  # not `workers`: that is PyDataset's own thread count
         self._in_flight: dict = {}
         self._lock = threading.Lock()
 
@@ -121,7 +122,7 @@ class ProcessBatches(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
         with self._lock:  # Keras may ask from a prefetch thread
-            for ahead in range(index, min(len(self), index + self.workers * PREFETCH_PER_WORKER)):
+            for ahead in range(index, min(len(self), index + self.decode_workers * PREFETCH_PER_WORKER)):
                 if ahead not in self._in_flight:
                     self._in_flight[ahead] = self._submit(ahead)
             for stale in [i for i in self._in_flight if i < index]:  # asked out of order: drop, do not leak
@@ -142,7 +143,7 @@ class ProcessBatches(keras.utils.PyDataset):
     def _submit(self, index: int):
         rows = self._batch_rows(index)
         cache_rows = None if self.rows is None else self.rows[rows]
-        return submit_batch(self.workers, self.paths[rows], self.size, self.resize, self.cache, cache_rows)
+        return submit_batch(self.decode_workers, self.paths[rows], self.size, self.resize, self.cache, cache_rows)
 
 
 # ---- the tf.data reader (TensorFlow) -------------------------------------------------------
