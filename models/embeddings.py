@@ -63,7 +63,9 @@ def member_embeddings(member: MemberConfig, image_ids: Sequence[str], paths: Seq
     and the same ids; otherwise computed (all at once) and cached."""
     cache_dir = Path(cache_dir)
     image_ids = [str(i) for i in image_ids]
-    wanted = embedding_hash(member)
+    # the trunk settings and every image file's size and mtime: an image replaced in place
+    # makes the cache stale (the heads would otherwise train on the old picture's features)
+    wanted = f"{embedding_hash(member)}:{_files_stamp(paths)}"
     if not redo and _cache_matches(cache_dir, wanted, image_ids):
         return _read(cache_dir, image_ids, member.tta_flip)
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -128,3 +130,14 @@ def pool_cached_maps(maps: np.ndarray, member: MemberConfig, chunk: int = 256) -
     layer = pooling.pool(member, f"{member.pooling}_pool")
     return np.concatenate([np.asarray(layer(np.asarray(maps[i:i + chunk], np.float32)), np.float32)
                            for i in range(0, len(maps), chunk)])
+
+
+def _files_stamp(paths: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            stat = Path(path).stat()
+            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}|".encode())
+        except OSError:
+            digest.update(f"{path}:missing|".encode())
+    return digest.hexdigest()[:16]

@@ -225,3 +225,23 @@ def test_a_fold_trains_and_predicts_on_two_logical_devices_with_the_same_partiti
     assert partition_one == partition_two
     assert list(oof_one.index) == list(oof_two.index)
     assert np.isfinite(oof_two.to_numpy()).all() and oof_two.to_numpy().std() > 0
+
+
+def test_the_embedding_cache_notices_an_image_replaced_in_place(tmp_path):
+    from PIL import Image
+    from models.embeddings import member_embeddings
+    member = tiny_member("frozen", mode="frozen")
+    paths = []
+    for n, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        paths.append(str(tmp_path / f"{n}.png"))
+        Image.new("RGB", (20, 20), colour).save(paths[-1])
+    keras.utils.set_random_seed(0)  # the same random trunk each time it is built
+    first = member_embeddings(member, ["a", "b", "c"], paths, tmp_path / "cache")
+    again = member_embeddings(member, ["a", "b", "c"], paths, tmp_path / "cache")
+    np.testing.assert_array_equal(first.features, again.features)  # reused
+    Image.new("RGB", (20, 20), (250, 250, 250)).save(paths[1])  # replaced under the same name
+    os.utime(paths[1], ns=(10**18, 10**18))
+    keras.utils.set_random_seed(0)
+    changed = member_embeddings(member, ["a", "b", "c"], paths, tmp_path / "cache")
+    assert not np.allclose(changed.features[1], first.features[1])
+    np.testing.assert_allclose(changed.features[[0, 2]], first.features[[0, 2]], atol=1e-5)

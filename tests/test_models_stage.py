@@ -131,9 +131,9 @@ def test_regime_b_never_mixes_up_splits_that_reuse_ids(tmp_path, monkeypatch):
         seen["train"] = list(paths)
         return real_train(member, paths, *args, **kwargs)
 
-    def spy_predict(model, member, paths, **kwargs):
+    def spy_predict(model, paths, **kwargs):
         seen.setdefault("predict", []).append(list(paths))
-        return real_predict(model, member, paths, **kwargs)
+        return real_predict(model, paths, **kwargs)
     monkeypatch.setattr(trainer, "train_finetune", spy_train)
     monkeypatch.setattr(trainer, "predict_images", spy_predict)
     run_members(ctx)
