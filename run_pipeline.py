@@ -114,7 +114,9 @@ def build_context(args, stages=None) -> StageContext:
         data_dir = Path(config.data.dir)
         if not data_dir.is_dir():
             raise ConfigError(f"data directory {data_dir} does not exist (set --data-dir or data.dir)")
-    run = RunDir(args.run_dir or Path("runs") / config.name)
+    # absolute: units record their artifacts relative to their own folder, and a relative run
+    # directory (the default runs/<name>) would be joined on twice
+    run = RunDir(Path(args.run_dir or Path("runs") / config.name).absolute())
     redo = set(split_names(args.redo, list(STAGES) + ["all"], "--redo stage(s)"))
     members = args.members.split(",") if args.members else None
     executor = None
