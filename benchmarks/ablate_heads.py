@@ -116,7 +116,16 @@ def main(argv=None) -> int:
     parser.add_argument("--heads", default="avg,bands,csra")
     parser.add_argument("--stage-trainer", action="store_true",
                         help="train heads through models.trainer.train_head (per-epoch fits and checkpoints)")
+    parser.add_argument("--table-only", action="store_true", help="print the table of the rows already measured")
     args = parser.parse_args(argv)
+    if args.table_only:
+        root = Path(args.run_dir) / "ablation"
+        results = {tuple(path.stem.split("_", 2)): atomic.read_json(path) for path in sorted((root / "rows").glob("*.json"))
+                   if not path.stem.startswith("embed_")}
+        from core.config import load_config
+        base = next(m for m in load_config(args.config).members if m.name == args.member)
+        print_table(results, root, base)
+        return 0
 
     import run_pipeline  # top floor: the pipeline's own prepare and folds stages make the folds
     common = ["--config", args.config, "--data-dir", args.data_dir, "--run-dir", args.run_dir]

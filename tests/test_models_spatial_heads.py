@@ -211,3 +211,39 @@ def test_config_takes_the_new_member_fields_and_refuses_bad_ones(tmp_path):
     path.write_text("members:\n  - name: a\n    pooling: attention\n")
     with pytest.raises(ConfigError, match="pooling"):
         load_config(path)
+
+
+# ---- through the members stage ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_stage_member_with_a_map_head_non_square_input_and_epoch_selection(tmp_path, mode):
+    """A CSRA member at 32 x 16 with inner-split selection: the frozen path caches float16 maps,
+    every fold records the chosen epoch, and the held-out ids are never among the scored ones."""
+    import json
+
+    from models.stage import run_members
+    from models_synthetic import make_run, tiny_member
+
+    ctx = make_run(tmp_path, k=3)
+    ctx.config.members = [tiny_member("m", mode=mode, pooling="csra", image_size=16, image_height=32,
+                                      frozen_epochs=4, head_epochs=1, finetune_epochs=3,
+                                      epoch_selection="inner_split", patience=1, inner_fraction=0.25)]
+    run_members(ctx)
+    if mode == "frozen":
+        features = np.load(ctx.run.member_dir("m") / "embeddings" / "features.npy")
+        assert features.dtype == np.float16 and features.shape[1:] == (2, 1, 192)
+    for k in range(3):
+        fold_dir = ctx.run.fold_dir("m", k)
+        done = json.loads((fold_dir / "DONE.json").read_text())
+        rows = pd.read_csv(fold_dir / trainer.SELECTION)
+        assert done["scores"]["chosen_epochs"] == trainer.chosen_epochs(fold_dir)
+        assert set(done["scores"]["chosen_epochs"]) == set(rows["phase"])
+        # the inner split is a quarter of this fold's training ids (16), not its held-out ones
+        assert (rows["inner_images"] == round(len(done["trained_ids"]) * 0.25)).all()
+        model = trainer.load_model(fold_dir / trainer.MODEL_FILE)
+        if mode == "frozen":  # the head reads the 2 x 1 map of a 32 x 16 image
+            assert tuple(model.input_shape[1:]) == (2, 1, 192)
+        else:
+            assert input_spec_of(model).shape == (32, 16, 3)
