@@ -24,8 +24,13 @@ def local_cluster():
     path = os.pathsep.join([str(HERE.parent), str(HERE)])
     # a loaded 2-core machine starts the raylet slowly; Ray's default wait (10 s) is too short
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}})
+    settings = dict(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                    runtime_env={"env_vars": {"PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}})
+    try:
+        ray.init(**settings)
+    except Exception:  # noqa: BLE001 - a node that timed out starting (an overloaded machine): once more
+        ray.shutdown()
+        ray.init(**settings)
     yield
     ray.shutdown()
 
