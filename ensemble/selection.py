@@ -26,7 +26,7 @@ from ensemble.comparison import paired_bootstrap_stats, stats_from_counts
 from ensemble.decision import make_rule
 from ensemble.label_sets import check_probabilities, check_truth
 
-COUNT_DTYPE = np.int32
+COUNT_DTYPE = np.int16  # per-image counts of at most a few hundred labels
 
 
 @dataclass

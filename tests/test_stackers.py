@@ -388,3 +388,12 @@ def test_cv_threshold_score_chooses_each_folds_threshold_on_the_other_folds(data
         best = max(THRESHOLD_GRID, key=lambda t: f1_score(y[other], p[other] >= t, average="micro"))
         predicted[~other] = p[~other] >= best
     assert cv_threshold_micro_f1(y, p, folds) == pytest.approx(f1_score(y, predicted, average="micro"))
+
+
+def test_grid_fits_that_share_a_compiled_network_equal_a_fit_on_a_new_one(data):
+    probs, y = data
+    params = {**FAST["grid_cnn"], "seed": 7}  # an architecture no other test builds: the first fit's network is new
+    first = make_stacker("grid_cnn", **params).fit(probs[:300], y[:300])
+    make_stacker("grid_cnn", **params).fit(probs[300:], y[300:])  # trains the shared network on other rows
+    again = make_stacker("grid_cnn", **params).fit(probs[:300], y[:300])  # the shared network, reset
+    np.testing.assert_array_equal(again.predict_proba(probs), first.predict_proba(probs))

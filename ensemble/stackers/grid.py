@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,10 @@ from core import atomic
 from ensemble.stackers.base import Stacker, log, logit, register_stacker
 
 MODEL_FILE = "grid.keras"
+# compiled networks reused across fits, one per architecture (GridStacker._trainer); a lock keeps
+# two fits in threads from sharing one at the same time
+_TRAINERS: dict = {}
+_TRAINERS_LOCK = threading.Lock()
 
 
 @register_stacker("grid_cnn")
@@ -54,24 +59,51 @@ class GridStacker(Stacker):
 
     def _fit(self, stack, y):
         import keras
-        keras.utils.set_random_seed(self.seed)
         order = np.random.default_rng(self.seed).permutation(len(stack))
         n_stop = max(1, int(round(self.inner_fraction * len(stack))))
         stop_rows, fit_rows = order[:n_stop], order[n_stop:]
         grid = _grid(stack)
         y = y.astype(np.float32)
-        model = self._build(stack.n_members, stack.n_labels)
         stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
                                                 restore_best_weights=True)
-        history = model.fit(grid[fit_rows], y[fit_rows], validation_data=(grid[stop_rows], y[stop_rows]),
-                            epochs=self.epochs, batch_size=self.batch_size, shuffle=True,
-                            callbacks=[stopper], verbose=0)
+        with _TRAINERS_LOCK:
+            trainer = self._trainer(stack.n_members, stack.n_labels)
+            keras.utils.set_random_seed(self.seed)  # the shuffles
+            history = trainer.fit(grid[fit_rows], y[fit_rows], validation_data=(grid[stop_rows], y[stop_rows]),
+                                  epochs=self.epochs, batch_size=self.batch_size, shuffle=True,
+                                  callbacks=[stopper], verbose=0)
+            self.model_ = self._build(stack.n_members, stack.n_labels)  # this fit's own copy
+            self.model_.set_weights(trainer.get_weights())
         losses = history.history["val_loss"]
         self.best_epoch_ = int(np.argmin(losses)) + 1
         self.inner_loss_ = float(min(losses))
-        self.model_ = model
         log.info("grid_cnn stacker: best epoch %d of %d, inner log-loss %.4f", self.best_epoch_,
                  len(losses), self.inner_loss_)
+
+    def _trainer(self, n_members: int, n_labels: int):
+        """A compiled network for this architecture, reset to this fit's start: the seeded initial
+        weights and dropout seeds of a freshly built network, the optimizer's state as built.
+
+        Keras traces a network's training step once per network object (about 3 CPU-seconds here,
+        as much as ten epochs on the demo), so the folds of a second-level OOF, the full-pool fit
+        and the ablation's refits share one network per architecture instead of tracing their own;
+        after the reset a fit is the same as on a new network (tests/test_stackers.py checks it)."""
+        import keras
+        key = (n_members, n_labels, self.filters, self.hidden_units, self.dropout, self.learning_rate, self.seed)
+        if key not in _TRAINERS:
+            trainer = self._build(n_members, n_labels)
+            trainer.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
+                            loss=keras.losses.BinaryCrossentropy(from_logits=True))
+            trainer.optimizer.build(trainer.trainable_variables)
+            _TRAINERS[key] = (trainer, [variable.numpy() for variable in trainer.optimizer.variables])
+        trainer, optimizer_start = _TRAINERS[key]
+        keras.utils.set_random_seed(self.seed)
+        fresh = self._build(n_members, n_labels)
+        for variable, start in zip(trainer.variables, fresh.variables):  # weights and dropout seed states
+            variable.assign(start)
+        for variable, start in zip(trainer.optimizer.variables, optimizer_start):
+            variable.assign(start)
+        return trainer
 
     def _build(self, n_members: int, n_labels: int):
         import keras
@@ -86,10 +118,7 @@ class GridStacker(Stacker):
         hidden = layers.Dropout(self.dropout, seed=self.seed + 1)(hidden)
         correction = layers.Dense(n_labels, kernel_initializer="zeros", name="correction")(hidden)
         log_odds = layers.Add(name="log_odds")([layers.Flatten()(mix), correction])
-        model = keras.Model(grid, log_odds, name="grid_stacker")
-        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                      loss=keras.losses.BinaryCrossentropy(from_logits=True))
-        return model
+        return keras.Model(grid, log_odds, name="grid_stacker")
 
     def _predict(self, stack):
         log_odds = self.model_.predict(_grid(stack), batch_size=max(self.batch_size, 1024), verbose=0)
