@@ -40,7 +40,7 @@ class GridStacker(Stacker):
     `inner_fraction` of the training images (never the rows it will predict), restoring the best
     epoch's weights. Seeded (`seed`): the inner split, the initial weights and dropout."""
 
-    def __init__(self, filters: int = 8, hidden_units: int = 256, dropout: float = 0.3,
+    def __init__(self, filters: int = 4, hidden_units: int = 128, dropout: float = 0.3,
                  epochs: int = 60, patience: int = 6, batch_size: int = 128, learning_rate: float = 1e-3,
                  inner_fraction: float = 0.2, seed: int = 0):
         self.filters = filters
