@@ -166,7 +166,8 @@ def dependent_label():
 @pytest.mark.parametrize("name", ["linear", "xgboost", "xgboost_long", "grid_cnn"])
 def test_stackers_beat_the_mean_when_a_label_depends_on_others(name, dependent_label):
     probs, y, train, test, mean_score = dependent_label
-    params = {"n_jobs": 1} if name.startswith("xgboost") else {}
+    # the grid's larger batches halve its steps per epoch (this test is about what it learns, not how fast)
+    params = {"n_jobs": 1} if name.startswith("xgboost") else {"batch_size": 256} if name == "grid_cnn" else {}
     stacker = make_stacker(name, **params).fit(probs[train], y[train])
     score = best_global_threshold(y[test], stacker.predict_proba(probs[test]))[1]
     assert score > mean_score + 0.01, (score, mean_score)
