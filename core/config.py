@@ -87,6 +87,13 @@ class MemberConfig:
     dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.2
     hidden_units: Annotated[int, Ge(0)] = 0
     loss: Literal["bce", "focal", "asymmetric"] = "bce"
+    # "focal" (Lin et al. 2017): (1 - p_t)^focal_gamma down-weights well-classified cells.
+    # "asymmetric" (Ridnik et al. 2021): positives weighted by (1 - p)^asl_gamma_pos, negatives by
+    # p_m^asl_gamma_neg with p_m = max(p - asl_clip, 0), so easy negatives (most of 228 labels) fade
+    focal_gamma: Annotated[float, Ge(0)] = 2.0
+    asl_gamma_pos: Annotated[float, Ge(0)] = 0.0
+    asl_gamma_neg: Annotated[float, Ge(0)] = 4.0
+    asl_clip: Annotated[float, Interval(ge=0, lt=1)] = 0.05
     batch_size: Annotated[int, Ge(1)] = 32
     head_epochs: Annotated[int, Ge(0)] = 2  # phase 1: frozen backbone
     finetune_epochs: Annotated[int, Ge(0)] = 4  # phase 2: top blocks unfrozen (all epochs when the backbone is from scratch)

@@ -42,17 +42,26 @@ def _bce():
     return keras.losses.BinaryCrossentropy()
 
 
-def _focal():
+def _focal(gamma: float = 2.0):
     # Lin et al. 2017; class balancing off because per-label positive rates differ by 1000x and
     # one alpha for all of them would favour some labels arbitrarily
-    return keras.losses.BinaryFocalCrossentropy(gamma=2.0, apply_class_balancing=False)
+    return keras.losses.BinaryFocalCrossentropy(gamma=gamma, apply_class_balancing=False)
 
 
 LOSSES = {"bce": _bce, "focal": _focal, "asymmetric": AsymmetricLoss}
 
 
-def get_loss(name: str) -> keras.losses.Loss:
-    try:
-        return LOSSES[name]()
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; use one of {sorted(LOSSES)} (member config `loss`)") from None
+def get_loss(name: str, *, focal_gamma: float = 2.0, asl_gamma_pos: float = 0.0, asl_gamma_neg: float = 4.0,
+             asl_clip: float = 0.05) -> keras.losses.Loss:
+    """The loss `name` with its settings (the member config's focal_gamma / asl_* fields)."""
+    settings = {"bce": {}, "focal": {"gamma": focal_gamma},
+                "asymmetric": {"gamma_pos": asl_gamma_pos, "gamma_neg": asl_gamma_neg, "clip": asl_clip}}
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; use one of {sorted(LOSSES)} (member config `loss`)")
+    return LOSSES[name](**settings[name])
+
+
+def member_loss(member) -> keras.losses.Loss:
+    """The loss a member config asks for."""
+    return get_loss(member.loss, focal_gamma=member.focal_gamma, asl_gamma_pos=member.asl_gamma_pos,
+                    asl_gamma_neg=member.asl_gamma_neg, asl_clip=member.asl_clip)

@@ -39,7 +39,7 @@ from models.backbones import input_spec_of, is_pretrained, resolve_input_spec
 from models.devices import Placement, placement_scope, resolve_placement, scaled_learning_rate
 from models.heads import build_head_model, build_member_model, set_trainable
 from models.inputs import epoch_order, prediction_batches, steps_per_epoch, training_batches
-from models.losses import get_loss
+from models.losses import member_loss
 from core.metrics import score_probabilities
 
 HISTORY = "history.csv"
@@ -311,7 +311,7 @@ def _compile(model: keras.Model, member: MemberConfig, learning_rate: float, tot
              placement: Placement) -> None:
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps), alpha=0.05)
     # a mixed_float16 model gets Keras's loss-scaling optimizer from compile; bfloat16 needs none
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=get_loss(member.loss),
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=member_loss(member),
                   jit_compile=placement.jit_compile, steps_per_execution=placement.steps_per_execution)
 
 
@@ -381,6 +381,16 @@ def _epoch_base(phases: list, number: int) -> int:
     return sum(p.epochs for p in phases[:number])
 
 
+def multi_hot_or_float(labels) -> np.ndarray:
+    """Labels as uint8 when they are 0/1, else float32."""
+    labels = np.asarray(labels)
+    if labels.dtype == np.uint8 or labels.dtype == np.bool_:
+        return labels.astype(np.uint8, copy=False)
+    if labels.size and np.array_equal(labels, labels.astype(bool)):
+        return labels.astype(np.uint8)
+    return labels.astype(np.float32, copy=False)
+
+
 def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarray, fold_dir: Path,
                    seed: int, where: str = "", callbacks: Sequence = (), cache=None,
                    placement: Optional[Placement] = None) -> keras.Model:
@@ -392,7 +402,9 @@ def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarra
     global_batch = member.batch_size * placement.replicas
     drop_remainder = placement.replicas > 1  # every replica gets an equal share of each batch
     phases = finetune_phases(member)
-    labels = np.asarray(labels, np.float32)
+    # multi-hot labels stay uint8 (0.23 GB at 1M images x 228 labels, float32 0.92 GB): the readers
+    # cast each batch; soft targets (floats other than 0/1) stay float32
+    labels = multi_hot_or_float(labels)
     paths = list(paths)
     selector_for = None
     if member.epoch_selection == "inner_split":

@@ -7,7 +7,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from models.heads import build_head_model, build_member_model, set_trainable, trunk_of  # noqa: E402
-from models.losses import AsymmetricLoss, get_loss  # noqa: E402
+from models.losses import AsymmetricLoss, get_loss, member_loss  # noqa: E402
 from models.trainer import load_model, save_model  # noqa: E402
 from models_synthetic import tiny_member  # noqa: E402
 
@@ -38,6 +38,21 @@ def test_focal_loss_down_weights_easy_examples_relative_to_cross_entropy():
     easy, hard = np.array([[0.95, 0.05]], np.float32), np.array([[0.3, 0.7]], np.float32)
     ratio = lambda p: float(get_loss("focal")(truth, p)) / float(get_loss("bce")(truth, p))  # noqa: E731
     assert ratio(easy) < ratio(hard) < 1
+
+
+def test_a_members_loss_settings_reach_the_loss_it_trains_with():
+    probs, truth = _probs_and_truth(2)
+    member = tiny_member(loss="asymmetric", asl_gamma_pos=0.5, asl_gamma_neg=2.0, asl_clip=0.1)
+    shifted = np.maximum(probs - 0.1, 0)
+    reference = -(truth * (1 - probs) ** 0.5 * np.log(probs)
+                  + (1 - truth) * shifted ** 2 * np.log(1 - shifted)).mean()
+    assert float(member_loss(member)(truth, probs)) == pytest.approx(reference, rel=1e-5)
+    # focal: -(1 - p_t)^gamma log(p_t), p_t the probability of the true value, averaged over labels
+    p_t = np.where(truth == 1, probs, 1 - probs)
+    for gamma in (0.0, 1.0, 3.0):
+        focal = -((1 - p_t) ** gamma * np.log(p_t)).mean()
+        assert float(member_loss(tiny_member(loss="focal", focal_gamma=gamma))(truth, probs)) == pytest.approx(
+            focal, rel=1e-4)
 
 
 def test_unknown_loss_and_pooling_name_the_options():
