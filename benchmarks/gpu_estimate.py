@@ -22,6 +22,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from models.backbones import resolve_input_spec  # noqa: E402
+
 H200_BF16_FLOPS = 790e12
 TRAIN_IMAGES, VALIDATION_IMAGES, TEST_IMAGES = 1_014_544, 9_897, 39_706
 
@@ -30,21 +33,22 @@ import json, sys
 import jax, keras
 from models.backbones import create_backbone
 out = {}
-for name, size in json.loads(sys.argv[1]):
-    trunk = create_backbone(name, size, None)
-    x = jax.numpy.zeros((1, size, size, 3), "float32")
+for name, height, width in json.loads(sys.argv[1]):
+    trunk = create_backbone(name, (height, width), None)
+    x = jax.numpy.zeros((1, height, width, 3), "float32")
     tv = [v.value for v in trunk.trainable_variables]
     ntv = [v.value for v in trunk.non_trainable_variables]
     fwd = jax.jit(lambda tv, ntv, x: trunk.stateless_call(tv, ntv, x, training=False)[0])
     cost = fwd.lower(tv, ntv, x).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    out[name] = {"size": size, "gflops": float(cost["flops"]) / 1e9, "params": int(trunk.count_params())}
+    out[f"{name}@{height}x{width}"] = {"gflops": float(cost["flops"]) / 1e9, "params": int(trunk.count_params())}
 print(json.dumps(out))
 """
 
 
 def forward_gflops(backbones: list) -> dict:
-    """{backbone: {size, gflops per image (forward), params}} counted by XLA."""
+    """{"backbone@HxW": {gflops per image (forward), params}} counted by XLA, for [backbone, height, width]
+    triples (non-square inputs are counted at their own shape)."""
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", _COUNTER, json.dumps(backbones)], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=900)
@@ -67,12 +71,17 @@ def unit_plan(config) -> list:
     return rows
 
 
+def count_key(member) -> str:
+    spec = resolve_input_spec(member)
+    return f"{member.backbone}@{spec.height}x{spec.width}"
+
+
 def estimate(config, counts: dict, utilisation: float) -> list:
-    from models.backbones import resolve_size
     rate = H200_BF16_FLOPS * utilisation
     table = []
     for member, units, train_images, predicted in unit_plan(config):
-        gflops = counts[member.backbone]["gflops"]
+        spec = resolve_input_spec(member)
+        gflops = counts[count_key(member)]["gflops"]
         head, tuned = member.head_epochs, member.finetune_epochs
         if member.weights is None:  # from scratch: one phase, the whole net trains
             head, tuned = 0, head + tuned
@@ -83,7 +92,7 @@ def estimate(config, counts: dict, utilisation: float) -> list:
         predict_flops = units * predicted * gflops * 1e9 * tta
         hours = (train_flops + predict_flops) / rate / 3600
         table.append({"member": member.name, "backbone": member.backbone,
-                      "size": resolve_size(member.backbone, member.image_size), "gflops_per_image": gflops,
+                      "size": spec.size_name, "gflops_per_image": gflops,
                       "units": units, "train_images_per_unit": train_images, "epochs": f"{head}+{tuned}",
                       "train_pflops": train_flops / 1e15, "predict_pflops": predict_flops / 1e15,
                       "h200_hours": hours})
@@ -96,12 +105,10 @@ def main(argv=None) -> int:
     parser.add_argument("--utilisation", type=float, default=0.35)
     parser.add_argument("--pool", choices=["validation", "train+validation"], help="override data.pool")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     from core.config import load_config
-    from models.backbones import resolve_size
     overrides = [{"data": {"pool": args.pool}}] if args.pool else []
     config = load_config(args.config, overrides)
-    wanted = sorted({(m.backbone, resolve_size(m.backbone, m.image_size)) for m in config.members})
+    wanted = sorted({(m.backbone, resolve_input_spec(m).height, resolve_input_spec(m).width) for m in config.members})
     counts = forward_gflops(wanted)
     table = estimate(config, counts, args.utilisation)
     print(f"config {args.config.name}, pool {config.data.pool}, k={config.folds.k}; "

@@ -91,6 +91,11 @@ class InputSpec:
     def shape(self) -> tuple:
         return (self.height, self.width, 3)
 
+    @property
+    def size_name(self) -> str:
+        """"224" when square, else height x width: "320x224"."""
+        return str(self.width) if self.height == self.width else f"{self.height}x{self.width}"
+
 
 def resolve_input_spec(member) -> InputSpec:
     """The one place a member's input size, resize policy and preprocessing are worked out.
