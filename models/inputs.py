@@ -169,6 +169,9 @@ def _tf_batches(paths, labels, order, size, resize, batch_size, cache, rows):
     else:
         data = images
         to_float = lambda x: tf.cast(x, tf.float32)  # noqa: E731
+    # the cached path's unbatch hides the length; stated again so Keras knows the epoch's batch count
+    # (else it warns "input ran out of data" at every epoch end)
+    data = data.apply(tf.data.experimental.assert_cardinality(len(order)))
     return data.batch(batch_size).map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
