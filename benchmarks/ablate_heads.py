@@ -28,10 +28,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from scipy import stats
 
 from core import atomic
 from core.metrics import score_probabilities
+from ensemble.comparison import fold_paired
 from models import trainer
 from models.devices import Placement, resolve_placement
 from models.embeddings import member_embeddings, pool_cached_maps
@@ -57,16 +57,6 @@ def parse_inputs(text: str) -> list:
 
 def size_name(width: int, height) -> str:
     return str(width) if height is None else f"{height}x{width}"
-
-
-def fold_paired(diffs: list) -> tuple:
-    """Mean of the per-fold differences and its 95% t interval."""
-    diffs = np.asarray(diffs, float)
-    mean = float(diffs.mean())
-    if len(diffs) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs)))
-    return mean, mean - half, mean + half
 
 
 def fit_head(member, features: np.ndarray, labels: np.ndarray, seed: int):

@@ -75,3 +75,15 @@ def _weighted_score(weights, stats, metric: str) -> np.ndarray:
         denom = totals[:, 1] + totals[:, 2]
         return np.divide(2 * totals[:, 0], denom, out=np.zeros_like(denom), where=denom > 0)
     return totals[:, 3] / weights.sum(axis=1)
+
+
+def fold_paired(diffs: list) -> tuple:
+    """Mean of per-fold score differences and its 95% t interval (k - 1 degrees of freedom): coarse at
+    k = 3, but it needs only each fold's score, so it compares whole training runs (members, heads)."""
+    from scipy import stats
+    diffs = np.asarray(diffs, float)
+    mean = float(diffs.mean())
+    if len(diffs) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs)))
+    return mean, mean - half, mean + half

@@ -1,0 +1,75 @@
+"""Members of one or more run directories side by side on the same folds: each fold's OOF micro-F1
+(best global threshold on that fold, as the members stage scores it), the pooled OOF, and the
+fold-paired difference against a baseline member (mean and a 95% t interval, k - 1 degrees of freedom).
+
+    python -m benchmarks.compare_members RUN:MEMBER [RUN:MEMBER ...] [--baseline RUN:MEMBER]
+
+The runs must share their folds (the same folds.csv hash); a member from other folds is refused.
+Every row but the baseline is a candidate: the best one's margin is a maximum over the rows.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from core import atomic
+from ensemble.comparison import fold_paired
+
+
+def member_folds(run_dir: Path, member: str) -> dict:
+    """{"folds": [fold micro-F1 ...], "oof": pooled, "folds_hash": ...} from the run's DONE records."""
+    member_dir = Path(run_dir) / "members" / member
+    scores_file = member_dir / "scores.json"
+    if not scores_file.is_file():
+        raise SystemExit(f"{scores_file}: missing; run the members stage for {member!r} in {run_dir} first")
+    units = sorted(p for p in member_dir.glob("fold*") if (p / "DONE.json").is_file())
+    if not units:
+        raise SystemExit(f"{member_dir}: no finished fold units (fold*/DONE.json)")
+    records = [atomic.read_json(p / "DONE.json") for p in units]
+    hashes = {r["folds_hash"] for r in records}
+    if len(hashes) != 1:
+        raise SystemExit(f"{member_dir}: fold units from different folds ({sorted(hashes)}); rerun with --redo members")
+    scores = atomic.read_json(scores_file)
+    return {"folds": [r["scores"]["micro_f1@best"] for r in records], "oof": scores["oof"]["micro_f1@best"],
+            "folds_hash": hashes.pop(), "epochs": [r.get("chosen_epoch") for r in records]}
+
+
+def parse(spec: str) -> tuple:
+    run, sep, member = spec.rpartition(":")
+    if not sep or not run or not member:
+        raise SystemExit(f"{spec!r}: expected RUN_DIR:MEMBER")
+    return Path(run), member
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("members", nargs="+", help="RUN_DIR:MEMBER")
+    parser.add_argument("--baseline", help="RUN_DIR:MEMBER (default: the first)")
+    args = parser.parse_args(argv)
+    specs = [parse(s) for s in args.members]
+    baseline_spec = parse(args.baseline) if args.baseline else specs[0]
+    if baseline_spec not in specs:
+        specs.insert(0, baseline_spec)
+    rows = {spec: member_folds(*spec) for spec in specs}
+    base = rows[baseline_spec]
+    other = [spec for spec, row in rows.items() if row["folds_hash"] != base["folds_hash"]]
+    if other:
+        raise SystemExit("not on the baseline's folds: " + ", ".join(f"{r}:{m}" for r, m in other))
+    print(f"| member (run) | fold micro-F1 | mean of folds | OOF | vs {baseline_spec[1]}: mean [95% CI] |")
+    print("|---|---|---|---|---|")
+    for (run, member), row in sorted(rows.items(), key=lambda kv: -kv[1]["oof"]):
+        if (run, member) == baseline_spec:
+            paired = "baseline"
+        else:
+            mean, low, high = fold_paired(np.subtract(row["folds"], base["folds"]))
+            paired = f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
+        print(f"| {member} ({run.name}) | {' '.join(f'{f:.4f}' for f in row['folds'])} | "
+              f"{np.mean(row['folds']):.4f} | {row['oof']:.4f} | {paired} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
