@@ -71,16 +71,20 @@ def unit_plan(config) -> list:
     return rows
 
 
-def count_key(member) -> str:
+def count_shape(member) -> tuple:
+    """(backbone, height, width): what forward_gflops counts for this member."""
     spec = resolve_input_spec(member)
-    return f"{member.backbone}@{spec.height}x{spec.width}"
+    return member.backbone, spec.height, spec.width
+
+
+def count_key(member) -> str:
+    return "{}@{}x{}".format(*count_shape(member))
 
 
 def estimate(config, counts: dict, utilisation: float) -> list:
     rate = H200_BF16_FLOPS * utilisation
     table = []
     for member, units, train_images, predicted in unit_plan(config):
-        spec = resolve_input_spec(member)
         gflops = counts[count_key(member)]["gflops"]
         head, tuned = member.head_epochs, member.finetune_epochs
         if member.weights is None:  # from scratch: one phase, the whole net trains
@@ -92,7 +96,7 @@ def estimate(config, counts: dict, utilisation: float) -> list:
         predict_flops = units * predicted * gflops * 1e9 * tta
         hours = (train_flops + predict_flops) / rate / 3600
         table.append({"member": member.name, "backbone": member.backbone,
-                      "size": spec.size_name, "gflops_per_image": gflops,
+                      "size": resolve_input_spec(member).size_name, "gflops_per_image": gflops,
                       "units": units, "train_images_per_unit": train_images, "epochs": f"{head}+{tuned}",
                       "train_pflops": train_flops / 1e15, "predict_pflops": predict_flops / 1e15,
                       "h200_hours": hours})
@@ -108,7 +112,7 @@ def main(argv=None) -> int:
     from core.config import load_config
     overrides = [{"data": {"pool": args.pool}}] if args.pool else []
     config = load_config(args.config, overrides)
-    wanted = sorted({(m.backbone, resolve_input_spec(m).height, resolve_input_spec(m).width) for m in config.members})
+    wanted = sorted({count_shape(m) for m in config.members})
     counts = forward_gflops(wanted)
     table = estimate(config, counts, args.utilisation)
     print(f"config {args.config.name}, pool {config.data.pool}, k={config.folds.k}; "
