@@ -33,6 +33,7 @@ from core import atomic
 from core.metrics import score_probabilities
 from ensemble.comparison import fold_paired
 from models import trainer
+from models.backbones import InputSpec
 from models.devices import Placement, resolve_placement
 from models.embeddings import member_embeddings, pool_cached_maps
 from models.heads import build_head_model
@@ -55,8 +56,9 @@ def parse_inputs(text: str) -> list:
     return out
 
 
-def size_name(width: int, height) -> str:
-    return str(width) if height is None else f"{height}x{width}"
+def input_name(width: int, height) -> str:
+    """How rows, files and grid members name a size: the member's own InputSpec.size_name."""
+    return InputSpec(height or width, width, "", "").size_name
 
 
 def fit_head(member, features: np.ndarray, labels: np.ndarray, seed: int):
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
     heads = args.heads.split(",")
     results = {}
     for policy, width, height in parse_inputs(args.inputs):
-        size = size_name(width, height)
+        size = input_name(width, height)
         pending = [h for h in heads if not (root / "rows" / f"{h}_{policy}_{size}.json").exists()]
         timing = root / "rows" / f"embed_{policy}_{size}.json"
         if pending:

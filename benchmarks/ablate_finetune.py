@@ -1,0 +1,111 @@
+"""Input policy x size for a fine-tuned member, on the pipeline's own folds (issue 12).
+
+    python -m benchmarks.ablate_finetune --config configs/ccp.yaml --data-dir ../shared/data/ccp \
+        --run-dir <scratch>/ablate_finetune
+
+Unlike the frozen ablation (benchmarks/ablate_heads.py, one trunk pass per input shared by every
+head), a fine-tuned trunk changes with the input, so every row is a whole member: the config's
+fine-tuned member (its head, schedule, learning rates, seed) copied once per policy:size, written
+as an overlay config (`base:` the given config, members replaced by the grid) into the run
+directory, and trained by the pipeline's own prepare, folds and members stages there. The folds are
+the config's (same k, seed and pool), so the rows pair fold by fold with the shipped members; the
+members stage's per-unit resume makes an interrupted grid continue where it stopped.
+
+The table is benchmarks.compare_members over the grid: each fold's OOF micro-F1 (best global
+threshold on that fold), the pooled OOF, and the fold-paired difference against the baseline row
+(the config's own policy and size for that member), mean and a 95% t interval over the k folds.
+Every other row is a candidate: the best row's margin is a maximum over them, so optimistic.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from benchmarks import compare_members
+from benchmarks.ablate_heads import input_name, parse_inputs
+from core import atomic
+from core.config import config_path, read_config_file
+
+# Cheapest first, so an interrupted grid still holds whole sizes: 3 policies x 3 sizes.
+DEFAULT_INPUTS = ("stretch:192,pad:192,crop:192,stretch:288x192,pad:288x192,crop:288x192,"
+                  "stretch:320x224,pad:320x224,crop:320x224")
+
+
+def grid_members(member: dict, inputs: list) -> list:
+    """The member's settings copied once per (policy, width, height), each named by what it varies:
+    mobilenetv2_finetune_pad_288x192 (height x width; one number when square)."""
+    rows = []
+    for policy, width, height in inputs:
+        row = {**member, "name": f"{member['name']}_{policy}_{input_name(width, height)}",
+               "resize": policy, "image_size": width}
+        row.pop("image_height", None)
+        if height is not None:
+            row["image_height"] = height
+        rows.append(row)
+    return rows
+
+
+def baseline_name(member: dict) -> str:
+    """The grid row that is the config's own member: its policy and size as configured."""
+    return (f"{member['name']}_{member.get('resize', 'pad')}_"
+            f"{input_name(member['image_size'], member.get('image_height'))}")
+
+
+def write_overlay(config: str, member_name: str, inputs: list, run_dir: Path) -> tuple:
+    """<run_dir>/ablate_finetune.yaml: `config` with its members replaced by the member's grid
+    (the baseline row first, so a short run still measures against it). Returns (path, names, baseline)."""
+    values = read_config_file(config_path(config))
+    members = values.get("members") or []
+    member = next((m for m in members if isinstance(m, dict) and m.get("name") == member_name), None)
+    if member is None:
+        raise SystemExit(f"{config}: no member {member_name!r} (members: {[m.get('name') for m in members]})")
+    if member.get("image_size") is None:
+        raise SystemExit(f"{config}: member {member_name!r} has no image_size; the grid varies it from a set value")
+    grid = grid_members(member, inputs)
+    baseline = baseline_name(member)
+    if baseline not in {m["name"] for m in grid}:
+        own = f"{member.get('resize', 'pad')}:{input_name(member['image_size'], member.get('image_height'))}"
+        grid.insert(0, grid_members(member, parse_inputs(own))[0])
+    grid.sort(key=lambda m: m["name"] != baseline)
+    overlay = {"base": str(config_path(config).resolve()), "members": grid}
+    path = Path(run_dir) / "ablate_finetune.yaml"
+    atomic.write_text(path, "# written by benchmarks/ablate_finetune.py\n" + yaml.safe_dump(overlay, sort_keys=False))
+    return path, [m["name"] for m in grid], baseline
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/ccp.yaml")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--run-dir", required=True, help="scratch run directory for the grid's members")
+    parser.add_argument("--member", default="mobilenetv2_finetune", help="the config's fine-tuned member to vary")
+    parser.add_argument("--inputs", default=DEFAULT_INPUTS, help="policy:size list; size is N (square) or HxW")
+    parser.add_argument("--table-only", action="store_true", help="print the table of the rows already trained")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overlay, names, baseline = write_overlay(args.config, args.member, parse_inputs(args.inputs), run_dir)
+    if not args.table_only:
+        import run_pipeline  # top floor: the pipeline's own stages train the grid
+        status = run_pipeline.main(["--config", str(overlay), "--data-dir", args.data_dir, "--run-dir", str(run_dir),
+                                    "--stages", "prepare,folds,members"])
+        if status != 0:
+            print(f"members stage exited {status}; the table shows the rows that finished", file=sys.stderr)
+    done = [n for n in names if (run_dir / "members" / n / "scores.json").is_file()]
+    missing = [n for n in names if n not in done]
+    if baseline not in done:
+        raise SystemExit(f"{run_dir}: the baseline row {baseline} has not finished; rerun to resume it")
+    print(f"\nfine-tuned {args.member} from {args.config}, policy x size; micro-F1 at the best global threshold")
+    compare_members.main([f"{run_dir}:{n}" for n in done] + ["--baseline", f"{run_dir}:{baseline}"])
+    if missing:
+        print(f"not finished (rerun the same command to resume): {', '.join(missing)}")
+    if len(done) > 2:
+        print(f"the best row is a maximum over {len(done) - 1} candidates on these folds, so its margin is optimistic")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The fine-tuning ablation's grid: one member per input policy x size, written as an overlay
+config that the pipeline's own loader accepts, with the config's own member first as baseline."""
+from pathlib import Path
+
+import pytest
+
+from benchmarks.ablate_finetune import write_overlay
+from benchmarks.ablate_heads import parse_inputs
+from core.config import load_config
+
+
+def test_grid_overlay_loads_with_each_row_sized_and_named(tmp_path):
+    inputs = parse_inputs("pad:288x192,crop:192,stretch:192")
+    path, names, baseline = write_overlay("configs/ccp.yaml", "mobilenetv2_finetune", inputs, tmp_path)
+    config = load_config(path)
+    shipped = next(m for m in load_config("configs/ccp.yaml").members if m.name == "mobilenetv2_finetune")
+    # The baseline is ccp.yaml's own fine-tuned member, as configured, moved to the front.
+    own = shipped.image_size if shipped.image_height in (None, shipped.image_size) else \
+        f"{shipped.image_height}x{shipped.image_size}"
+    assert baseline == f"mobilenetv2_finetune_{shipped.resize}_{own}"
+    assert names[0] == baseline and [m.name for m in config.members] == names
+    rows = {m.name: m for m in config.members}
+    pad = rows["mobilenetv2_finetune_pad_288x192"]
+    assert (pad.resize, pad.image_size, pad.image_height) == ("pad", 192, 288)
+    crop = rows["mobilenetv2_finetune_crop_192"]
+    assert (crop.resize, crop.image_size) == ("crop", 192) and crop.image_height in (None, 192)
+    # Everything but the input is the config's member: same mode, schedule and learning rates.
+    for row in config.members:
+        assert (row.mode, row.head_epochs, row.finetune_epochs, row.finetune_learning_rate, row.pooling) == (
+            shipped.mode, shipped.head_epochs, shipped.finetune_epochs, shipped.finetune_learning_rate,
+            shipped.pooling)
+    # The folds are the config's, so rows pair fold by fold with the shipped run.
+    assert (config.folds.k, config.folds.seed) == (3, 42)
+
+
+def test_baseline_is_added_when_the_grid_leaves_it_out(tmp_path):
+    _, names, baseline = write_overlay("configs/ccp.yaml", "mobilenetv2_finetune", parse_inputs("crop:160"), tmp_path)
+    assert names == [baseline, "mobilenetv2_finetune_crop_160"]
+
+
+def test_unknown_member_is_named_in_the_error(tmp_path):
+    with pytest.raises(SystemExit, match="no member 'resnet'"):
+        write_overlay("configs/ccp.yaml", "resnet", parse_inputs("pad:192"), Path(tmp_path))
