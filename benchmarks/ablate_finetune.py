@@ -48,15 +48,11 @@ def grid_members(member: dict, inputs: list) -> list:
     return rows
 
 
-def baseline_name(member: dict) -> str:
-    """The grid row that is the config's own member: its policy and size as configured."""
-    return (f"{member['name']}_{member.get('resize', 'pad')}_"
-            f"{input_name(member['image_size'], member.get('image_height'))}")
-
-
-def write_overlay(config: str, member_name: str, inputs: list, run_dir: Path) -> tuple:
+def write_overlay(config: str, member_name: str, inputs: list, run_dir: Path, baseline_input: str = None) -> tuple:
     """<run_dir>/ablate_finetune.yaml: `config` with its members replaced by the member's grid
-    (the baseline row first, so a short run still measures against it). Returns (path, names, baseline)."""
+    (the baseline row first, so a short run still measures against it). The baseline is the member's
+    own policy and size unless `baseline_input` ("policy:size") names another, e.g. an earlier default
+    the table was first measured against. Returns (path, names, baseline)."""
     values = read_config_file(config_path(config))
     members = values.get("members") or []
     member = next((m for m in members if isinstance(m, dict) and m.get("name") == member_name), None)
@@ -65,10 +61,11 @@ def write_overlay(config: str, member_name: str, inputs: list, run_dir: Path) ->
     if member.get("image_size") is None:
         raise SystemExit(f"{config}: member {member_name!r} has no image_size; the grid varies it from a set value")
     grid = grid_members(member, inputs)
-    baseline = baseline_name(member)
+    own = f"{member.get('resize', 'pad')}:{input_name(member['image_size'], member.get('image_height'))}"
+    baseline_row = grid_members(member, parse_inputs(baseline_input or own))[0]
+    baseline = baseline_row["name"]
     if baseline not in {m["name"] for m in grid}:
-        own = f"{member.get('resize', 'pad')}:{input_name(member['image_size'], member.get('image_height'))}"
-        grid.insert(0, grid_members(member, parse_inputs(own))[0])
+        grid.insert(0, baseline_row)
     grid.sort(key=lambda m: m["name"] != baseline)
     overlay = {"base": str(config_path(config).resolve()), "members": grid}
     path = Path(run_dir) / "ablate_finetune.yaml"
@@ -83,11 +80,14 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", required=True, help="scratch run directory for the grid's members")
     parser.add_argument("--member", default="mobilenetv2_finetune", help="the config's fine-tuned member to vary")
     parser.add_argument("--inputs", default=DEFAULT_INPUTS, help="policy:size list; size is N (square) or HxW")
+    parser.add_argument("--baseline", default=None,
+                        help="policy:size of the row the others are measured against (default: the member's own)")
     parser.add_argument("--table-only", action="store_true", help="print the table of the rows already trained")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    overlay, names, baseline = write_overlay(args.config, args.member, parse_inputs(args.inputs), run_dir)
+    overlay, names, baseline = write_overlay(args.config, args.member, parse_inputs(args.inputs), run_dir,
+                                             args.baseline)
     if not args.table_only:
         import run_pipeline  # top floor: the pipeline's own stages train the grid
         status = run_pipeline.main(["--config", str(overlay), "--data-dir", args.data_dir, "--run-dir", str(run_dir),

@@ -41,3 +41,15 @@ def test_baseline_is_added_when_the_grid_leaves_it_out(tmp_path):
 def test_unknown_member_is_named_in_the_error(tmp_path):
     with pytest.raises(SystemExit, match="no member 'resnet'"):
         write_overlay("configs/ccp.yaml", "resnet", parse_inputs("pad:192"), Path(tmp_path))
+
+
+def test_a_named_baseline_replaces_the_members_own(tmp_path):
+    # The shipped table was measured against an earlier default; --baseline reproduces it.
+    _, names, baseline = write_overlay("configs/ccp.yaml", "mobilenetv2_finetune", parse_inputs("pad:288x192"),
+                                       tmp_path, baseline_input="stretch:192")
+    assert baseline == "mobilenetv2_finetune_stretch_192"
+    assert names == [baseline, "mobilenetv2_finetune_pad_288x192"]
+    # A baseline that is already in the grid moves to the front instead of being added twice.
+    _, names, baseline = write_overlay("configs/ccp.yaml", "mobilenetv2_finetune",
+                                       parse_inputs("pad:192,stretch:192"), tmp_path, baseline_input="stretch:192")
+    assert names == ["mobilenetv2_finetune_stretch_192", "mobilenetv2_finetune_pad_192"]
