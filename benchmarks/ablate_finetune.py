@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     if baseline not in done:
         raise SystemExit(f"{run_dir}: the baseline row {baseline} has not finished; rerun to resume it")
     print(f"\nfine-tuned {args.member} from {args.config}, policy x size; micro-F1 at the best global threshold")
-    compare_members.main([f"{run_dir}:{n}" for n in done] + ["--baseline", f"{run_dir}:{baseline}"])
+    compare_members.main([f"{run_dir}:{n}" for n in done] + ["--baseline", f"{run_dir}:{baseline}",
+                                                              "--plot", str(run_dir / "ablate_finetune.png")])
     if missing:
         print(f"not finished (rerun the same command to resume): {', '.join(missing)}")
     if len(done) > 2:

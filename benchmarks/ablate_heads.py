@@ -29,6 +29,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from benchmarks import compare_members
 from core import atomic
 from core.metrics import score_probabilities
 from ensemble.comparison import fold_paired
@@ -174,6 +175,11 @@ def print_table(results: dict, root: Path, base) -> None:
         seconds = f"{atomic.read_json(timing)['seconds']:.0f}" if timing.exists() else "-"
         print(f"| {head} | {policy} | {size} | {' '.join(f'{f:.4f}' for f in row['folds'])} | "
               f"{np.mean(row['folds']):.4f} | {row['oof']:.4f} | {paired} | {seconds} |")
+    if baseline is not None and len(results) > 1:
+        others = {k: row for k, row in results.items() if k != BASELINE}
+        differences = {"/".join(k): fold_paired(np.subtract(row["folds"], baseline["folds"]))
+                       for k, row in sorted(others.items(), key=lambda kv: -kv[1]["oof"])}
+        print(f"plot: {compare_members.plot_differences(root / 'vs_baseline.png', differences, '/'.join(BASELINE))}")
     best = max(results.items(), key=lambda kv: kv[1]["oof"])
     print(f"\nbest row (a maximum over {len(results)} candidates on these folds, so optimistic): "
           f"{' / '.join(best[0])}, OOF {best[1]['oof']:.4f}")

@@ -2,10 +2,11 @@
 (best global threshold on that fold, as the members stage scores it), the pooled OOF, and the
 fold-paired difference against a baseline member (mean and a 95% t interval, k - 1 degrees of freedom).
 
-    python -m benchmarks.compare_members RUN:MEMBER [RUN:MEMBER ...] [--baseline RUN:MEMBER]
+    python -m benchmarks.compare_members RUN:MEMBER [RUN:MEMBER ...] [--baseline RUN:MEMBER] [--plot PNG]
 
 The runs must share their folds (the same folds.csv hash); a member from other folds is refused.
 Every row but the baseline is a candidate: the best one's margin is a maximum over the rows.
+--plot draws each row's fold-paired difference and interval as a bar chart (reports.plots.interval_bars).
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("members", nargs="+", help="RUN_DIR:MEMBER")
     parser.add_argument("--baseline", help="RUN_DIR:MEMBER (default: the first)")
+    parser.add_argument("--plot", help="PNG path: each row's difference against the baseline with its interval")
     args = parser.parse_args(argv)
     specs = [parse(s) for s in args.members]
     baseline_spec = parse(args.baseline) if args.baseline else specs[0]
@@ -60,15 +62,28 @@ def main(argv=None) -> int:
         raise SystemExit("not on the baseline's folds: " + ", ".join(f"{r}:{m}" for r, m in other))
     print(f"| member (run) | fold micro-F1 | mean of folds | OOF | vs {baseline_spec[1]}: mean [95% CI] |")
     print("|---|---|---|---|---|")
+    differences = {}  # member -> (mean, low, high), in the table's order
     for (run, member), row in sorted(rows.items(), key=lambda kv: -kv[1]["oof"]):
         if (run, member) == baseline_spec:
             paired = "baseline"
         else:
-            mean, low, high = fold_paired(np.subtract(row["folds"], base["folds"]))
-            paired = f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
+            differences[member] = fold_paired(np.subtract(row["folds"], base["folds"]))
+            paired = "{:+.4f} [{:+.4f}, {:+.4f}]".format(*differences[member])
         print(f"| {member} ({run.name}) | {' '.join(f'{f:.4f}' for f in row['folds'])} | "
               f"{np.mean(row['folds']):.4f} | {row['oof']:.4f} | {paired} |")
+    if args.plot and differences:
+        plot_differences(args.plot, differences, baseline_spec[1])
+        print(f"plot: {args.plot}")
     return 0
+
+
+def plot_differences(path, differences: dict, baseline: str) -> Path:
+    """Each row's fold-paired micro-F1 difference against the baseline, with its 95% interval."""
+    from reports.plots import interval_bars  # matplotlib only when a plot is asked for
+    names = list(differences)
+    mean, low, high = (np.array([differences[n][i] for n in names]) for i in range(3))
+    return interval_bars(path, names, mean, low, high, xlabel=f"micro-F1 minus {baseline} (fold-paired, 95% t)",
+                         title=f"against {baseline}; the best bar is a maximum over {len(names)} candidates")
 
 
 if __name__ == "__main__":

@@ -45,3 +45,28 @@ def test_a_member_on_other_folds_is_refused(tmp_path):
         compare_members.main([f"{tmp_path / 'a'}:base", f"{tmp_path / 'b'}:other"])
     with pytest.raises(SystemExit, match="run the members stage"):
         compare_members.main([f"{tmp_path / 'a'}:missing"])
+
+
+def test_plot_draws_one_bar_per_candidate_with_its_interval(tmp_path, capsys, monkeypatch):
+    _member(tmp_path / "a", "base", [0.56, 0.57, 0.55], 0.560)
+    _member(tmp_path / "b", "wide", [0.58, 0.58, 0.56], 0.574)
+    _member(tmp_path / "b", "narrow", [0.55, 0.56, 0.55], 0.553)
+    drawn = {}
+    import reports.plots as plots
+    real = plots.interval_bars
+
+    def spy(path, names, values, low, high, **kwargs):
+        drawn.update(names=list(names), values=list(values), low=list(low), high=list(high))
+        return real(path, names, values, low, high, **kwargs)
+
+    monkeypatch.setattr(plots, "interval_bars", spy)
+    png = tmp_path / "vs_base.png"
+    assert compare_members.main([f"{tmp_path / 'a'}:base", f"{tmp_path / 'b'}:wide", f"{tmp_path / 'b'}:narrow",
+                                 "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The baseline is not a bar; each candidate's bar is its fold-paired mean and t interval.
+    assert drawn["names"] == ["wide", "narrow"]
+    for name, folds in (("wide", [0.58, 0.58, 0.56]), ("narrow", [0.55, 0.56, 0.55])):
+        i = drawn["names"].index(name)
+        expected = fold_paired(np.subtract(folds, [0.56, 0.57, 0.55]))
+        assert (drawn["values"][i], drawn["low"][i], drawn["high"][i]) == pytest.approx(expected)
