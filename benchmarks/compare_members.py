@@ -82,8 +82,9 @@ def plot_differences(path, differences: dict, baseline: str) -> Path:
     from reports.plots import interval_bars  # matplotlib only when a plot is asked for
     names = list(differences)
     mean, low, high = (np.array([differences[n][i] for n in names]) for i in range(3))
-    return interval_bars(path, names, mean, low, high, xlabel=f"micro-F1 minus {baseline} (fold-paired, 95% t)",
-                         title=f"against {baseline}; the best bar is a maximum over {len(names)} candidates")
+    return interval_bars(path, names, mean, low, high, xlabel="micro-F1 difference: fold-paired mean, 95% t interval",
+                         title=f"against {baseline}" + (f"\n(the best bar is a maximum over {len(names)} candidates)"
+                                                        if len(names) > 1 else ""))
 
 
 if __name__ == "__main__":
