@@ -61,8 +61,8 @@ def write_overlay(config: str, member_name: str, inputs: list, run_dir: Path, ba
     if member.get("image_size") is None:
         raise SystemExit(f"{config}: member {member_name!r} has no image_size; the grid varies it from a set value")
     grid = grid_members(member, inputs)
-    own = f"{member.get('resize', 'pad')}:{input_name(member['image_size'], member.get('image_height'))}"
-    baseline_row = grid_members(member, parse_inputs(baseline_input or own))[0]
+    own = (member.get("resize", "pad"), member["image_size"], member.get("image_height"))
+    baseline_row = grid_members(member, parse_inputs(baseline_input) if baseline_input else [own])[0]
     baseline = baseline_row["name"]
     if baseline not in {m["name"] for m in grid}:
         grid.insert(0, baseline_row)

@@ -165,20 +165,20 @@ def print_table(results: dict, root: Path, base) -> None:
     print("| head | policy | size | fold micro-F1 | mean of folds | OOF | vs avg/stretch/224: mean [95% CI] |"
           " embed s |")
     print("|---|---|---|---|---|---|---|---|")
+    differences = {}  # "head/policy/size" -> (mean, low, high) for the chart, baseline left out, table order
     for (head, policy, size), row in sorted(results.items(), key=lambda kv: -kv[1]["oof"]):
         if baseline is not None:
             mean, low, high = fold_paired(np.subtract(row["folds"], baseline["folds"]))
             paired = f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
+            if (head, policy, size) != BASELINE:
+                differences[f"{head}/{policy}/{size}"] = (mean, low, high)
         else:
             paired = "-"
         timing = root / "rows" / f"embed_{policy}_{size}.json"
         seconds = f"{atomic.read_json(timing)['seconds']:.0f}" if timing.exists() else "-"
         print(f"| {head} | {policy} | {size} | {' '.join(f'{f:.4f}' for f in row['folds'])} | "
               f"{np.mean(row['folds']):.4f} | {row['oof']:.4f} | {paired} | {seconds} |")
-    if baseline is not None and len(results) > 1:
-        others = {k: row for k, row in results.items() if k != BASELINE}
-        differences = {"/".join(k): fold_paired(np.subtract(row["folds"], baseline["folds"]))
-                       for k, row in sorted(others.items(), key=lambda kv: -kv[1]["oof"])}
+    if differences:
         print(f"plot: {compare_members.plot_differences(root / 'vs_baseline.png', differences, '/'.join(BASELINE))}")
     best = max(results.items(), key=lambda kv: kv[1]["oof"])
     print(f"\nbest row (a maximum over {len(results)} candidates on these folds, so optimistic): "
