@@ -26,8 +26,8 @@ import yaml
 
 from benchmarks import compare_members
 from benchmarks.ablate_heads import input_name, parse_inputs
-from core import atomic
-from core.config import config_path, read_config_file
+from fashion_stack.core import atomic
+from fashion_stack.core.config import config_path, read_config_file
 
 # Cheapest first, so an interrupted grid still holds whole sizes: 3 policies x 3 sizes.
 DEFAULT_INPUTS = ("stretch:192,pad:192,crop:192,stretch:288x192,pad:288x192,crop:288x192,"
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     overlay, names, baseline = write_overlay(args.config, args.member, parse_inputs(args.inputs), run_dir,
                                              args.baseline)
     if not args.table_only:
-        import run_pipeline  # top floor: the pipeline's own stages train the grid
+        from fashion_stack import pipeline as run_pipeline  # top floor: the pipeline's own stages train the grid
         status = run_pipeline.main(["--config", str(overlay), "--data-dir", args.data_dir, "--run-dir", str(run_dir),
                                     "--stages", "prepare,folds,members"])
         if status != 0:

@@ -30,16 +30,16 @@ import keras
 import numpy as np
 
 from benchmarks import compare_members
-from core import atomic
-from core.metrics import score_probabilities
-from ensemble.comparison import fold_paired
-from models import trainer
-from models.backbones import InputSpec
-from models.devices import Placement, resolve_placement
-from models.embeddings import member_embeddings, pool_cached_maps
-from models.heads import build_head_model
-from models.inputs import steps_per_epoch
-from models.stage import load_stage_data
+from fashion_stack.core import atomic
+from fashion_stack.core.metrics import score_probabilities
+from fashion_stack.ensemble.comparison import fold_paired
+from fashion_stack.models import trainer
+from fashion_stack.models.backbones import InputSpec
+from fashion_stack.models.devices import Placement, resolve_placement
+from fashion_stack.models.embeddings import member_embeddings, pool_cached_maps
+from fashion_stack.models.heads import build_head_model
+from fashion_stack.models.inputs import steps_per_epoch
+from fashion_stack.models.stage import load_stage_data
 
 BASELINE = ("avg", "stretch", "224")
 
@@ -115,12 +115,12 @@ def main(argv=None) -> int:
         root = Path(args.run_dir) / "ablation"
         results = {tuple(path.stem.split("_", 2)): atomic.read_json(path) for path in sorted((root / "rows").glob("*.json"))
                    if not path.stem.startswith("embed_")}
-        from core.config import load_config
+        from fashion_stack.core.config import load_config
         base = next(m for m in load_config(args.config).members if m.name == args.member)
         print_table(results, root, base)
         return 0
 
-    import run_pipeline  # top floor: the pipeline's own prepare and folds stages make the folds
+    from fashion_stack import pipeline as run_pipeline  # top floor: the pipeline's own prepare and folds stages make the folds
     common = ["--config", args.config, "--data-dir", args.data_dir, "--run-dir", args.run_dir]
     if run_pipeline.main(common + ["--stages", "prepare,folds"]) != 0:
         return 2

@@ -40,7 +40,7 @@ def measure(augmentation: str, jit: bool, size: int, batch: int, steps: int, war
     import keras
     import numpy as np
 
-    from models.inputs import augmentation_layers
+    from fashion_stack.models.inputs import augmentation_layers
 
     inputs = keras.Input((size, size, 3))
     x = inputs

@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from core.metrics import micro_f1, samples_f1
-from ensemble.decision import RULES, make_rule
+from fashion_stack.core.metrics import micro_f1, samples_f1
+from fashion_stack.ensemble.decision import RULES, make_rule
 
 GROUP_SIZES = {"category": 105, "material": 34, "pattern": 28, "style": 21, "color": 21,
                "neckline": 11, "sleeve": 5, "gender": 3}  # the real 228-label map's groups

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from core import atomic
-from core.config import DemoConfig
-from datasets.demo import JPEG_QUALITY, DemoLabelModel, generate_demo, make_image, render_image
-from datasets.imageops import encode_jpeg
+from fashion_stack.core import atomic
+from fashion_stack.core.config import DemoConfig
+from fashion_stack.datasets.demo import JPEG_QUALITY, DemoLabelModel, generate_demo, make_image, render_image
+from fashion_stack.datasets.imageops import encode_jpeg
 
 
 def _best_seconds(job, repeats: int) -> float:

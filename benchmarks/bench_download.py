@@ -19,8 +19,8 @@ import pandas as pd
 from PIL import Image
 
 from benchmarks.local_http import LocalServer, static
-from core.config import DownloadConfig
-from datasets.download import download_images
+from fashion_stack.core.config import DownloadConfig
+from fashion_stack.datasets.download import download_images
 
 
 def photo_jpeg(width: int = 400, height: int = 300, seed: int = 0) -> bytes:

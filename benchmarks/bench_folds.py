@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.labels import LabelSpace
-from datasets.competition import read_split
-from datasets.folds import assign_folds, proportion_deviation
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.datasets.competition import read_split
+from fashion_stack.datasets.folds import assign_folds, proportion_deviation
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "imat2018"
 

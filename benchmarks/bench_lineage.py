@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.config import PipelineConfig
-from core.context import StageContext
-from core.lineage import file_stamps
-from core.log import setup_logging
-from core.rundir import RunDir
-from datasets.manifest import ManifestDigests, read_manifest
-from datasets.prepare import run_prepare
+from fashion_stack.core.config import PipelineConfig
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.lineage import file_stamps
+from fashion_stack.core.log import setup_logging
+from fashion_stack.core.rundir import RunDir
+from fashion_stack.datasets.manifest import ManifestDigests, read_manifest
+from fashion_stack.datasets.prepare import run_prepare
 
 N_TEST = 100
 LABELS = ("1", "2", "3")

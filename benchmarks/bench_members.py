@@ -31,10 +31,10 @@ def measure_model(backbone: str, size: int, batch: int, steps: int, warmup: int)
     import keras
     import numpy as np
 
-    from models.backbones import is_pretrained
-    from models.heads import build_member_model, set_trainable
-    from core.config import MemberConfig
-    from models.losses import get_loss
+    from fashion_stack.models.backbones import is_pretrained
+    from fashion_stack.models.heads import build_member_model, set_trainable
+    from fashion_stack.core.config import MemberConfig
+    from fashion_stack.models.losses import get_loss
 
     member = MemberConfig(name=backbone, backbone=backbone, image_size=size, weights=None, augment=True,
                           batch_size=batch)
@@ -50,7 +50,7 @@ def measure_model(backbone: str, size: int, batch: int, steps: int, warmup: int)
 
 
 def measure_pipeline(size: int, n_images: int) -> dict:
-    from models.inputs import prediction_batches
+    from fashion_stack.models.inputs import prediction_batches
 
     paths = _pipeline_images(n_images)
     next(iter(prediction_batches(paths[:64], size, "pad", batch_size=32)))  # start the readers outside the timing
@@ -105,7 +105,7 @@ def _run_child(what: str, size: int, args) -> dict:
 
 def main(argv=None) -> None:
     sys.path.insert(0, str(ROOT))
-    from models.backbones import backbone_names, backbone_spec
+    from fashion_stack.models.backbones import backbone_names, backbone_spec
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     lead_first = ["inception_v3"] + [n for n in backbone_names() if n != "inception_v3"]

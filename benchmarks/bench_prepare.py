@@ -18,9 +18,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from core.labels import LabelSpace
-from datasets.competition import Split, read_competition
-from datasets.prepare import build_manifest
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.datasets.competition import Split, read_competition
+from fashion_stack.datasets.prepare import build_manifest
 
 CCP = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ccp"
 FILES = {"train": "train.json", "validation": "validation.json", "test": "test.json"}

@@ -81,8 +81,8 @@ def run_epoch_config(reader: str, cache_mode: str, n: int, folder: Path, workers
     import keras
     import numpy as np
 
-    from models import decode_pool
-    from models.inputs import image_cache, training_batches
+    from fashion_stack.models import decode_pool
+    from fashion_stack.models.inputs import image_cache, training_batches
 
     inputs = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
@@ -122,7 +122,7 @@ def cpu_seconds() -> float:
     """CPU time of this process (tf.data's threads included) and of the live decode workers (from
     /proc: getrusage counts children only after they exit). On a shared machine this is the
     figure to read: wall-clock images/s there depend on everyone else's load."""
-    from models import decode_pool
+    from fashion_stack.models import decode_pool
 
     mine = resource.getrusage(resource.RUSAGE_SELF)
     total = mine.ru_utime + mine.ru_stime
@@ -137,8 +137,8 @@ def run_cost_config(reader: str, paths: list, workers: int) -> dict:
     import keras
     import numpy as np
 
-    from models import decode_pool
-    from models.inputs import prediction_batches
+    from fashion_stack.models import decode_pool
+    from fashion_stack.models.inputs import prediction_batches
     for batch in prediction_batches(paths[:128], 299, "pad", 32, reader=reader, workers=workers):
         np.asarray(batch)  # starts the pool / tf.data threads outside the timing
     cpu_start, started = cpu_seconds(), time.perf_counter()

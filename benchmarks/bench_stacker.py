@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core.labels import LabelSpace
-from core.metrics import best_global_threshold, micro_f1
-from datasets.derive_label_stats import LABEL_MAP, LABEL_STATS
-from datasets.folds import assign_folds
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.core.metrics import best_global_threshold, micro_f1
+from fashion_stack.datasets.derive_label_stats import LABEL_MAP, LABEL_STATS
+from fashion_stack.datasets.folds import assign_folds
 
 MEMBER_QUALITY = (1.0, 1.4, 1.8, 2.2)  # logit separation of positives from negatives, per member
 SHARED_ERROR = 0.5  # share of a member's noise variance common to all members
@@ -108,8 +108,8 @@ def run_variant(data_path: Path, variant: str, out_path: Path) -> dict:
     if variant == NAIVE:
         oof, fallbacks = naive_oof(probs, y, folds, subset), []
     else:
-        from ensemble.stacking import second_level_oof
-        from features.stacker_inputs import MemberStack
+        from fashion_stack.ensemble.stacking import second_level_oof
+        from fashion_stack.features.stacker_inputs import MemberStack
         name, params = VARIANTS[variant]
         stack = MemberStack(tuple(map(str, range(len(y)))), tuple(f"m{k}" for k in range(probs.shape[1])),
                             tuple(map(str, range(y.shape[1]))), probs)
@@ -130,7 +130,7 @@ def naive_oof(probs: np.ndarray, y: np.ndarray, folds: np.ndarray, labels: np.nd
     measures the recipe, not thread contention."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from core.config import XGBoostConfig
+    from fashion_stack.core.config import XGBoostConfig
     cfg = XGBoostConfig()
     X = probs.reshape(len(probs), -1)
     oof = np.zeros(y.shape, dtype=np.float32)
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
 def print_gain_over_mean(results: dict, y: np.ndarray, folds: np.ndarray, n_bootstrap: int = 1000) -> None:
     """Each variant's micro-F1 change against the mean with a 95% fold-paired bootstrap interval,
     on label sets thresholded honestly (each fold's global threshold chosen on the other folds)."""
-    from ensemble.comparison import paired_bootstrap_interval
+    from fashion_stack.ensemble.comparison import paired_bootstrap_interval
     mean_variant = next((v for v in results if VARIANTS.get(v, ("",))[0] == "mean"), None)
     if mean_variant is None:
         return

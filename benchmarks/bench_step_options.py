@@ -23,10 +23,10 @@ VARIANTS = (("off", 1), ("on", 1), ("off", 8), ("on", 8))
 
 
 def build(backbone: str, size: int, jit: str, spe: int, n_labels: int = 228):
-    from core.config import MemberConfig
-    from models import trainer
-    from models.devices import resolve_placement
-    from models.heads import build_member_model
+    from fashion_stack.core.config import MemberConfig
+    from fashion_stack.models import trainer
+    from fashion_stack.models.devices import resolve_placement
+    from fashion_stack.models.heads import build_member_model
     member = MemberConfig(name="bench", backbone=backbone, image_size=size, weights=None, jit_compile=jit,
                           steps_per_execution=spe, augment=True)
     placement = resolve_placement(member)

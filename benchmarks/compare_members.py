@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core import atomic
-from ensemble.comparison import fold_paired
+from fashion_stack.core import atomic
+from fashion_stack.ensemble.comparison import fold_paired
 
 
 def member_folds(run_dir: Path, member: str) -> dict:
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
 
 def plot_differences(path, differences: dict, baseline: str) -> Path:
     """Each row's fold-paired micro-F1 difference against the baseline, with its 95% interval."""
-    from reports.plots import interval_bars  # matplotlib only when a plot is asked for
+    from fashion_stack.reports.plots import interval_bars  # matplotlib only when a plot is asked for
     names = list(differences)
     mean, low, high = (np.array([differences[n][i] for n in names]) for i in range(3))
     return interval_bars(path, names, mean, low, high, xlabel="micro-F1 difference: fold-paired mean, 95% t interval",

@@ -51,7 +51,7 @@ def make_jpegs(folder: Path, count: int, seed: int = 0) -> list:
 
 
 def reader_rate(paths: list, size: int, batch: int, workers: int) -> dict:
-    from models.inputs import prediction_batches
+    from fashion_stack.models.inputs import prediction_batches
     rates = []
     for _ in range(2):  # the second pass reads from the page cache, as a long epoch mostly does
         started, cpu = time.perf_counter(), _cpu_seconds()
@@ -80,11 +80,11 @@ def _cpu_seconds() -> float:
 
 def train_and_infer(args, paths: list, labels: np.ndarray, devices: str) -> dict:
     import keras
-    from core.config import MemberConfig
-    from models import trainer
-    from models.devices import placement_scope, resolve_placement
-    from models.heads import build_member_model
-    from models.inputs import training_batches
+    from fashion_stack.core.config import MemberConfig
+    from fashion_stack.models import trainer
+    from fashion_stack.models.devices import placement_scope, resolve_placement
+    from fashion_stack.models.heads import build_member_model
+    from fashion_stack.models.inputs import training_batches
 
     member = MemberConfig(name="check", backbone=args.backbone, image_size=args.size, weights=None,
                           batch_size=args.batch, mixed_precision=args.precision, jit_compile="auto",
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.backbone, args.size, args.images, args.steps, args.batch, args.precision = "tiny_cnn", 64, 128, 3, 16, "off"
     import keras
-    from models.devices import visible_accelerators
+    from fashion_stack.models.devices import visible_accelerators
     found = visible_accelerators()
     print(f"backend {keras.backend.backend()}, {len(found.devices)} x {found.kind} "
           f"(compute capability {found.compute_capability}), {os.cpu_count()} CPU cores", flush=True)

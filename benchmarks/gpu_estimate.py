@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from models.backbones import resolve_input_spec  # noqa: E402
+from fashion_stack.models.backbones import resolve_input_spec  # noqa: E402
 
 H200_BF16_FLOPS = 790e12
 TRAIN_IMAGES, VALIDATION_IMAGES, TEST_IMAGES = 1_014_544, 9_897, 39_706
@@ -31,7 +31,7 @@ TRAIN_IMAGES, VALIDATION_IMAGES, TEST_IMAGES = 1_014_544, 9_897, 39_706
 _COUNTER = r"""
 import json, sys
 import jax, keras
-from models.backbones import create_backbone
+from fashion_stack.models.backbones import create_backbone
 out = {}
 for name, height, width in json.loads(sys.argv[1]):
     trunk = create_backbone(name, (height, width), None)
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     parser.add_argument("--utilisation", type=float, default=0.35)
     parser.add_argument("--pool", choices=["validation", "train+validation"], help="override data.pool")
     args = parser.parse_args(argv)
-    from core.config import load_config
+    from fashion_stack.core.config import load_config
     overrides = [{"data": {"pool": args.pool}}] if args.pool else []
     config = load_config(args.config, overrides)
     wanted = sorted({count_shape(m) for m in config.members})

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from core import lineage
-from core.config import PipelineConfig
-from core.labels import LabelSpace
-from core.log import get_logger
-from core.rundir import RunDir
+from fashion_stack.core import lineage
+from fashion_stack.core.config import PipelineConfig
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.core.log import get_logger
+from fashion_stack.core.rundir import RunDir
 
 
 @dataclass
@@ -26,7 +26,7 @@ class StageContext:
     def run_units(self, tasks) -> list:
         """Hand independent units to the run's executor; their results, in order."""
         if self.executor is None:
-            from core.executor import LocalExecutor
+            from fashion_stack.core.executor import LocalExecutor
             self.executor = LocalExecutor(self.run.root)
         return self.executor.map(list(tasks))
 

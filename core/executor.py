@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from core.log import LOGGER_NAME, get_logger
+from fashion_stack.core.log import LOGGER_NAME, get_logger
 
 log = get_logger("executor")
 ENGINES = ("local", "ray")
@@ -115,7 +115,8 @@ class RayExecutor:
     def _ray(self):
         import ray
         if not ray.is_initialized():
-            project = str(Path(__file__).resolve().parent.parent)
+            import fashion_stack  # workers import the package from where this process found it
+            project = str(Path(fashion_stack.__file__).resolve().parent.parent)
             env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")])),
                                 "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")}}
             env.update(self.runtime_env or {})

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from core import atomic
+from fashion_stack.core import atomic
 
 
 class PredictionError(ValueError):

@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from core import atomic, lineage
-from core.log import get_logger
+from fashion_stack.core import atomic, lineage
+from fashion_stack.core.log import get_logger
 
 DONE = "DONE.json"
 

@@ -15,8 +15,8 @@ from typing import Optional
 
 import pandas as pd
 
-from core.labels import LabelSpace
-from core.log import get_logger
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.core.log import get_logger
 
 
 class CompetitionDataError(ValueError):

@@ -1,6 +1,6 @@
 """The built-in demo dataset: synthetic garment pictures labelled in the real 228-label space.
 
-    python -m datasets.demo [--out DIR] [--n-train 600 ...]   # the CLI; the pipeline calls generate_demo
+    python -m fashion_stack.datasets.demo [--out DIR] [--n-train 600 ...]   # the CLI; the pipeline calls generate_demo
 
 Label sets follow the real iMaterialist 2018 validation statistics embedded in
 datasets/resources/label_stats.json (see datasets.derive_label_stats): one category and one gender
@@ -29,13 +29,13 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from core import atomic
-from core.config import DemoConfig, cache_root
-from core.labels import LabelSpace
-from core.log import get_logger, progress, setup_logging
-from datasets.demo_draw import UPPER_BODY, GarmentLook, render_garment
-from datasets.derive_label_stats import LABEL_MAP, LABEL_STATS
-from datasets.imageops import encode_jpeg
+from fashion_stack.core import atomic
+from fashion_stack.core.config import DemoConfig, cache_root
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.core.log import get_logger, progress, setup_logging
+from fashion_stack.datasets.demo_draw import UPPER_BODY, GarmentLook, render_garment
+from fashion_stack.datasets.derive_label_stats import LABEL_MAP, LABEL_STATS
+from fashion_stack.datasets.imageops import encode_jpeg
 
 # Bump when the drawing or the sampling changes, so cached datasets are regenerated.
 GENERATOR_VERSION = 2

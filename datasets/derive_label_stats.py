@@ -1,6 +1,6 @@
 """Derive the label statistics that the demo generator samples from, and embed them.
 
-    python -m datasets.derive_label_stats [--source-dir ../shared/data/imat2018] [--out FILE]
+    python -m fashion_stack.datasets.derive_label_stats [--source-dir ../shared/data/imat2018] [--out FILE]
 
 Reads the real iMaterialist 2018 validation labels (9,897 images) and writes
 datasets/resources/label_stats.json: per-label frequencies, the labels-per-image histogram, the
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from core import atomic
-from core.config import PROJECT_ROOT
-from core.labels import LabelSpace
-from core.log import get_logger, setup_logging
-from datasets.competition import read_split
+from fashion_stack.core import atomic
+from fashion_stack.core.config import PROJECT_ROOT
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.core.log import get_logger, setup_logging
+from fashion_stack.datasets.competition import read_split
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 LABEL_MAP = RESOURCES / "label_map_228.csv"

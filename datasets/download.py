@@ -20,12 +20,12 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
 
-from core import atomic
-from core.config import DownloadConfig
-from core.context import StageContext
-from core.log import progress
-from datasets import imageops
-from datasets.competition import CompetitionDataError, image_id_problem, images_dir, read_competition
+from fashion_stack.core import atomic
+from fashion_stack.core.config import DownloadConfig
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.log import progress
+from fashion_stack.datasets import imageops
+from fashion_stack.datasets.competition import CompetitionDataError, image_id_problem, images_dir, read_competition
 
 FAILURE_COLUMNS = ["imageId", "url", "reason"]
 FAILURES_FILE = "download_failures.csv"

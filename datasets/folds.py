@@ -10,10 +10,10 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import KFold
 
-from core import atomic, lineage
-from core.labels import LabelSpace
-from core.rundir import is_done, mark_done, upstream_digest
-from datasets.manifest import POOLS, manifest_labels, pool_ids, read_manifest
+from fashion_stack.core import atomic, lineage
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.core.rundir import is_done, mark_done, upstream_digest
+from fashion_stack.datasets.manifest import POOLS, manifest_labels, pool_ids, read_manifest
 
 
 class FoldsError(RuntimeError):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core import atomic
-from datasets import imageops
+from fashion_stack.core import atomic
+from fashion_stack.datasets import imageops
 
 OK, REPAIRED, UNREADABLE, MISSING = "ok", "repaired", "unreadable", "missing"
 STATUSES = (OK, REPAIRED, UNREADABLE, MISSING)

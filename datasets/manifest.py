@@ -8,10 +8,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from core.labels import LabelSpace
-from core.lineage import RowDigests
-from datasets.competition import example_ids
-from datasets.images import STATUSES, USABLE_STATUSES
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.core.lineage import RowDigests
+from fashion_stack.datasets.competition import example_ids
+from fashion_stack.datasets.images import STATUSES, USABLE_STATUSES
 
 # bytes, mtime_ns: the original file's size and modification time when it was inspected (0, 0 when
 # missing): the per-file stamps that tell prepare, on a rerun, which images changed

@@ -18,15 +18,15 @@ import numpy as np
 
 import pandas as pd
 
-from core import atomic
-from core.context import StageContext
-from core.lineage import file_stamp, file_stamps, short_hash, stamps_digest
-from core.log import get_logger, progress
-from core.rundir import is_done, mark_done, read_done
-from datasets.competition import CompetitionDataError, Split, example_ids, read_competition
-from datasets.competition import images_dir as split_images_dir
-from datasets.images import REPAIRED, STATUSES, USABLE_STATUSES, inspect_image
-from datasets.manifest import LABELLED_SPLITS, SPLITS, ManifestError, make_manifest, read_manifest
+from fashion_stack.core import atomic
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.lineage import file_stamp, file_stamps, short_hash, stamps_digest
+from fashion_stack.core.log import get_logger, progress
+from fashion_stack.core.rundir import is_done, mark_done, read_done
+from fashion_stack.datasets.competition import CompetitionDataError, Split, example_ids, read_competition
+from fashion_stack.datasets.competition import images_dir as split_images_dir
+from fashion_stack.datasets.images import REPAIRED, STATUSES, USABLE_STATUSES, inspect_image
+from fashion_stack.datasets.manifest import LABELLED_SPLITS, SPLITS, ManifestError, make_manifest, read_manifest
 
 SKIPPED_COLUMNS = ["imageId", "split", "status", "reason"]
 # Futures in flight per worker: enough to keep the pool busy, few enough that a 1M-image

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.metrics import sample_f1s
+from fashion_stack.core.metrics import sample_f1s
 
 CHUNK = 100  # bootstrap resamples drawn at once; bounds memory at CHUNK x images weights
 

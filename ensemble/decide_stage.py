@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import atomic, predictions
-from core.context import StageContext
-from core.labels import LabelSpace
-from core.log import progress
-from core.metrics import cardinality_error, micro_f1, samples_f1
-from core.rundir import is_done, is_finished, mark_done, upstream_digest
-from datasets.folds import read_folds
-from datasets.manifest import pool_labels, read_manifest
-from ensemble.decision import RULES, make_rule, nested_cv_predict
-from features.stage import pool_labels_digest
-from ensemble.selection import (CandidateCounts, compare_with_reference, label_set_counts, outer_loop_choice,
+from fashion_stack.core import atomic, predictions
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.core.log import progress
+from fashion_stack.core.metrics import cardinality_error, micro_f1, samples_f1
+from fashion_stack.core.rundir import is_done, is_finished, mark_done, upstream_digest
+from fashion_stack.datasets.folds import read_folds
+from fashion_stack.datasets.manifest import pool_labels, read_manifest
+from fashion_stack.ensemble.decision import RULES, make_rule, nested_cv_predict
+from fashion_stack.features.stage import pool_labels_digest
+from fashion_stack.ensemble.selection import (CandidateCounts, compare_with_reference, label_set_counts, outer_loop_choice,
                                 pairwise_cv_counts)
 
 STAGE = "decide"

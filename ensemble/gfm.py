@@ -26,7 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from ensemble.label_sets import TopLabels
+from fashion_stack.ensemble.label_sets import TopLabels
 
 CHUNK = 2048  # images decoded at a time: bounds the (images, candidates, sizes) arrays
 PROBABILITY_FLOOR = 1e-6

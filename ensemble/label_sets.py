@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.log import progress
+from fashion_stack.core.log import progress
 
 METRICS = ("micro", "samples")
 # The expected-F1 decoder ignores counts of true labels outside the top K that have at most this

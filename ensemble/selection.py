@@ -21,10 +21,10 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from core.metrics import f1_from_counts
-from ensemble.comparison import paired_bootstrap_stats, stats_from_counts
-from ensemble.decision import make_rule
-from ensemble.label_sets import check_probabilities, check_truth
+from fashion_stack.core.metrics import f1_from_counts
+from fashion_stack.ensemble.comparison import paired_bootstrap_stats, stats_from_counts
+from fashion_stack.ensemble.decision import make_rule
+from fashion_stack.ensemble.label_sets import check_probabilities, check_truth
 
 COUNT_DTYPE = np.int16  # per-image counts of at most a few hundred labels
 

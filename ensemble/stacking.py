@@ -7,11 +7,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from core.executor import Task
-from core.log import progress
-from core.metrics import best_global_threshold, micro_f1, score_probabilities
-from ensemble.stackers import make_stacker
-from features.stacker_inputs import MemberStack, StackerInputError
+from fashion_stack.core.executor import Task
+from fashion_stack.core.log import progress
+from fashion_stack.core.metrics import best_global_threshold, micro_f1, score_probabilities
+from fashion_stack.ensemble.stackers import make_stacker
+from fashion_stack.features.stacker_inputs import MemberStack, StackerInputError
 
 
 def second_level_oof(stacker_name: str, params: Optional[dict], member_stack_oof: MemberStack,

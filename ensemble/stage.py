@@ -6,14 +6,14 @@ import hashlib
 import json
 import time
 
-from core import atomic, predictions
-from core.context import StageContext
-from core.metrics import score_probabilities
-from core.rundir import is_done, mark_done
-from datasets.folds import read_folds
-from ensemble.stackers import make_stacker, stacker_params
-from ensemble.stacking import cv_threshold_micro_f1, second_level_oof
-from features.stage import load_member_stacks, member_lineage, pool_truth
+from fashion_stack.core import atomic, predictions
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.metrics import score_probabilities
+from fashion_stack.core.rundir import is_done, mark_done
+from fashion_stack.datasets.folds import read_folds
+from fashion_stack.ensemble.stackers import make_stacker, stacker_params
+from fashion_stack.ensemble.stacking import cv_threshold_micro_f1, second_level_oof
+from fashion_stack.features.stage import load_member_stacks, member_lineage, pool_truth
 
 
 def run_stack(ctx: StageContext) -> dict:

@@ -2,7 +2,7 @@
 
     fashion-stack run [flags]        the pipeline: exactly run_pipeline.py's flags (fashion-stack run --help)
     fashion-stack configs            the configs shipped with the package, usable by name (--config ccp)
-    fashion-stack validate FILE ...  check a submission CSV (python -m submissions.validate's flags)
+    fashion-stack validate FILE ...  check a submission CSV (python -m fashion_stack.submissions.validate's flags)
 
 Run directories (runs/<name>) and the demo's generated data (.cache/) go under the working directory.
 """
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def list_configs() -> int:
-    from core.config import CONFIGS_DIR, shipped_configs
+    from fashion_stack.core.config import CONFIGS_DIR, shipped_configs
 
     for name in shipped_configs():
         print(f"{name:<20} {CONFIGS_DIR / (name + '.yaml')}")
@@ -47,11 +47,11 @@ def main(argv: Optional[list] = None) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     if command == "run":
-        import run_pipeline
+        from fashion_stack import pipeline as run_pipeline
 
         return run_pipeline.main(rest, prog="fashion-stack run")
     if command == "validate":
-        from submissions import validate
+        from fashion_stack.submissions import validate
 
         return validate.main(rest)
     _parser().parse_args(argv)

@@ -18,7 +18,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from core.predictions import PredictionError, check_table
+from fashion_stack.core.predictions import PredictionError, check_table
 
 
 class StackerInputError(ValueError):

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from core import atomic, predictions
-from core.context import StageContext
-from core.rundir import DONE, derived_stage, upstream_digest
-from datasets.folds import read_folds
-from datasets.manifest import POOLS, ManifestDigests, pool_ids, pool_labels, read_manifest, test_ids
-from features.stacker_inputs import (StackerInputError, base_feature_names,
+from fashion_stack.core import atomic, predictions
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.rundir import DONE, derived_stage, upstream_digest
+from fashion_stack.datasets.folds import read_folds
+from fashion_stack.datasets.manifest import POOLS, ManifestDigests, pool_ids, pool_labels, read_manifest, test_ids
+from fashion_stack.features.stacker_inputs import (StackerInputError, base_feature_names,
                                      join_members)
 
 def member_prediction_files(ctx: StageContext) -> list:

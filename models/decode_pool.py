@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from models.image_cache import ImageCache
-from models.image_decode import as_hw, decode_or_explain
+from fashion_stack.models.image_cache import ImageCache
+from fashion_stack.models.image_decode import as_hw, decode_or_explain
 
 _POOLS: dict = {}
 

@@ -16,7 +16,7 @@ from typing import Optional
 
 import keras
 
-from core.log import get_logger
+from fashion_stack.core.log import get_logger
 
 log = get_logger("members")
 POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16", "off": "float32"}

@@ -17,14 +17,14 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from core import atomic
-from core.config import MemberConfig
-from core.log import get_logger, progress
-from core.rundir import DONE, mark_done, read_done
-from models.backbones import input_spec_of
-from models.devices import resolve_placement
-from models.heads import build_embedding_model, pooling_of
-from models.inputs import prediction_batches
+from fashion_stack.core import atomic
+from fashion_stack.core.config import MemberConfig
+from fashion_stack.core.log import get_logger, progress
+from fashion_stack.core.rundir import DONE, mark_done, read_done
+from fashion_stack.models.backbones import input_spec_of
+from fashion_stack.models.devices import resolve_placement
+from fashion_stack.models.heads import build_embedding_model, pooling_of
+from fashion_stack.models.inputs import prediction_batches
 
 log = get_logger("members")
 # The member fields that change the embeddings; head fields (dropout, loss...) do not.

@@ -10,9 +10,9 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from core.config import MemberConfig
-from models.backbones import ImagePreprocess, backbone_spec, create_backbone, is_pretrained, resolve_input_spec
-from models.inputs import augmentation_layers
+from fashion_stack.core.config import MemberConfig
+from fashion_stack.models.backbones import ImagePreprocess, backbone_spec, create_backbone, is_pretrained, resolve_input_spec
+from fashion_stack.models.inputs import augmentation_layers
 
 PHASES = ("head", "top", "all")
 

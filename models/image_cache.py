@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from models.image_decode import as_hw, check_policy
+from fashion_stack.models.image_decode import as_hw, check_policy
 
 CACHE_MODES = ("auto", "memory", "disk", "none")
 FILLED = 1 << 32  # set in a row's check once its bytes are written

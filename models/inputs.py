@@ -26,10 +26,10 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
-from models.augment import ImageAugment
-from models.decode_pool import default_workers, submit_batch
-from models.image_cache import CACHE_MODES, ImageCache, image_cache  # noqa: F401 (part of this API)
-from models.image_decode import (DRAFT_RATIOS, RESIZE_POLICIES, as_hw, check_policy,  # noqa: F401
+from fashion_stack.models.augment import ImageAugment
+from fashion_stack.models.decode_pool import default_workers, submit_batch
+from fashion_stack.models.image_cache import CACHE_MODES, ImageCache, image_cache  # noqa: F401 (part of this API)
+from fashion_stack.models.image_decode import (DRAFT_RATIOS, RESIZE_POLICIES, as_hw, check_policy,  # noqa: F401
                                  decode_or_explain)
 
 READERS = ("auto", "tfdata", "process")

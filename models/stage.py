@@ -20,20 +20,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import atomic, predictions
-from core.config import MemberConfig
-from core.executor import Resources, Task
-from core.log import get_logger
-from core.metrics import score_probabilities
-from core.rundir import DONE, is_done, mark_done, read_done, upstream_digest
-from datasets.folds import read_folds
-from datasets.manifest import POOLS, ManifestDigests, manifest_labels, pool_ids, read_manifest, test_ids, usable
-from models import trainer
-from models.backbones import resolve_input_spec
-from models.devices import resolve_placement, share_gpu
-from models.embeddings import member_embeddings
-from models.inputs import image_cache
-from models.tensorboard_logs import training_log_callbacks
+from fashion_stack.core import atomic, predictions
+from fashion_stack.core.config import MemberConfig
+from fashion_stack.core.executor import Resources, Task
+from fashion_stack.core.log import get_logger
+from fashion_stack.core.metrics import score_probabilities
+from fashion_stack.core.rundir import DONE, is_done, mark_done, read_done, upstream_digest
+from fashion_stack.datasets.folds import read_folds
+from fashion_stack.datasets.manifest import POOLS, ManifestDigests, manifest_labels, pool_ids, read_manifest, test_ids, usable
+from fashion_stack.models import trainer
+from fashion_stack.models.backbones import resolve_input_spec
+from fashion_stack.models.devices import resolve_placement, share_gpu
+from fashion_stack.models.embeddings import member_embeddings
+from fashion_stack.models.inputs import image_cache
+from fashion_stack.models.tensorboard_logs import training_log_callbacks
 
 STARTED = "STARTED.json"
 MODES = ("finetune", "frozen")

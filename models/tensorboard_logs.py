@@ -25,9 +25,9 @@ from typing import Optional
 
 import keras
 
-from core import atomic
-from core.log import get_logger
-from core.rundir import RunDir
+from fashion_stack.core import atomic
+from fashion_stack.core.log import get_logger
+from fashion_stack.core.rundir import RunDir
 
 LOG_FOLDER = "tensorboard"
 STEPS_FILE = "steps.json"

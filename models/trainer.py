@@ -32,15 +32,15 @@ import keras
 import numpy as np
 import pandas as pd
 
-from core import atomic
-from core.config import MemberConfig
-from core.log import get_logger, progress
-from models.backbones import input_spec_of, is_pretrained, resolve_input_spec
-from models.devices import Placement, placement_scope, resolve_placement, scaled_learning_rate
-from models.heads import build_head_model, build_member_model, set_trainable
-from models.inputs import epoch_order, prediction_batches, steps_per_epoch, training_batches
-from models.losses import member_loss
-from core.metrics import score_probabilities
+from fashion_stack.core import atomic
+from fashion_stack.core.config import MemberConfig
+from fashion_stack.core.log import get_logger, progress
+from fashion_stack.models.backbones import input_spec_of, is_pretrained, resolve_input_spec
+from fashion_stack.models.devices import Placement, placement_scope, resolve_placement, scaled_learning_rate
+from fashion_stack.models.heads import build_head_model, build_member_model, set_trainable
+from fashion_stack.models.inputs import epoch_order, prediction_batches, steps_per_epoch, training_batches
+from fashion_stack.models.losses import member_loss
+from fashion_stack.core.metrics import score_probabilities
 
 HISTORY = "history.csv"
 SELECTION = "epoch_selection.csv"

@@ -12,21 +12,21 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core import atomic
-from core.context import StageContext
-from core.log import progress
-from core.metrics import micro_f1, samples_f1
-from core.rundir import is_done, mark_done, upstream_digest
-from ensemble.comparison import paired_bootstrap_interval
-from ensemble.decide_stage import rule_params
-from ensemble.decision import nested_cv_predict
-from ensemble.stackers import stacker_params
-from ensemble.stacking import second_level_oof
-from features.stacker_inputs import MemberStack
-from features.stage import load_member_stacks, member_lineage
-from reports import plots
-from reports.run_data import RunDataError, read_folds, read_manifest, true_labels
-from reports.tables import markdown_table
+from fashion_stack.core import atomic
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.log import progress
+from fashion_stack.core.metrics import micro_f1, samples_f1
+from fashion_stack.core.rundir import is_done, mark_done, upstream_digest
+from fashion_stack.ensemble.comparison import paired_bootstrap_interval
+from fashion_stack.ensemble.decide_stage import rule_params
+from fashion_stack.ensemble.decision import nested_cv_predict
+from fashion_stack.ensemble.stackers import stacker_params
+from fashion_stack.ensemble.stacking import second_level_oof
+from fashion_stack.features.stacker_inputs import MemberStack
+from fashion_stack.features.stage import load_member_stacks, member_lineage
+from fashion_stack.reports import plots
+from fashion_stack.reports.run_data import RunDataError, read_folds, read_manifest, true_labels
+from fashion_stack.reports.tables import markdown_table
 
 
 def member_subsets(members: list) -> list:

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import atomic
-from core.context import StageContext
-from core.rundir import derived_stage
-from core.rundir import RunDir
-from features.stage import member_units
-from reports import plots
-from core.metrics import frequency_floor
-from reports.run_data import RunDataError, read_folds, read_manifest, true_labels
-from reports.tables import markdown_table
+from fashion_stack.core import atomic
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.rundir import derived_stage
+from fashion_stack.core.rundir import RunDir
+from fashion_stack.features.stage import member_units
+from fashion_stack.reports import plots
+from fashion_stack.core.metrics import frequency_floor
+from fashion_stack.reports.run_data import RunDataError, read_folds, read_manifest, true_labels
+from fashion_stack.reports.tables import markdown_table
 
 METRICS = {"micro_f1": "micro_f1@best", "samples_f1": "samples_f1@best", "loss": "loss"}
 BEST_BY = "micro_f1"  # the competition's metric

@@ -1,6 +1,6 @@
 """Contact sheets: a grid of thumbnails with their labels, to see whether images and labels agree.
 
-    python -m reports.contact_sheet --data-dir DIR --split train --n 24 --out sheet.png
+    python -m fashion_stack.reports.contact_sheet --data-dir DIR --split train --n 24 --out sheet.png
 
 reads any competition-layout folder (label names from its label_map.csv).
 """
@@ -13,10 +13,10 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from core import atomic
-from core.labels import LabelSpace
-from datasets.competition import read_split
-from datasets.imageops import UnreadableImage, open_image, to_upright_rgb
+from fashion_stack.core import atomic
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.datasets.competition import read_split
+from fashion_stack.datasets.imageops import UnreadableImage, open_image, to_upright_rgb
 
 FONT_SIZE = 11
 LINE_HEIGHT = 13

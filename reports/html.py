@@ -11,20 +11,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import atomic, predictions
-from core.config import dump_config
-from core.context import StageContext
-from core.rundir import derived_stage
-from core.labels import LabelError
-from core.metrics import THRESHOLD_GRID, best_global_threshold, f1, per_label_f1
-from core.predictions import PredictionError
-from datasets.folds import FoldsError
-from datasets.manifest import ManifestError
-from reports import plots
-from ensemble.decide_stage import LabelSetsError
-from reports.run_data import (USABLE, RunDataError, label_frequencies, read_label_sets, read_manifest,
+from fashion_stack.core import atomic, predictions
+from fashion_stack.core.config import dump_config
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.rundir import derived_stage
+from fashion_stack.core.labels import LabelError
+from fashion_stack.core.metrics import THRESHOLD_GRID, best_global_threshold, f1, per_label_f1
+from fashion_stack.core.predictions import PredictionError
+from fashion_stack.datasets.folds import FoldsError
+from fashion_stack.datasets.manifest import ManifestError
+from fashion_stack.reports import plots
+from fashion_stack.ensemble.decide_stage import LabelSetsError
+from fashion_stack.reports.run_data import (USABLE, RunDataError, label_frequencies, read_label_sets, read_manifest,
                               true_labels)
-from reports.tables import html_table
+from fashion_stack.reports.tables import html_table
 
 ARTIFACT_ERRORS = (RunDataError, ManifestError, FoldsError, PredictionError, LabelError, LabelSetsError)
 LABELS_SHOWN = 10  # best and worst labels listed

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from core import atomic  # noqa: E402
+from fashion_stack.core import atomic  # noqa: E402
 
 DPI = 100
 ACCENT = "#1f77b4"

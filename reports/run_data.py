@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.labels import LabelSpace
-from core.rundir import RunDir
-from datasets import folds as folds_io
-from datasets import manifest as manifest_io
-from datasets.images import USABLE_STATUSES as USABLE
-from datasets.manifest import label_frequencies  # noqa: F401  (re-exported for the report sections)
-from ensemble.decide_stage import read_label_sets  # noqa: F401  (re-exported for the report sections)
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.core.rundir import RunDir
+from fashion_stack.datasets import folds as folds_io
+from fashion_stack.datasets import manifest as manifest_io
+from fashion_stack.datasets.images import USABLE_STATUSES as USABLE
+from fashion_stack.datasets.manifest import label_frequencies  # noqa: F401  (re-exported for the report sections)
+from fashion_stack.ensemble.decide_stage import read_label_sets  # noqa: F401  (re-exported for the report sections)
 
 
 class RunDataError(ValueError):

@@ -27,10 +27,10 @@ from typing import Callable, Optional
 
 import pandas as pd
 
-from core import atomic
-from core.rundir import environment_record
-from datasets.manifest import read_manifest
-from submissions.validate import validate_submission
+from fashion_stack.core import atomic
+from fashion_stack.core.rundir import environment_record
+from fashion_stack.datasets.manifest import read_manifest
+from fashion_stack.submissions.validate import validate_submission
 
 STAGE = "kaggle_submit"
 LOG_COLUMNS = ["run", "git_sha", "source", "kind", "rule", "metric", "cv_score", "cv_candidates",

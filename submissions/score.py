@@ -1,7 +1,7 @@
 """Score a submission against a solution file in the same format (image_id,label_id), as the
 leaderboard would: micro-F1 (the competition's metric) and sample-averaged F1.
 
-    python -m submissions.score SUBMISSION.csv SOLUTION.csv
+    python -m fashion_stack.submissions.score SUBMISSION.csv SOLUTION.csv
 
 The built-in demo writes its hidden test labels as test_solution.csv, so a demo run can be scored
 end to end; a real competition's solution stays on Kaggle."""
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.metrics import micro_f1, samples_f1
+from fashion_stack.core.metrics import micro_f1, samples_f1
 
 
 def read_label_file(path: str | Path) -> pd.Series:

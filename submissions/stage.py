@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.context import StageContext
-from core.rundir import derived_stage
-from datasets.images import USABLE_STATUSES as USABLE
-from datasets.manifest import label_frequencies, labelled_usable, read_manifest
-from ensemble.decide_stage import read_label_sets
-from submissions.score import score_submission
-from submissions.writer import write_submission
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.rundir import derived_stage
+from fashion_stack.datasets.images import USABLE_STATUSES as USABLE
+from fashion_stack.datasets.manifest import label_frequencies, labelled_usable, read_manifest
+from fashion_stack.ensemble.decide_stage import read_label_sets
+from fashion_stack.submissions.score import score_submission
+from fashion_stack.submissions.writer import write_submission
 
 SOLUTION_FILE = "test_solution.csv"
 

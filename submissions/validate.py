@@ -1,6 +1,6 @@
 """Validator for a competition submission CSV, usable on any file.
 
-    python -m submissions.validate FILE --test TEST_JSON [--label-map CSV] [--max-labels 23]
+    python -m fashion_stack.submissions.validate FILE --test TEST_JSON [--label-map CSV] [--max-labels 23]
 
 Exit 0 and "valid: N rows" when the file is valid; otherwise every problem found, one per line,
 each naming the line and imageId, and exit 1. The format is the one the competition scores:
@@ -142,8 +142,8 @@ def _natural_key(image_id: str):
 def main(argv: Optional[list] = None) -> int:
     args = _parse_args(argv)
     # imported here so that `validate_submission` itself needs nothing beyond the standard library
-    from core.labels import LabelError, LabelSpace
-    from datasets.competition import CompetitionDataError, read_split
+    from fashion_stack.core.labels import LabelError, LabelSpace
+    from fashion_stack.datasets.competition import CompetitionDataError, read_split
     try:
         test_ids = read_split(args.test, "test", labelled=False).image_ids
         label_ids = LabelSpace.from_csv(args.label_map).label_ids if args.label_map else None
@@ -164,7 +164,7 @@ def main(argv: Optional[list] = None) -> int:
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m submissions.validate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fashion_stack.submissions.validate", description=__doc__.split("\n\n")[0])
     parser.add_argument("file", type=Path, help="submission CSV to check")
     parser.add_argument("--test", required=True, type=Path, help="test.json (or test.json.zip)")
     parser.add_argument("--label-map", type=Path, help="label map CSV (labelId,labelName,...)")

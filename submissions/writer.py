@@ -7,8 +7,8 @@ import io
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from core import atomic
-from submissions.validate import HEADER, validate_submission
+from fashion_stack.core import atomic
+from fashion_stack.submissions.validate import HEADER, validate_submission
 
 
 class SubmissionError(ValueError):

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.config import MemberConfig, PipelineConfig
-from core.context import StageContext
-from core.rundir import RunDir
-from datasets.folds import write_folds
-from datasets.manifest import make_manifest
+from fashion_stack.core.config import MemberConfig, PipelineConfig
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.rundir import RunDir
+from fashion_stack.datasets.folds import write_folds
+from fashion_stack.datasets.manifest import make_manifest
 
 N_LABELS = 6
 PATCH_COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255)]

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     import keras
     import yaml
 
-    from models.stage import run_members
+    from fashion_stack.models.stage import run_members
     from models_synthetic import make_run, tiny_member
 
     overrides = {}
@@ -60,9 +60,9 @@ def main(argv=None) -> int:
         overrides[key] = parsed
     root = args.root
     if (root / "run" / "folds.csv").exists():
-        from core.context import StageContext
-        from core.config import PipelineConfig
-        from core.rundir import RunDir
+        from fashion_stack.core.context import StageContext
+        from fashion_stack.core.config import PipelineConfig
+        from fashion_stack.core.rundir import RunDir
         config = PipelineConfig()
         config.folds.k = args.k
         ctx = StageContext(config=config, run=RunDir(root / "run"), data_dir=root / "data")
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
             if args.kill_at_step and self.steps == args.kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    from models.stage import load_stage_data, run_member
+    from fashion_stack.models.stage import load_stage_data, run_member
     data = load_stage_data(ctx)
     summary = run_member(ctx, ctx.config.members[0], data, callbacks=[StepLog()])
     done = json.loads((ctx.run.fold_dir("tiny", 0) / "DONE.json").read_text())

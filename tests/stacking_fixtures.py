@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.config import MemberConfig, PipelineConfig, XGBoostConfig
-from core.context import StageContext
-from core import predictions
-from core.predictions import make_table
-from core.rundir import RunDir, mark_done
-from datasets.folds import write_folds
-from datasets.manifest import make_manifest
+from fashion_stack.core.config import MemberConfig, PipelineConfig, XGBoostConfig
+from fashion_stack.core.context import StageContext
+from fashion_stack.core import predictions
+from fashion_stack.core.predictions import make_table
+from fashion_stack.core.rundir import RunDir, mark_done
+from fashion_stack.datasets.folds import write_folds
+from fashion_stack.datasets.manifest import make_manifest
 
 LABEL_IDS = tuple(str(i) for i in range(1, 9))
 GROUPS = ("category", "category", "category", "color", "color", "color", "gender", "gender")

@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks.ablate_finetune import write_overlay
 from benchmarks.ablate_heads import parse_inputs
-from core.config import load_config
+from fashion_stack.core.config import load_config
 
 
 def test_grid_overlay_loads_with_each_row_sized_and_named(tmp_path):

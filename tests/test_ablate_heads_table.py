@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from benchmarks.ablate_heads import BASELINE, print_table
-from ensemble.comparison import fold_paired
+from fashion_stack.ensemble.comparison import fold_paired
 
 
 def test_table_and_chart_measure_every_row_against_the_baseline(tmp_path, capsys):

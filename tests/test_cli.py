@@ -1,8 +1,8 @@
 import subprocess
 import sys
 
-from core.config import PROJECT_ROOT
-import run_pipeline
+from fashion_stack.core.config import PROJECT_ROOT
+from fashion_stack import pipeline as run_pipeline
 
 
 def cli(*args):

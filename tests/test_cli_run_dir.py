@@ -2,7 +2,7 @@
 README's demo command and an installed `fashion-stack run` use it."""
 from __future__ import annotations
 
-import run_pipeline
+from fashion_stack import pipeline as run_pipeline
 
 
 def test_a_relative_run_directory_runs_the_first_stages_from_any_working_directory(tmp_path, monkeypatch):

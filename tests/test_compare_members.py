@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from benchmarks import compare_members
-from ensemble.comparison import fold_paired
+from fashion_stack.ensemble.comparison import fold_paired
 
 
 def _member(run, name, folds, oof, folds_hash="abc"):
@@ -52,7 +52,7 @@ def test_plot_draws_one_bar_per_candidate_with_its_interval(tmp_path, capsys, mo
     _member(tmp_path / "b", "wide", [0.58, 0.58, 0.56], 0.574)
     _member(tmp_path / "b", "narrow", [0.55, 0.56, 0.55], 0.553)
     drawn = {}
-    import reports.plots as plots
+    import fashion_stack.reports.plots as plots
     real = plots.interval_bars
 
     def spy(path, names, values, low, high, **kwargs):

@@ -5,8 +5,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from core.labels import LabelError, LabelSpace
-from datasets.competition import CompetitionDataError, read_competition, read_split
+from fashion_stack.core.labels import LabelError, LabelSpace
+from fashion_stack.datasets.competition import CompetitionDataError, read_competition, read_split
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 import pytest
 
-from core.config import ConfigError, PipelineConfig, load_config, parse_override, DEFAULT_CONFIG
-from core.config import PROJECT_ROOT
+from fashion_stack.core.config import ConfigError, PipelineConfig, load_config, parse_override, DEFAULT_CONFIG
+from fashion_stack.core.config import PROJECT_ROOT
 
 
 def write(tmp_path, text):

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from core.config import (CONFIGS_DIR, ConfigError, MemberConfig, cache_root, config_path, load_config,
+from fashion_stack.core.config import (CONFIGS_DIR, ConfigError, MemberConfig, cache_root, config_path, load_config,
                          parse_override, shipped_configs)
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from core.config import DemoConfig
-from core.labels import LabelSpace
-from datasets.demo import generate_demo
-from reports.contact_sheet import contact_sheet, label_caption, main
+from fashion_stack.core.config import DemoConfig
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.datasets.demo import generate_demo
+from fashion_stack.reports.contact_sheet import contact_sheet, label_caption, main
 
 
 def test_grid_size_and_an_unreadable_image(tmp_path):

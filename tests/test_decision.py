@@ -12,16 +12,16 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import (check_get_params_invariance, check_no_attributes_set_in_init,
                                             check_parameters_default_constructible, check_set_params)
 
-from core import atomic, metrics, predictions
-from core.config import DecisionConfig, MemberConfig, PipelineConfig, StackConfig
-from core.context import StageContext
-from core.rundir import RunDir, mark_done
-from datasets.folds import write_folds
-from datasets.manifest import make_manifest
-from ensemble import decision
-from ensemble.decide_stage import run_decide
-from ensemble.decision import RULES, make_rule, nested_cv_predict
-from ensemble.label_sets import (enforce_cardinality, expected_f1_of_top_k, per_label_threshold_search,
+from fashion_stack.core import atomic, metrics, predictions
+from fashion_stack.core.config import DecisionConfig, MemberConfig, PipelineConfig, StackConfig
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.rundir import RunDir, mark_done
+from fashion_stack.datasets.folds import write_folds
+from fashion_stack.datasets.manifest import make_manifest
+from fashion_stack.ensemble import decision
+from fashion_stack.ensemble.decide_stage import run_decide
+from fashion_stack.ensemble.decision import RULES, make_rule, nested_cv_predict
+from fashion_stack.ensemble.label_sets import (enforce_cardinality, expected_f1_of_top_k, per_label_threshold_search,
                                  threshold_grid)
 
 GROUPS_12 = np.array(["category"] * 4 + ["gender"] * 2 + ["color"] * 6, dtype=object)

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import atomic
-from core.config import PROJECT_ROOT, DemoConfig
-from core.labels import LabelSpace
-from datasets import demo
-from datasets.competition import read_split
-from datasets.demo_draw import SILHOUETTES, GarmentLook, render_garment
-from datasets.derive_label_stats import LABEL_MAP, LABEL_STATS, label_statistics
-from datasets.imageops import open_image
+from fashion_stack.core import atomic
+from fashion_stack.core.config import PROJECT_ROOT, DemoConfig
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.datasets import demo
+from fashion_stack.datasets.competition import read_split
+from fashion_stack.datasets.demo_draw import SILHOUETTES, GarmentLook, render_garment
+from fashion_stack.datasets.derive_label_stats import LABEL_MAP, LABEL_STATS, label_statistics
+from fashion_stack.datasets.imageops import open_image
 
 SMALL = DemoConfig(n_train=60, n_validation=20, n_test=20, image_size=48, seed=3)
 

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image, ImageOps
 
 from benchmarks.local_http import LocalServer, send_body, static
-from core.config import DownloadConfig, PipelineConfig
-from core.context import StageContext
-from core.rundir import RunDir
-from datasets.competition import CompetitionDataError
-from datasets.download import download_images, run_download
+from fashion_stack.core.config import DownloadConfig, PipelineConfig
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.rundir import RunDir
+from fashion_stack.datasets.competition import CompetitionDataError
+from fashion_stack.datasets.download import download_images, run_download
 
 # Short timeouts and backoff keep the whole file to a few seconds.
 FAST = DownloadConfig(workers=4, timeout_s=0.3, retries=2, backoff_s=0.01, max_side=299, jpeg_quality=90)

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import predictions
-from core.executor import LocalExecutor, RayExecutor, Resources, Task, UnitFailed
+from fashion_stack.core import predictions
+from fashion_stack.core.executor import LocalExecutor, RayExecutor, Resources, Task, UnitFailed
 
 HERE = Path(__file__).resolve().parent
 ray = pytest.importorskip("ray")
@@ -73,7 +73,7 @@ def test_a_unit_that_fails_all_its_retries_stops_the_run_and_the_others_stay_don
 
 def _members_run(root: Path, executor=None, callbacks=()):
     sys.path.insert(0, str(HERE))
-    from models.stage import load_stage_data, run_member
+    from fashion_stack.models.stage import load_stage_data, run_member
     from models_synthetic import make_run, tiny_member
     ctx = make_run(root, k=2)
     member = tiny_member("tiny", head_epochs=0, finetune_epochs=2, batch_size=4, checkpoint_steps=2, augment=True)

@@ -6,8 +6,8 @@ from typing import get_args, get_type_hints
 
 import pytest
 
-import run_pipeline
-from core.config import ConfigError, MemberConfig, PipelineConfig, load_config, parse_override
+from fashion_stack import pipeline as run_pipeline
+from fashion_stack.core.config import ConfigError, MemberConfig, PipelineConfig, load_config, parse_override
 
 MEMBER = "members=[{name: m, backbone: tiny_cnn, weights: null, head_epochs: 0, finetune_epochs: 1%s}]"
 
@@ -100,16 +100,16 @@ def test_registry_names_are_checked_at_load_when_given():
 
 def test_config_vocabularies_match_the_registries_that_use_them():
     # one source per vocabulary: the Literal the loader checks is the registry's set of names
-    from models.heads import POOLINGS
-    from models.inputs import RESIZE_POLICIES
-    from models.losses import LOSSES
-    from models.stage import MODES
+    from fashion_stack.models.heads import POOLINGS
+    from fashion_stack.models.inputs import RESIZE_POLICIES
+    from fashion_stack.models.losses import LOSSES
+    from fashion_stack.models.stage import MODES
     hints = get_type_hints(MemberConfig, include_extras=True)
     assert set(get_args(hints["loss"])) == set(LOSSES)
     assert set(get_args(hints["pooling"])) == set(POOLINGS)
     assert set(get_args(hints["resize"])) == set(RESIZE_POLICIES)
     assert set(get_args(hints["mode"])) == set(MODES)
-    from datasets.manifest import POOLS
+    from fashion_stack.datasets.manifest import POOLS
     assert set(get_args(get_type_hints(type(PipelineConfig().data))["pool"])) == set(POOLS)
 
 

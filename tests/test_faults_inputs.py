@@ -7,13 +7,13 @@ import tracemalloc
 
 import pytest
 
-from core.labels import LabelError, LabelSpace
-from datasets.competition import CompetitionDataError, read_split
-from core.config import PipelineConfig
-from core.context import StageContext
-from core.rundir import RunDir
-from datasets.prepare import run_prepare
-from submissions.validate import MAX_LINE_BYTES, validate_submission
+from fashion_stack.core.labels import LabelError, LabelSpace
+from fashion_stack.datasets.competition import CompetitionDataError, read_split
+from fashion_stack.core.config import PipelineConfig
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.rundir import RunDir
+from fashion_stack.datasets.prepare import run_prepare
+from fashion_stack.submissions.validate import MAX_LINE_BYTES, validate_submission
 
 
 @pytest.fixture

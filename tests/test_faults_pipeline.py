@@ -17,9 +17,9 @@ from PIL import Image
 
 pytest.importorskip("keras")
 
-import run_pipeline  # noqa: E402
-from core.config import DemoConfig  # noqa: E402
-from datasets.demo import generate_demo  # noqa: E402
+from fashion_stack import pipeline as run_pipeline  # noqa: E402
+from fashion_stack.core.config import DemoConfig  # noqa: E402
+from fashion_stack.datasets.demo import generate_demo  # noqa: E402
 
 STAGES = "prepare,folds,members,stack,decide,submit"
 SETTINGS = ["folds.k=2", "stack.stackers=[mean, weighted]", "decision.rules=[global, topk]",
@@ -116,11 +116,11 @@ def test_failing_decide_keeps_the_previous_decision(copy_of_finished, monkeypatc
     data_dir, run_dir = copy_of_finished
     decision = run_dir / "decision"
     before = {p.name: p.read_bytes() for p in decision.iterdir()}
-    import ensemble.decide_stage
+    from fashion_stack.ensemble import decide_stage
 
     def fail(*args, **kwargs):
         raise ValueError("simulated failure in the middle of decide")
-    monkeypatch.setattr(ensemble.decide_stage, "nested_cv_predict", fail)
+    monkeypatch.setattr(decide_stage, "nested_cv_predict", fail)
     assert run(data_dir, run_dir, stages="decide", redo="decide") == 1
     assert "simulated failure" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in decision.iterdir()} == before  # was: deleted before the failure

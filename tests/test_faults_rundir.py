@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import run_pipeline
-from core import atomic, lineage
-from core.rundir import (DONE, RunDirError, UnfinishedUnitError, is_done, is_finished, mark_done, run_lock,
+from fashion_stack import pipeline as run_pipeline
+from fashion_stack.core import atomic, lineage
+from fashion_stack.core.rundir import (DONE, RunDirError, UnfinishedUnitError, is_done, is_finished, mark_done, run_lock,
                          upstream_digest)
-from core.config import PROJECT_ROOT as ROOT
+from fashion_stack.core.config import PROJECT_ROOT as ROOT
 
 
 def finished_unit(tmp_path, rows=5):
@@ -143,7 +143,7 @@ def test_second_run_on_a_run_directory_stops_at_once_naming_the_holder(tmp_path,
 def test_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from core.rundir import run_lock\n"
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from fashion_stack.core.rundir import run_lock\n"
         "with run_lock(sys.argv[2]):\n    print('held', flush=True); time.sleep(600)"), str(ROOT), str(run)],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -176,13 +176,13 @@ def test_read_only_run_directory_is_one_clear_line(tmp_path, capsys):
 @pytest.mark.parametrize("fails", ["lock", "config"])
 def test_unwritable_run_directory_is_one_clear_line_even_with_nothing_to_do(tmp_path, capsys, monkeypatch, fails):
     # as root, permissions cannot make a folder read-only: the file system's refusal is injected
-    import core.rundir
+    from fashion_stack.core import rundir as core_rundir
     run = tmp_path / "run"
     run.mkdir()
     if fails == "lock":
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
-        monkeypatch.setattr(core.rundir, "open", refuse, raising=False)
+        monkeypatch.setattr(core_rundir, "open", refuse, raising=False)
     else:
         def refuse_write(path, text):
             raise PermissionError(13, "Permission denied", str(path))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import atomic
-from features.stacker_inputs import (StackerInputError, join_members, label_features,
+from fashion_stack.core import atomic
+from fashion_stack.features.stacker_inputs import (StackerInputError, join_members, label_features,
                                      select_context_labels)
-from features.stage import run_features
+from fashion_stack.features.stage import run_features
 from stacking_fixtures import (GROUPS, LABEL_IDS, correlated_truth, make_run, member_tables,
                                      noisy_members)
 

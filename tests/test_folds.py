@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.labels import LabelSpace
-from datasets.competition import read_split
-from datasets.folds import FoldsError, assign_folds, proportion_deviation, read_folds, write_folds
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.datasets.competition import read_split
+from fashion_stack.datasets.folds import FoldsError, assign_folds, proportion_deviation, read_folds, write_folds
 
 
 def random_labels(n=300, labels=12, seed=0):

@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from core.metrics import samples_f1
-from ensemble.decision import make_rule
-from ensemble.gfm import gfm_decode
-from ensemble.label_sets import expected_f1_of_top_k
+from fashion_stack.core.metrics import samples_f1
+from fashion_stack.ensemble.decision import make_rule
+from fashion_stack.ensemble.gfm import gfm_decode
+from fashion_stack.ensemble.label_sets import expected_f1_of_top_k
 
 
 def _subsets(n_labels: int) -> np.ndarray:

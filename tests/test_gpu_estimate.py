@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import gpu_estimate
-from core.config import load_config
+from fashion_stack.core.config import load_config
 
 
 def _config(**member):

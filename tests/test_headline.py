@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from core import atomic
-from core.rundir import RunDir
-from reports.summary import final_screen
+from fashion_stack.core import atomic
+from fashion_stack.core.rundir import RunDir
+from fashion_stack.reports.summary import final_screen
 
 
 def _screen(tmp_path, honest) -> str:

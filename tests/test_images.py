@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets import imageops
-from datasets.images import inspect_image
+from fashion_stack.datasets import imageops
+from fashion_stack.datasets.images import inspect_image
 
 RED, BLUE = (220, 20, 30), (20, 40, 200)
 JPEG_TOLERANCE = 12  # per channel, for flat colour regions after a JPEG round trip

@@ -10,16 +10,16 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-import run_pipeline
-from core import atomic
-from core.config import PipelineConfig
-from core.context import StageContext
-from core.rundir import RunDir
-from datasets.manifest import make_manifest
-from submissions import kaggle as kaggle_stage
-from submissions.kaggle import (LOG_COLUMNS, KaggleCredentialsError, KaggleSubmitError, kaggle_credentials,
+from fashion_stack import pipeline as run_pipeline
+from fashion_stack.core import atomic
+from fashion_stack.core.config import PipelineConfig
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.rundir import RunDir
+from fashion_stack.datasets.manifest import make_manifest
+from fashion_stack.submissions import kaggle as kaggle_stage
+from fashion_stack.submissions.kaggle import (LOG_COLUMNS, KaggleCredentialsError, KaggleSubmitError, kaggle_credentials,
                                 run_kaggle_submit)
-from submissions.writer import write_submission
+from fashion_stack.submissions.writer import write_submission
 
 LABELS = ["1", "2", "3", "4"]
 TEST_IDS = ["t0", "t1", "t2", "t3"]

@@ -1,14 +1,14 @@
-"""datasets.manifest: id lists and label matrices taken from a hand-written manifest."""
+"""fashion_stack.datasets.manifest: id lists and label matrices taken from a hand-written manifest."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from core import atomic
-from core.labels import LabelSpace
-from datasets.manifest import ManifestError, make_manifest, manifest_labels, pool_ids, read_manifest, usable
-from datasets.manifest import test_ids as usable_test_ids  # aliased: pytest would collect test_ids
+from fashion_stack.core import atomic
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.datasets.manifest import ManifestError, make_manifest, manifest_labels, pool_ids, read_manifest, usable
+from fashion_stack.datasets.manifest import test_ids as usable_test_ids  # aliased: pytest would collect test_ids
 
 LABELS = LabelSpace(("1", "2", "3", "10"), ("shirt", "dress", "hat", "red"))
 # imageId, split, labels, status; test ids deliberately out of numeric and text order

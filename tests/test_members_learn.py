@@ -10,11 +10,11 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from core import atomic, predictions  # noqa: E402
-from core.metrics import frequency_floor, micro_f1  # noqa: E402
-from datasets.folds import read_folds  # noqa: E402
-from datasets.manifest import pool_labels, read_manifest  # noqa: E402
-from models.stage import run_members  # noqa: E402
+from fashion_stack.core import atomic, predictions  # noqa: E402
+from fashion_stack.core.metrics import frequency_floor, micro_f1  # noqa: E402
+from fashion_stack.datasets.folds import read_folds  # noqa: E402
+from fashion_stack.datasets.manifest import pool_labels, read_manifest  # noqa: E402
+from fashion_stack.models.stage import run_members  # noqa: E402
 from models_synthetic import N_LABELS, make_run, tiny_member  # noqa: E402
 
 MARGIN = 0.1  # micro-F1 above the floor that a member which learnt the patches clears easily

@@ -8,7 +8,7 @@ import pytest
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import average_precision_score, f1_score, log_loss
 
-from core import metrics
+from fashion_stack.core import metrics
 
 ZERO_DIVISIONS = (0.0, 1.0)
 
@@ -155,7 +155,7 @@ def test_f1_from_counts_equals_sklearn(case, average):
 
 
 def test_frequency_floor_is_out_of_fold_and_picks_k_on_training_folds():
-    from core.metrics import frequency_floor
+    from fashion_stack.core.metrics import frequency_floor
     rng = np.random.default_rng(0)
     y = rng.random((90, 8)) < np.array([0.9, 0.8, 0.6, 0.3, 0.2, 0.1, 0.05, 0.02])
     fold_of = np.arange(90) % 3

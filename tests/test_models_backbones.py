@@ -7,10 +7,10 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from conftest import shared_path  # noqa: E402
-from models.backbones import (BackboneError, backbone_names, backbone_spec, create_backbone,  # noqa: E402
+from fashion_stack.models.backbones import (BackboneError, backbone_names, backbone_spec, create_backbone,  # noqa: E402
                               preprocess_images, resolve_size)
-from models.heads import build_member_model, set_trainable, trunk_of  # noqa: E402
-from models.trainer import load_model, save_model  # noqa: E402
+from fashion_stack.models.heads import build_member_model, set_trainable, trunk_of  # noqa: E402
+from fashion_stack.models.trainer import load_model, save_model  # noqa: E402
 from models_synthetic import tiny_member  # noqa: E402
 
 MOBILENET_WEIGHTS = ("weights", "mobilenet_v2_1.0_224_imagenet_notop.weights.h5")

@@ -14,8 +14,8 @@ from PIL import Image
 
 keras = pytest.importorskip("keras")
 
-from models.decode_pool import shutdown_pools  # noqa: E402
-from models.inputs import (augmentation_layers, epoch_order, image_cache, load_image,  # noqa: E402
+from fashion_stack.models.decode_pool import shutdown_pools  # noqa: E402
+from fashion_stack.models.inputs import (augmentation_layers, epoch_order, image_cache, load_image,  # noqa: E402
                            prediction_batches, steps_per_epoch, training_batches)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -307,7 +307,7 @@ def test_zoom_is_a_crop_inside_the_image_resized_back():
     """On a horizontal ramp (pixel value = column), a crop of `s` of the width starting at column
     `left` resized back by bilinear interpolation is again a ramp: left + s * column, with
     s in [0.8, 1] and the box inside the image (independent closed form of the transform)."""
-    from models.augment import ImageAugment
+    from fashion_stack.models.augment import ImageAugment
 
     ramp = np.broadcast_to(np.arange(32, dtype=np.float32)[None, None, :, None], (16, 32, 32, 3)).copy()
     zoomed = keras.ops.convert_to_numpy(
@@ -343,7 +343,7 @@ import json, sys
 def main(paths):
     import keras
     import numpy as np
-    from models.inputs import augmentation_layers, training_batches
+    from fashion_stack.models.inputs import augmentation_layers, training_batches
 
     labels = np.eye(len(paths), dtype=np.uint8)[:, :3]
     inputs = keras.Input((16, 16, 3))

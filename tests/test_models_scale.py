@@ -15,13 +15,13 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from core import predictions  # noqa: E402
-from models import trainer  # noqa: E402
-from models.backbones import input_spec_of, resolve_input_spec  # noqa: E402
-from models.devices import (Accelerators, resolve_jit, resolve_placement, resolve_precision,  # noqa: E402
+from fashion_stack.core import predictions  # noqa: E402
+from fashion_stack.models import trainer  # noqa: E402
+from fashion_stack.models.backbones import input_spec_of, resolve_input_spec  # noqa: E402
+from fashion_stack.models.devices import (Accelerators, resolve_jit, resolve_placement, resolve_precision,  # noqa: E402
                             scaled_learning_rate)
-from models.heads import build_member_model  # noqa: E402
-from models.stage import load_stage_data, member_hash, run_member  # noqa: E402
+from fashion_stack.models.heads import build_member_model  # noqa: E402
+from fashion_stack.models.stage import load_stage_data, member_hash, run_member  # noqa: E402
 from models_synthetic import make_run, tiny_member  # noqa: E402
 
 WORKER = Path(__file__).with_name("scale_worker.py")
@@ -86,7 +86,7 @@ def test_a_saved_model_carries_its_input_spec_and_prediction_uses_it(tmp_path):
     paths = list(manifest.loc[manifest["split"] == "test", "path"])
     # the member config is not consulted: the same probabilities whatever resize a caller has in mind
     probs = trainer.predict_images(loaded, paths, batch_size=2)
-    from models.inputs import prediction_batches
+    from fashion_stack.models.inputs import prediction_batches
 
     def made_as(resize):
         images = np.concatenate([np.asarray(b) for b in prediction_batches(paths, 20, resize, 8)])
@@ -229,7 +229,7 @@ def test_a_fold_trains_and_predicts_on_two_logical_devices_with_the_same_partiti
 
 def test_the_embedding_cache_notices_an_image_replaced_in_place(tmp_path):
     from PIL import Image
-    from models.embeddings import member_embeddings
+    from fashion_stack.models.embeddings import member_embeddings
     member = tiny_member("frozen", mode="frozen")
     paths = []
     for n, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):

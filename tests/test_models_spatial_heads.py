@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.config import ConfigError, MemberConfig, load_config
-from models import trainer
-from models.backbones import input_spec_of
-from models.embeddings import pool_cached_maps
-from models.heads import BandPooling, ClassResidualAttention, build_embedding_model, build_head_model, build_member_model
+from fashion_stack.core.config import ConfigError, MemberConfig, load_config
+from fashion_stack.models import trainer
+from fashion_stack.models.backbones import input_spec_of
+from fashion_stack.models.embeddings import pool_cached_maps
+from fashion_stack.models.heads import BandPooling, ClassResidualAttention, build_embedding_model, build_head_model, build_member_model
 
 POOLINGS = ("avg", "max", "bands", "csra")
 
@@ -223,7 +223,7 @@ def test_stage_member_with_a_map_head_non_square_input_and_epoch_selection(tmp_p
     every fold records the chosen epoch, and the held-out ids are never among the scored ones."""
     import json
 
-    from models.stage import run_members
+    from fashion_stack.models.stage import run_members
     from models_synthetic import make_run, tiny_member
 
     ctx = make_run(tmp_path, k=3)

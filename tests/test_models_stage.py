@@ -9,12 +9,12 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from core import predictions  # noqa: E402
-from core.rundir import StaleArtifactError  # noqa: E402
-from models import trainer  # noqa: E402
-from models.backbones import create_backbone  # noqa: E402
-from models.stage import load_stage_data, run_member, run_members  # noqa: E402
-from models.trainer import NonFiniteLossError, read_history  # noqa: E402
+from fashion_stack.core import predictions  # noqa: E402
+from fashion_stack.core.rundir import StaleArtifactError  # noqa: E402
+from fashion_stack.models import trainer  # noqa: E402
+from fashion_stack.models.backbones import create_backbone  # noqa: E402
+from fashion_stack.models.stage import load_stage_data, run_member, run_members  # noqa: E402
+from fashion_stack.models.trainer import NonFiniteLossError, read_history  # noqa: E402
 from models_synthetic import N_LABELS, make_run, tiny_member  # noqa: E402
 
 LABEL_IDS = [str(j + 1) for j in range(N_LABELS)]
@@ -115,7 +115,7 @@ def test_regime_b_trains_on_train_and_predicts_the_validation_pool(tmp_path):
     # scored per folds.csv fold, so the comparison stage pairs members by fold in this regime too
     scores = json.loads((ctx.run.member_dir("tiny") / "scores.json").read_text())
     assert [f["fold"] for f in scores["folds"]] == [0, 1]
-    from reports.compare import fold_score_table
+    from fashion_stack.reports.compare import fold_score_table
     table = fold_score_table(ctx.run)
     assert list(table["fold"][:2]) == ["0", "1"]
 

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-import run_pipeline
-from core.config import PROJECT_ROOT
-from datasets.demo import demo_cache_dir
-from core.config import load_config, parse_override
+from fashion_stack import pipeline as run_pipeline
+from fashion_stack.core.config import PROJECT_ROOT
+from fashion_stack.datasets.demo import demo_cache_dir
+from fashion_stack.core.config import load_config, parse_override
 
 pytest.importorskip("keras")
 
@@ -40,7 +40,7 @@ def test_demo_end_to_end_rerun_and_added_member(tmp_path, capsys):
 
     config = load_config(None, [parse_override(o) for o in TINY])
     test_json = demo_cache_dir(config.demo) / "test.json"
-    verdict = subprocess.run([sys.executable, "-m", "submissions.validate", str(run / "submission.csv"),
+    verdict = subprocess.run([sys.executable, "-m", "fashion_stack.submissions.validate", str(run / "submission.csv"),
                               "--test", str(test_json), "--label-map", str(test_json.parent / "label_map.csv")],
                              cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert verdict.returncode == 0 and "valid: 12 rows" in verdict.stdout

@@ -2,9 +2,9 @@
 import pandas as pd
 import pytest
 
-import run_pipeline
-from datasets.folds import read_folds
-from datasets.manifest import read_manifest
+from fashion_stack import pipeline as run_pipeline
+from fashion_stack.datasets.folds import read_folds
+from fashion_stack.datasets.manifest import read_manifest
 
 
 @pytest.fixture

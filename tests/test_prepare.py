@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.config import PipelineConfig
-from core.context import StageContext
-from core.labels import LabelSpace
-from core.rundir import RunDir, StaleArtifactError
-from datasets import prepare
-from datasets.competition import CompetitionDataError, read_competition
-from datasets.manifest import manifest_labels, pool_ids, read_manifest
-from datasets.manifest import test_ids as usable_test_ids  # aliased: pytest would collect test_ids
-from datasets.prepare import UnusableTestImagesError, build_manifest, run_prepare
+from fashion_stack.core.config import PipelineConfig
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.core.rundir import RunDir, StaleArtifactError
+from fashion_stack.datasets import prepare
+from fashion_stack.datasets.competition import CompetitionDataError, read_competition
+from fashion_stack.datasets.manifest import manifest_labels, pool_ids, read_manifest
+from fashion_stack.datasets.manifest import test_ids as usable_test_ids  # aliased: pytest would collect test_ids
+from fashion_stack.datasets.prepare import UnusableTestImagesError, build_manifest, run_prepare
 
 TRAIN = {"1": ["1", "2"], "2": ["3"], "3": ["2"], "4": ["1", "3"]}
 VALIDATION = {"5": ["2"], "6": ["1", "2", "3"]}

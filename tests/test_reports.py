@@ -12,18 +12,18 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from core import atomic, predictions
-from core.config import AblationConfig, MemberConfig, PipelineConfig, StackConfig, dump_config
-from core.context import StageContext
-from core.metrics import score_probabilities
-from core.rundir import RunDir, mark_done
-from datasets.folds import write_folds
-from datasets.manifest import make_manifest
-from reports import ablation
-from reports.ablation import paired_bootstrap_interval, run_ablate
-from reports.compare import fold_score_table, paired_differences, run_compare
-from reports.html import SECTIONS, run_report
-from reports.run_data import RunDataError
+from fashion_stack.core import atomic, predictions
+from fashion_stack.core.config import AblationConfig, MemberConfig, PipelineConfig, StackConfig, dump_config
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.metrics import score_probabilities
+from fashion_stack.core.rundir import RunDir, mark_done
+from fashion_stack.datasets.folds import write_folds
+from fashion_stack.datasets.manifest import make_manifest
+from fashion_stack.reports import ablation
+from fashion_stack.reports.ablation import paired_bootstrap_interval, run_ablate
+from fashion_stack.reports.compare import fold_score_table, paired_differences, run_compare
+from fashion_stack.reports.html import SECTIONS, run_report
+from fashion_stack.reports.run_data import RunDataError
 
 LABEL_IDS = [str(i) for i in range(1, 7)]
 GROUPS = ["category", "category", "category", "color", "color", "gender"]

@@ -3,8 +3,8 @@ import os
 import pandas as pd
 import pytest
 
-from core import atomic
-from core.rundir import StaleArtifactError, environment_record, is_done, mark_done
+from fashion_stack.core import atomic
+from fashion_stack.core.rundir import StaleArtifactError, environment_record, is_done, mark_done
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
@@ -55,7 +55,7 @@ def test_atomic_files_get_the_usual_mode(tmp_path):
 
 
 def test_changed_inputs_recompute_without_asking(tmp_path):
-    from core.rundir import files_hash
+    from fashion_stack.core.rundir import files_hash
     member_oof = tmp_path / "oof.parquet"
     member_oof.write_text("v1")
     unit = tmp_path / "stacker"
@@ -70,9 +70,9 @@ def test_changed_inputs_recompute_without_asking(tmp_path):
 
 
 def test_derived_stage_skips_until_inputs_or_outputs_change(tmp_path):
-    from core.config import PipelineConfig
-    from core.context import StageContext
-    from core.rundir import RunDir, derived_stage
+    from fashion_stack.core.config import PipelineConfig
+    from fashion_stack.core.context import StageContext
+    from fashion_stack.core.rundir import RunDir, derived_stage
     source, target = tmp_path / "in.csv", tmp_path / "out.txt"
     source.write_text("a")
     calls = []

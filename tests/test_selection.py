@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.metrics import f1_from_counts
-from ensemble.decide_stage import choose_best
-from ensemble.decision import RULES, DecisionRule
-from ensemble.selection import (CandidateCounts, compare_with_reference, label_set_counts, outer_loop_choice,
+from fashion_stack.core.metrics import f1_from_counts
+from fashion_stack.ensemble.decide_stage import choose_best
+from fashion_stack.ensemble.decision import RULES, DecisionRule
+from fashion_stack.ensemble.selection import (CandidateCounts, compare_with_reference, label_set_counts, outer_loop_choice,
                                 pairwise_cv_counts)
 
 

@@ -9,14 +9,14 @@ from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils import estimator_checks
 
-from core import atomic, predictions
-from core.metrics import best_global_threshold
-from ensemble import stackers as stackers_module
-from ensemble.stackers import (STACKERS, MeanStacker, Stacker, WeightedMeanStacker,
+from fashion_stack.core import atomic, predictions
+from fashion_stack.core.metrics import best_global_threshold
+from fashion_stack.ensemble import stackers as stackers_module
+from fashion_stack.ensemble.stackers import (STACKERS, MeanStacker, Stacker, WeightedMeanStacker,
                                XGBoostStacker, load_stacker, make_stacker, per_label)
-from ensemble.stacking import second_level_oof
-from ensemble.stage import run_stack
-from features.stacker_inputs import StackerInputError, join_members, long_features
+from fashion_stack.ensemble.stacking import second_level_oof
+from fashion_stack.ensemble.stage import run_stack
+from fashion_stack.features.stacker_inputs import StackerInputError, join_members, long_features
 from stacking_fixtures import GROUPS, LABEL_IDS, correlated_truth, make_run, member_tables, noisy_members
 
 FAST = {"mean": {}, "weighted": {}, "linear": {}, "xgboost": {"n_estimators": 30, "n_jobs": 1},
@@ -206,7 +206,7 @@ def _refuse(*args, **kwargs):
 
 
 def _test_stack(ctx):
-    from features.stage import load_member_stacks
+    from fashion_stack.features.stage import load_member_stacks
     return load_member_stacks(ctx)[1]
 
 
@@ -378,8 +378,8 @@ def test_long_format_learns_on_each_images_candidates_and_keeps_the_mean_elsewhe
 def test_cv_threshold_score_chooses_each_folds_threshold_on_the_other_folds(data):
     from sklearn.metrics import f1_score
 
-    from core.metrics import THRESHOLD_GRID
-    from ensemble.stacking import cv_threshold_micro_f1
+    from fashion_stack.core.metrics import THRESHOLD_GRID
+    from fashion_stack.ensemble.stacking import cv_threshold_micro_f1
     probs, y = data
     p = probs.mean(axis=1)
     folds = np.arange(len(y)) % 3

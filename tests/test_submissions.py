@@ -9,14 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.config import PipelineConfig
-from core.context import StageContext
-from core.labels import LabelSpace
-from core.rundir import RunDir, mark_done
-from datasets.manifest import make_manifest
-from submissions.stage import fallback_labels, run_submit
-from submissions.validate import validate_submission
-from submissions.writer import SubmissionError, write_submission
+from fashion_stack.core.config import PipelineConfig
+from fashion_stack.core.context import StageContext
+from fashion_stack.core.labels import LabelSpace
+from fashion_stack.core.rundir import RunDir, mark_done
+from fashion_stack.datasets.manifest import make_manifest
+from fashion_stack.submissions.stage import fallback_labels, run_submit
+from fashion_stack.submissions.validate import validate_submission
+from fashion_stack.submissions.writer import SubmissionError, write_submission
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_IDS = ["1", "2", "3", "10"]
@@ -135,7 +135,7 @@ def write_test_json(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "submissions.validate", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "fashion_stack.submissions.validate", *map(str, args)],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
@@ -227,7 +227,7 @@ def test_run_submit_refuses_usable_test_image_without_labels(tmp_path):
 def test_score_submission_equals_scikit_learn(tmp_path):
     from sklearn.metrics import f1_score
     from sklearn.preprocessing import MultiLabelBinarizer
-    from submissions.score import main as score_main, score_submission
+    from fashion_stack.submissions.score import main as score_main, score_submission
     truth = {"1": ["a", "b"], "2": ["c"], "3": ["a", "d", "e"]}
     guess = {"3": ["a", "e", "f"], "1": ["b"], "2": ["c", "a"]}  # other row order: joined by id
     for name, rows in (("sol.csv", truth), ("sub.csv", guess)):

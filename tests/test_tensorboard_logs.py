@@ -11,8 +11,8 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
-from core.config import PipelineConfig  # noqa: E402
-from models.tensorboard_logs import training_log_callbacks, training_log_dir  # noqa: E402
+from fashion_stack.core.config import PipelineConfig  # noqa: E402
+from fashion_stack.models.tensorboard_logs import training_log_callbacks, training_log_dir  # noqa: E402
 
 N_IMAGES, BATCH = 12, 4  # 3 batches per epoch
 

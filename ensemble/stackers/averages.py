@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 
-from ensemble.stackers.base import Stacker, register_stacker
+from fashion_stack.ensemble.stackers.base import Stacker, register_stacker
 
 
 @register_stacker("mean")

@@ -15,10 +15,10 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from core import atomic
-from core.log import get_logger
-from core.registry import Registry
-from features.stacker_inputs import MemberStack, StackerInputError
+from fashion_stack.core import atomic
+from fashion_stack.core.log import get_logger
+from fashion_stack.core.registry import Registry
+from fashion_stack.features.stacker_inputs import MemberStack, StackerInputError
 
 STACKERS = Registry("stacker")
 MODEL_FILE = "stacker.joblib"
@@ -35,7 +35,7 @@ def make_stacker(name: str, **params) -> "Stacker":
 
 
 def stacker_params(name: str, stack_config) -> dict:
-    """Constructor arguments for stacker `name` from core.config.StackConfig: each stacker class
+    """Constructor arguments for stacker `name` from fashion_stack.core.config.StackConfig: each stacker class
     says which of the config's settings are its own (Stacker.params_from)."""
     if name not in STACKERS:
         make_stacker(name)  # raises, listing the valid names
@@ -70,7 +70,7 @@ class Stacker(BaseEstimator):
 
     @classmethod
     def params_from(cls, stack_config) -> dict:
-        """This stacker's constructor arguments from core.config.StackConfig (none by default)."""
+        """This stacker's constructor arguments from fashion_stack.core.config.StackConfig (none by default)."""
         return {}
 
     def fit(self, member_probs, y) -> "Stacker":

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
-from core import atomic
-from ensemble.stackers.base import Stacker, log, log_loss_of_logit, logit, register_stacker
-from ensemble.stackers.linear import LINEAR_MIN_POSITIVES, fit_logistic
-from ensemble.stackers.per_label import PerLabelStacker, stratified_split, too_rare
-from features.stacker_inputs import LABEL_FEATURE, long_features, select_context_labels
+from fashion_stack.core import atomic
+from fashion_stack.ensemble.stackers.base import Stacker, log, log_loss_of_logit, logit, register_stacker
+from fashion_stack.ensemble.stackers.linear import LINEAR_MIN_POSITIVES, fit_logistic
+from fashion_stack.ensemble.stackers.per_label import PerLabelStacker, stratified_split, too_rare
+from fashion_stack.features.stacker_inputs import LABEL_FEATURE, long_features, select_context_labels
 
 
 @register_stacker("xgboost")

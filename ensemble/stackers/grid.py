@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core import atomic
-from ensemble.stackers.base import Stacker, log, logit, register_stacker
+from fashion_stack.core import atomic
+from fashion_stack.ensemble.stackers.base import Stacker, log, logit, register_stacker
 
 MODEL_FILE = "grid.keras"
 # compiled networks reused across fits, one per architecture (GridStacker._trainer); a lock keeps

@@ -11,9 +11,9 @@ from sklearn.model_selection import KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from ensemble.stackers.base import log, register_stacker
-from ensemble.stackers.per_label import PerLabelStacker, logit_columns, too_rare
-from features.stacker_inputs import label_features, select_context_labels
+from fashion_stack.ensemble.stackers.base import log, register_stacker
+from fashion_stack.ensemble.stackers.per_label import PerLabelStacker, logit_columns, too_rare
+from fashion_stack.features.stacker_inputs import label_features, select_context_labels
 
 LINEAR_MIN_POSITIVES = 3  # a logistic regression needs a few of each class
 

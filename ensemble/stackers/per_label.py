@@ -9,9 +9,9 @@ import numpy as np
 from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
-from core.log import progress
-from ensemble.stackers.base import PROBABILITY_FLOOR, Stacker, log
-from features.stacker_inputs import PROBABILITY_FEATURES, label_features, select_context_labels
+from fashion_stack.core.log import progress
+from fashion_stack.ensemble.stackers.base import PROBABILITY_FLOOR, Stacker, log
+from fashion_stack.features.stacker_inputs import PROBABILITY_FEATURES, label_features, select_context_labels
 
 
 class PerLabelStacker(Stacker):
