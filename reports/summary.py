@@ -61,6 +61,13 @@ def final_screen(ctx, summaries: dict) -> str:
         if len(best_member):
             row = best_member.iloc[0]
             lines.append(f"Best single member: {row['source']} + {row['rule']}: micro-F1 {row['micro_f1']:.4f}")
+        versus = (chosen.get("honest") or {}).get("vs_best_member")
+        if versus:
+            delta = next(v for k, v in versus.items() if k.startswith("delta_") and k.endswith("_f1"))
+            lines.append(f"Stack gain over the best member: honest headline {versus['headline']:.4f} against "
+                         f"{versus['best_member']} + {versus['best_member_rule']} {versus['best_member_nested']:.4f}"
+                         f" (nested): {delta:+.4f}, 95% fold-paired interval [{versus['ci_low']:+.4f}, "
+                         f"{versus['ci_high']:+.4f}]{'' if versus['excludes_0'] else ', includes 0'}")
     floor = run.report_dir / "frequency_floor.json"
     if floor.exists():
         lines.append(f"Frequency floor (top-k frequent labels for all): micro-F1 {json.loads(floor.read_text())['oof']:.4f}")
