@@ -1,6 +1,6 @@
 """Input policy x size for a fine-tuned member, on the pipeline's own folds (issue 12).
 
-    python -m benchmarks.ablate_finetune --config configs/ccp.yaml --data-dir ../shared/data/ccp \
+    python -m benchmarks.ablate_finetune --config configs/ccp_finetune.yaml --data-dir ../shared/data/ccp \
         --run-dir <scratch>/ablate_finetune
 
 Unlike the frozen ablation (benchmarks/ablate_heads.py, one trunk pass per input shared by every
@@ -107,7 +107,7 @@ def write_recipe_overlay(config: str, member_name: str, recipes: list, run_dir: 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/ccp.yaml")
+    parser.add_argument("--config", default="configs/ccp_finetune.yaml")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--run-dir", required=True, help="scratch run directory for the grid's members")
     parser.add_argument("--member", default="mobilenetv2_finetune", help="the config's fine-tuned member to vary")

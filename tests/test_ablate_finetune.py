@@ -11,9 +11,9 @@ from fashion_stack.core.config import load_config
 
 def test_grid_overlay_loads_with_each_row_sized_and_named(tmp_path):
     inputs = parse_inputs("pad:288x192,crop:192,stretch:192")
-    path, names, baseline = write_overlay("configs/ccp.yaml", "mobilenetv2_finetune", inputs, tmp_path)
+    path, names, baseline = write_overlay("configs/ccp_finetune.yaml", "mobilenetv2_finetune", inputs, tmp_path)
     config = load_config(path)
-    shipped = next(m for m in load_config("configs/ccp.yaml").members if m.name == "mobilenetv2_finetune")
+    shipped = next(m for m in load_config("configs/ccp_finetune.yaml").members if m.name == "mobilenetv2_finetune")
     # The baseline is ccp.yaml's own fine-tuned member, as configured, moved to the front.
     own = shipped.image_size if shipped.image_height in (None, shipped.image_size) else \
         f"{shipped.image_height}x{shipped.image_size}"
@@ -34,23 +34,23 @@ def test_grid_overlay_loads_with_each_row_sized_and_named(tmp_path):
 
 
 def test_baseline_is_added_when_the_grid_leaves_it_out(tmp_path):
-    _, names, baseline = write_overlay("configs/ccp.yaml", "mobilenetv2_finetune", parse_inputs("crop:160"), tmp_path)
+    _, names, baseline = write_overlay("configs/ccp_finetune.yaml", "mobilenetv2_finetune", parse_inputs("crop:160"), tmp_path)
     assert names == [baseline, "mobilenetv2_finetune_crop_160"]
 
 
 def test_unknown_member_is_named_in_the_error(tmp_path):
     with pytest.raises(SystemExit, match="no member 'resnet'"):
-        write_overlay("configs/ccp.yaml", "resnet", parse_inputs("pad:192"), Path(tmp_path))
+        write_overlay("configs/ccp_finetune.yaml", "resnet", parse_inputs("pad:192"), Path(tmp_path))
 
 
 def test_a_named_baseline_replaces_the_members_own(tmp_path):
     # The shipped table was measured against an earlier default; --baseline reproduces it.
-    _, names, baseline = write_overlay("configs/ccp.yaml", "mobilenetv2_finetune", parse_inputs("pad:288x192"),
+    _, names, baseline = write_overlay("configs/ccp_finetune.yaml", "mobilenetv2_finetune", parse_inputs("pad:288x192"),
                                        tmp_path, baseline_input="stretch:192")
     assert baseline == "mobilenetv2_finetune_stretch_192"
     assert names == [baseline, "mobilenetv2_finetune_pad_288x192"]
     # A baseline that is already in the grid moves to the front instead of being added twice.
-    _, names, baseline = write_overlay("configs/ccp.yaml", "mobilenetv2_finetune",
+    _, names, baseline = write_overlay("configs/ccp_finetune.yaml", "mobilenetv2_finetune",
                                        parse_inputs("pad:192,stretch:192"), tmp_path, baseline_input="stretch:192")
     assert names == ["mobilenetv2_finetune_stretch_192", "mobilenetv2_finetune_pad_192"]
 
@@ -59,12 +59,12 @@ def test_recipe_rows_are_the_member_with_their_settings_measured_against_the_fro
     from benchmarks.ablate_finetune import parse_recipe, write_recipe_overlay
     recipe = parse_recipe(["lpft_all", "head_init=embeddings", "unfreeze=all", "warmup_fraction=0.1"])
     assert recipe == ("lpft_all", {"head_init": "embeddings", "unfreeze": "all", "warmup_fraction": 0.1})
-    path, names, baseline = write_recipe_overlay("configs/ccp.yaml", "mobilenetv2_finetune", [recipe], tmp_path,
+    path, names, baseline = write_recipe_overlay("configs/ccp_finetune.yaml", "mobilenetv2_finetune", [recipe], tmp_path,
                                                  against="mobilenetv2_frozen")
     assert baseline == "mobilenetv2_frozen"
     assert names == ["mobilenetv2_frozen", "mobilenetv2_finetune", "mobilenetv2_finetune_lpft_all"]
     rows = {m.name: m for m in load_config(path).members}
-    shipped = next(m for m in load_config("configs/ccp.yaml").members if m.name == "mobilenetv2_finetune")
+    shipped = next(m for m in load_config("configs/ccp_finetune.yaml").members if m.name == "mobilenetv2_finetune")
     row = rows["mobilenetv2_finetune_lpft_all"]
     assert (row.head_init, row.unfreeze, row.warmup_fraction) == ("embeddings", "all", 0.1)
     assert (row.backbone, row.image_size, row.image_height, row.finetune_epochs) == (
