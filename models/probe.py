@@ -47,17 +47,41 @@ class LinearProbe:
                        dict(zip(saved["inner_c"].tolist(), saved["inner_log_loss"].tolist())))
 
 
-def _fit_labels(z: np.ndarray, labels: np.ndarray, c: float, max_iter: int = 500, start=None) -> tuple:
+def row_space(z: np.ndarray) -> tuple:
+    """(z V, V): z in the basis V of its row space (thin SVD). With an L2 penalty the weights lie in
+    that space (any other component only adds penalty), so a logistic regression on z V with
+    weights b is the one on z with weights V b, exactly: min(rows, dim) columns instead of dim
+    (1,132 photos x 2,304 features: half the work per step)."""
+    # from the eigenvectors of the rows' Gram matrix (rows x rows): one matrix product and a small
+    # eigh, several times faster than an SVD of the wide matrix
+    z64 = np.asarray(z, np.float64)
+    eigenvalues, eigenvectors = np.linalg.eigh(z64 @ z64.T)
+    keep = eigenvalues > max(eigenvalues.max(), 0) * 1e-10
+    singular = np.sqrt(eigenvalues[keep])
+    u = eigenvectors[:, keep]
+    return (u * singular).astype(np.float32), (z64.T @ u / singular).astype(np.float32)
+
+
+def _fit_labels(z: np.ndarray, labels: np.ndarray, c: float, max_iter: int = 500, start=None, basis=None) -> tuple:
     """(coef (dim, labels), intercept (labels,)) of per-label L2 logistic regressions on standardised
     z: scikit-learn's LogisticRegression(C=c) objective for each label, (1/n) sum log loss +
     |w|^2 / (2 c n), intercept unpenalised. The labels' problems are independent, so their sum is
     minimised at once by one L-BFGS over every label's weights: one matrix product per step
     instead of a solver per label (58 scikit-learn fits took minutes per unit on 2 loaded cores).
     A label with one class in these rows is its clipped frequency. `start`: a (coef, intercept) to
-    start from (the solution at a neighbouring C: a warm start).
+    start from (the solution at a neighbouring C: a warm start). `basis`: row_space(z), computed
+    here when z has more columns than rows and not given (fits at several C share one).
     Products in float32 (the embeddings' own precision), the solver's state in float64."""
     from scipy.optimize import minimize
     n, n_labels = labels.shape
+    full_dim = z.shape[1]
+    if basis is None and n < full_dim:
+        basis = row_space(z)
+    v = None
+    if basis is not None:
+        z, v = basis
+        if start is not None:
+            start = (v.T.astype(np.float64) @ start[0], start[1])
     dim = z.shape[1]
     coef, intercept = np.zeros((dim, n_labels)), np.zeros(n_labels)
     positives = labels.sum(axis=0)
@@ -66,7 +90,7 @@ def _fit_labels(z: np.ndarray, labels: np.ndarray, c: float, max_iter: int = 500
         p = float(np.clip(positives[j] / n, PRIOR_CLIP, 1 - PRIOR_CLIP))
         intercept[j] = np.log(p / (1 - p))
     if not len(active):
-        return coef, intercept
+        return (np.zeros((full_dim, n_labels)) if v is not None else coef), intercept
     y = labels[:, active]
     k = len(active)
     z32 = np.asarray(z, np.float32)
@@ -90,9 +114,11 @@ def _fit_labels(z: np.ndarray, labels: np.ndarray, c: float, max_iter: int = 500
         theta[dim * k:] = np.log(rate / (1 - rate))  # from each label's log-odds: fewer steps
     # gtol: scikit-learn's default tol (1e-4) is its lbfgs gradient tolerance; 1e-5 is stricter
     result = minimize(objective, theta, jac=True, method="L-BFGS-B",
-                      options={"maxiter": max_iter, "gtol": 1e-5, "ftol": 1e-10})
+                      options={"maxiter": max_iter, "gtol": 1e-5, "ftol": 1e-9})
     coef[:, active] = result.x[:dim * k].reshape(dim, k)
     intercept[active] = result.x[dim * k:]
+    if v is not None:  # back to the features' own basis
+        coef = v.astype(np.float64) @ coef
     return coef, intercept
 
 
@@ -125,9 +151,10 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, c_grid: Sequence[float],
         fit_rows = np.setdiff1d(order, held)
         mean, scale = _standardise(features[fit_rows])
         z = (features[fit_rows] - mean) / scale
+        basis = row_space(z) if len(z) < z.shape[1] else None
         solution = None
         for c in grid:  # strongest regularisation first, each C warm-started from the previous one
-            solution = _fit_labels(z, labels[fit_rows], c, start=solution)
+            solution = _fit_labels(z, labels[fit_rows], c, start=solution, basis=basis)
             losses[c].append(_log_loss(labels[held], LinearProbe(mean, scale, *solution, c, {}).predict(features[held])))
     weights = [len(held) for held in parts]
     inner = {c: float(np.average(losses[c], weights=weights)) for c in grid}

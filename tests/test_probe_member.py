@@ -98,3 +98,13 @@ def test_probe_settings_include_the_probed_members_trunk_settings_but_not_their_
     assert member_hash(probe, "train", LABEL_IDS, probed_members(config, probe)) == base
     frozen.image_size = 24  # the trunk's input: another probe
     assert member_hash(probe, "train", LABEL_IDS, probed_members(config, probe)) != base
+
+
+def test_probe_with_more_features_than_rows_equals_scikit_learn_through_the_row_space():
+    x, y = _learnable(n=40, dim=90, labels=3, seed=2)  # wide: solved in the 40-dimensional row space
+    probe = fit_probe(x, y, [0.05], inner_folds=2)
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    for j in range(y.shape[1]):
+        reference = sklearn_linear.LogisticRegression(C=0.05, max_iter=5000, tol=1e-10).fit(z, y[:, j])
+        np.testing.assert_allclose(probe.predict(x)[:, j], reference.predict_proba(z)[:, 1], atol=2e-4)
+        np.testing.assert_allclose(probe.coef[:, j], reference.coef_[0], rtol=1e-3, atol=1e-4)
