@@ -117,8 +117,35 @@ def mark_done(unit_dir: Path, config_hash: str, folds_hash: Optional[str], input
     unit_dir = Path(unit_dir)
     records = [lineage.record_artifact(unit_dir, rel) for rel in lineage.artifact_files(unit_dir, artifacts)]
     record = {"config_hash": config_hash, "folds_hash": folds_hash, "inputs_hash": inputs_hash,
-              "artifacts": records, "finished_at": time.time(), **info}
+              "artifacts": records, "finished_at": time.time(), "written_in": str(unit_dir.absolute()), **info}
     atomic.write_json(unit_dir / DONE, record)
+
+
+def read_summary(unit_dir: Path) -> dict:
+    """The summary a finished unit recorded, with the paths in it moved to where the unit is now: a
+    run directory can move, and its last screen must name the files at their new place."""
+    unit_dir = Path(unit_dir)
+    record = read_done(unit_dir)
+    summary = record.get("summary") or {}
+    old, new = record.get("written_in"), str(unit_dir.absolute())
+    if not old or old == new:
+        return summary
+    # the longest common tail of the two unit paths is the part inside the run; what precedes it moved
+    old_parts, new_parts = Path(old).parts, Path(new).parts
+    shared = 0
+    while shared < min(len(old_parts), len(new_parts)) and old_parts[-1 - shared] == new_parts[-1 - shared]:
+        shared += 1
+    old_root, new_root = str(Path(*old_parts[:len(old_parts) - shared])), str(Path(*new_parts[:len(new_parts) - shared]))
+
+    def moved(value):
+        if isinstance(value, str) and (value == old_root or value.startswith(old_root + os.sep)):
+            return new_root + value[len(old_root):]
+        if isinstance(value, dict):
+            return {key: moved(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [moved(item) for item in value]
+        return value
+    return moved(summary)
 
 
 def damaged_artifacts(unit_dir: Path, record: dict) -> list:
@@ -277,7 +304,7 @@ def derived_stage(name: str, inputs, outputs, config_sections=(), upstream=None)
                 inputs_hash[f"{stage} {Path(unit_dir).name}"] = upstream_digest(unit_dir, stage)
             # folds are an input like any other here (folds.csv is listed where it matters)
             if is_done(unit, name, None, redo=ctx.redo_stage(name), inputs_hash=inputs_hash):
-                return {**read_done(unit).get("summary", {}), "up_to_date": True}
+                return {**read_summary(unit), "up_to_date": True}
             summary = entry(ctx)
             unit.mkdir(parents=True, exist_ok=True)
             mark_done(unit, name, None, inputs_hash=inputs_hash, artifacts=outputs(ctx),

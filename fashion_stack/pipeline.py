@@ -158,6 +158,11 @@ def run_stages(ctx: StageContext, stages: list, log) -> int:
     except OSError as err:
         raise RunDirError(f"run directory {ctx.run.root} is not writable ({err.strerror or err}); "
                           "fix its permissions or choose another --run-dir") from err
+    removed = atomic.remove_leftovers(ctx.run.root)
+    if removed:
+        log.warning("removed %d temporary file(s) left by interrupted writes: %s", len(removed),
+                    ", ".join(os.path.relpath(path, ctx.run.root) for path in removed[:10])
+                    + (f" (and {len(removed) - 10} more)" if len(removed) > 10 else ""))
     log.info("run directory %s, data %s, stages %s", ctx.run.root, ctx.data_dir, ",".join(stages))
     summaries = {}
     for name in stages:
