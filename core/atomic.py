@@ -40,7 +40,7 @@ def remove_leftovers(root: str | os.PathLike) -> list:
         try:
             path.unlink()
             removed.append(path)
-        except FileNotFoundError:
+        except OSError:  # gone meanwhile, or not ours to remove: left in place
             continue
     return removed
 

@@ -21,6 +21,7 @@ from typing import Iterator, Optional
 
 from fashion_stack.core import atomic, lineage
 from fashion_stack.core.log import get_logger
+from fashion_stack.core.names import check_name
 
 DONE = "DONE.json"
 
@@ -51,13 +52,13 @@ class RunDir:
         return self.root / "submission.csv"
 
     def member_dir(self, member: str) -> Path:
-        return self.root / "members" / member
+        return self.root / "members" / check_name(member, "member name")
 
     def fold_dir(self, member: str, fold: int) -> Path:
         return self.member_dir(member) / f"fold{fold}"
 
     def stacker_dir(self, stacker: str) -> Path:
-        return self.root / "ensemble" / stacker
+        return self.root / "ensemble" / check_name(stacker, "stacker name")
 
     @property
     def decision_dir(self) -> Path:
@@ -216,8 +217,7 @@ def run_lock(root: str | Path) -> Iterator[Path]:
         root.mkdir(parents=True, exist_ok=True)
         handle = open(root / LOCK, "a+", encoding="utf-8")
     except OSError as err:
-        raise RunDirError(f"run directory {root} is not writable ({err.strerror or err}); "
-                          "fix its permissions or choose another --run-dir") from err
+        raise unwritable(root, err) from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -231,13 +231,28 @@ def run_lock(root: str | Path) -> Iterator[Path]:
             get_logger("rundir").warning(
                 "run directory %s: taking over the lock of process %s (since %s), which ended without "
                 "releasing it (killed?)", root, previous.get("pid", "?"), previous.get("since", "?"))
-        _write_holder(handle, {"pid": os.getpid(), "host": platform.node(),
-                               "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        try:
+            _write_holder(handle, {"pid": os.getpid(), "host": platform.node(),
+                                   "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        except OSError as err:  # a full disk: the lock is held all the same (flock), say so in one line
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            raise unwritable(root, err) from None
         try:
             yield root
         finally:
-            _write_holder(handle, None)
+            try:
+                _write_holder(handle, None)
+            except OSError:
+                pass  # the kernel's lock is what counts; it is released below either way
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def unwritable(root: Path, err: OSError) -> RunDirError:
+    """One line for a run directory that cannot be written, with the fix for the cause."""
+    import errno
+    fix = ("free some space on its disk or choose another --run-dir" if err.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "fix its permissions or choose another --run-dir")
+    return RunDirError(f"run directory {root} is not writable ({err.strerror or err}); {fix}")
 
 
 def _lock_holder(handle) -> dict:
