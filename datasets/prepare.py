@@ -64,17 +64,23 @@ def build_manifest(splits: dict, images_dir: str | Path | Mapping[str, str | Pat
     entries = [(split, image_id, labels) for split in ordered for image_id, labels in _split_entries(split)]
     reusable = _reusable_rows(previous)
 
-    def inspect(entry) -> dict:
-        split, image_id, labels = entry
-        original = folders[split.name] / f"{image_id}.jpg"
-        repaired = repaired_dir / split.name / f"{image_id}.jpg"
-        fields = _still_valid(reusable.get((split.name, image_id)), original, repaired)
-        if fields is None:
-            fields = inspect_image(original, repaired)
-        return {"imageId": image_id, "split": split.name, "labels": labels, **fields}
+    def look(entry, rehash: bool) -> Optional[dict]:
+        split, image_id, _ = entry
+        return _still_valid(reusable.get((split.name, image_id)), folders[split.name] / f"{image_id}.jpg",
+                            repaired_dir / split.name / f"{image_id}.jpg", rehash=rehash)
 
-    rows = _ordered_map(inspect, entries, workers)
-    return make_manifest(list(progress(rows, total=len(entries), desc="validate images", unit="img")))
+    def inspect(entry) -> dict:
+        split, image_id, _ = entry
+        fields = look(entry, rehash=True)  # touched or copied: a re-read, then a decode only if the bytes differ
+        return fields or inspect_image(folders[split.name] / f"{image_id}.jpg", repaired_dir / split.name / f"{image_id}.jpg")
+
+    # unchanged files (same stamp) in this thread, a stat each; only the rest go to the pool
+    known = [look(entry, rehash=False) for entry in entries] if reusable else [None] * len(entries)
+    todo = [entry for entry, fields in zip(entries, known) if fields is None]
+    fresh = iter(progress(_ordered_map(inspect, todo, workers), total=len(todo), desc="validate images", unit="img"))
+    return make_manifest([{"imageId": image_id, "split": split.name, "labels": labels,
+                           **(fields if fields is not None else next(fresh))}
+                          for (split, image_id, labels), fields in zip(entries, known)])
 
 
 _FIELDS = ("path", "width", "height", "mode", "bytes", "mtime_ns", "sha256", "status", "reason")
@@ -87,7 +93,7 @@ def _reusable_rows(previous: Optional[pd.DataFrame]) -> dict:
     return dict(zip(keys, previous[list(_FIELDS)].itertuples(index=False, name=None)))
 
 
-def _still_valid(row: Optional[tuple], original: Path, repaired: Path) -> Optional[dict]:
+def _still_valid(row: Optional[tuple], original: Path, repaired: Path, rehash: bool = True) -> Optional[dict]:
     """The previous manifest fields of this image, at its current paths, if its file holds the same
     bytes; else None (decode it again). Same size and mtime: taken as unchanged (one stat). Another
     mtime, or no content hash recorded yet: the file is read and hashed, and kept when the hash
@@ -105,7 +111,7 @@ def _still_valid(row: Optional[tuple], original: Path, repaired: Path) -> Option
     unchanged = stamp == (fields["bytes"], fields["mtime_ns"]) and not (fields["mtime_ns"] == 0 and fields["bytes"])
     if unchanged and (fields["sha256"] or fields["status"] not in USABLE_STATUSES):
         return fields
-    if fields["status"] not in USABLE_STATUSES or stamp[0] != fields["bytes"] or stamp == (0, 0):
+    if not rehash or fields["status"] not in USABLE_STATUSES or stamp[0] != fields["bytes"] or stamp == (0, 0):
         return None
     try:
         content = file_digest(original)
