@@ -398,6 +398,8 @@ def parse_override(text: str) -> dict:
         raise ConfigError(f"--set {text!r}: the key {dotted!r} has an empty part; write e.g. folds.k=5")
     try:
         value = yaml.safe_load(raw) if raw else None
+    except RecursionError:
+        raise ConfigError(f"--set {dotted}=...: the value is nested too deeply") from None
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"--set {text!r}: the value {raw!r} is not valid YAML ({problem}); "
@@ -438,6 +440,11 @@ def read_config_file(path: Path, _chain: tuple = ()) -> dict:
         raise ConfigError(f"cannot read config {path}: {err}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"config {path} is not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {path} is not UTF-8 (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                          "save it as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"config {path} is nested too deeply to be a config") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config {path}: top level must be a mapping")
     base = values.pop("base", None)
@@ -489,11 +496,25 @@ def load_config(path: str | Path | None = None, overrides: list[dict] | None = N
     return config
 
 
+# The competition's (and submissions.validate's) most labels per image.
+COMPETITION_MAX_LABELS = 23
+
+
 def validate(config: PipelineConfig) -> None:
     """Cross-field checks that a single annotation cannot express."""
+    from fashion_stack.core.names import name_problem  # names become folders: one rule (core.names)
+    for where, name in [("name", config.name)] + [(f"members[{i}].name", m.name) for i, m in enumerate(config.members)]:
+        if name_problem(name):
+            raise ConfigError(f"{where} {name!r} {name_problem(name)}")
     names = [m.name for m in config.members]
     if len(set(names)) != len(names) or any(not n for n in names):
         raise ConfigError(f"members need unique, non-empty names; got {names}")
+    for key in ("min_labels", "max_labels"):
+        value = getattr(config.decision, key)
+        if value > COMPETITION_MAX_LABELS:
+            raise ConfigError(f"decision.{key} is {value}; the competition accepts at most {COMPETITION_MAX_LABELS} "
+                              f"labels per image (its validator refuses more), so it must be at most "
+                              f"{COMPETITION_MAX_LABELS}")
     for position, member in enumerate(config.members):
         epochs = (member.frozen_epochs if member.mode == "frozen" else member.head_epochs + member.finetune_epochs)
         if epochs < 1:

@@ -23,6 +23,7 @@ import pandas as pd
 from fashion_stack.core import atomic, predictions
 from fashion_stack.core.config import MemberConfig
 from fashion_stack.core.executor import Resources, Task
+from fashion_stack.core.lineage import digest
 from fashion_stack.core.log import get_logger
 from fashion_stack.core.metrics import score_probabilities
 from fashion_stack.core.rundir import DONE, is_done, mark_done, read_done, upstream_digest
@@ -246,7 +247,10 @@ def _embeddings(member: MemberConfig, data: StageData, cache_dir: Path, redo: bo
     ids = sorted(needed, key=str) + [("test", i) for i in data.test]
     keys = [f"{side}:{i}" for side, i in ids]
     paths = [data.path_of[side][i] for side, i in ids]
-    return member_embeddings(member, keys, paths, cache_dir, redo=redo)
+    # keyed by the images' content (the manifest's hashes), not their paths: a moved data dir keeps it
+    digests, splits = ManifestDigests(data.manifest), {"pool": data.pool_splits, "train": ("train",), "test": ("test",)}
+    content = digest([digests.images([i for s, i in ids if s == side], splits[side]) for side in ("pool", "train", "test")])
+    return member_embeddings(member, keys, paths, cache_dir, redo=redo, content=content)
 
 
 @dataclass

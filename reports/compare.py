@@ -27,15 +27,26 @@ BEST_BY = "micro_f1"  # the competition's metric
 DIFF = {m: f"d_{m}" for m in METRICS}  # paired difference member - best, same fold
 
 
-def member_fold_scores(run: RunDir) -> pd.DataFrame:
-    """Long table: member, fold, micro_f1, samples_f1, loss, read from members/*/scores.json."""
-    paths = sorted((run.root / "members").glob("*/scores.json"))
-    if not paths:
-        raise RunDataError(f"{run.root / 'members'}: no <member>/scores.json; run --stages members first")
+def member_score_files(run: RunDir, members=None) -> list:
+    """members/<m>/scores.json of the named members (a run's config: what the run is made of, not
+    what an earlier config left on disk), or, with members=None, of every member folder there."""
+    if members is None:
+        return sorted((run.root / "members").glob("*/scores.json"))
+    return [run.member_dir(name) / "scores.json" for name in members]
+
+
+def member_fold_scores(run: RunDir, members=None) -> pd.DataFrame:
+    """Long table: member, fold, micro_f1, samples_f1, loss, read from members/<m>/scores.json of
+    `members` (None: every member folder)."""
+    paths = member_score_files(run, members)
+    absent = [path for path in paths if not path.is_file()]
+    if not paths or absent:
+        raise RunDataError(f"{absent[0] if absent else run.root / 'members'}: no <member>/scores.json; "
+                           "run --stages members first")
     rows = []
     for path in paths:
         record = atomic.read_json(path)
-        member = record.get("member", path.parent.name)
+        member = path.parent.name  # the folder is the member's name (a copied folder keeps an old "member")
         for position, fold in enumerate(record.get("folds", [])):
             missing = [key for key in ["fold", *METRICS.values()] if key not in fold]
             if missing:
@@ -47,7 +58,7 @@ def member_fold_scores(run: RunDir) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fold_score_table(run: RunDir | str | Path) -> pd.DataFrame:
+def fold_score_table(run: RunDir | str | Path, members=None) -> pd.DataFrame:
     """Member x fold rows, then a "mean" and a "std" (sample, ddof=1) row per member.
 
     Columns: member, fold ("0".."k-1", "mean", "std"), micro_f1, samples_f1, loss, best (bool),
@@ -56,7 +67,7 @@ def fold_score_table(run: RunDir | str | Path) -> pd.DataFrame:
     member with the highest mean micro-F1.
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
-    scores = member_fold_scores(run)
+    scores = member_fold_scores(run, members)
     means = scores.groupby("member", sort=False)[list(METRICS)].mean()
     best = str(means[BEST_BY].idxmax())
     _check_same_folds(scores, best, run)
@@ -116,12 +127,16 @@ def _compare_outputs(ctx: StageContext) -> list:
                                                     "paired_differences.csv", "frequency_floor.json")]
 
 
-@derived_stage("compare", inputs=lambda ctx: sorted((ctx.run.root / "members").glob("*/scores.json"))
+def configured_members(ctx: StageContext) -> list:
+    return [m.name for m in ctx.config.members]
+
+
+@derived_stage("compare", inputs=lambda ctx: member_score_files(ctx.run, configured_members(ctx))
                + [ctx.run.folds, ctx.run.manifest], outputs=_compare_outputs, config_sections=("decision",),
                upstream=member_units)
 def run_compare(ctx: StageContext) -> dict:
     log = ctx.logger("compare")
-    table = fold_score_table(ctx.run)
+    table = fold_score_table(ctx.run, configured_members(ctx))
     best = table.attrs["best_member"]
     report = ctx.run.report_dir
     atomic.write_csv(report / "fold_scores.csv", table)

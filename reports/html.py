@@ -37,8 +37,8 @@ class NotRun(Exception):
 
 def _report_inputs(ctx: StageContext) -> list:
     run = ctx.run
-    files = [run.manifest, run.folds, *sorted((run.root / "members").glob("*/scores.json")),
-             *sorted((run.root / "ensemble").glob("*/scores.json")), *sorted(run.decision_dir.glob("*")),
+    files = [run.manifest, run.folds, *[run.member_dir(m.name) / "scores.json" for m in ctx.config.members],
+             *[run.stacker_dir(s) / "scores.json" for s in ctx.config.stack.stackers], *sorted(run.decision_dir.glob("*")),
              *sorted(run.report_dir.glob("*.csv")), *sorted(run.report_dir.glob("*.json"))]
     return [path for path in files if path.is_file()]
 
@@ -101,8 +101,12 @@ class _Inputs:
         return self._cached("oof_labels", load)
 
     def scores(self, kind: str) -> dict:
-        """name -> scores.json of members ("members") or stackers ("ensemble")."""
-        return {p.parent.name: atomic.read_json(p) for p in sorted((self.run.root / kind).glob("*/scores.json"))}
+        """name -> scores.json of the configured members ("members") or stackers ("ensemble") that
+        have one: the config says what the run is made of, not folders an earlier config left."""
+        config = self.ctx.config
+        names = [m.name for m in config.members] if kind == "members" else list(config.stack.stackers)
+        paths = [self.run.root / kind / name / "scores.json" for name in names]
+        return {p.parent.name: atomic.read_json(p) for p in paths if p.is_file()}
 
 
 def require(path: Path, stage: str) -> Path:
