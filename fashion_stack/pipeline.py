@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's start-up notes would bury a one-line error
 
 from fashion_stack.core import atomic  # noqa: E402 (after the environment it reads)
-from fashion_stack.core.config import ConfigError, dump_config, load_config, parse_override
+from fashion_stack.core.config import ConfigError, dump_config, load_config, overlay_values, parse_override
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.log import setup_logging
 from fashion_stack.core.rundir import RunDir, RunDirError, StaleArtifactError, environment_record, run_lock
@@ -66,8 +66,12 @@ def parse_args(argv, prog=None):
                         help="with --engine ray: 'auto' (the cluster this machine joined), HOST:PORT, or unset "
                              "for a Ray started here")
     parser.add_argument("--ray-retries", type=int, default=2, help="retries of a unit whose Ray worker died")
+    parser.add_argument("--overlay", dest="overlays", action="append", default=[], metavar="NAME",
+                        help="a partial config merged over --config, before --set: a shipped overlay by name "
+                             "(smoke: any config shrunk to a minutes-long rehearsal) or a YAML file (repeatable)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. --set folds.k=5 (repeatable)")
+                        help="config override, e.g. --set folds.k=5, or one member by name: "
+                             "--set members.densenet201.batch_size=16 (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -86,8 +90,10 @@ def registered_choices(stages=None) -> dict:
     wanted = set(STAGES) if stages is None else set(stages)
     choices = {}
     if wanted & {"members"}:
-        from fashion_stack.models.backbones import backbone_names
+        from fashion_stack.core.config import BACKBONE_MIN_SIZES
+        from fashion_stack.models.backbones import backbone_names, backbone_spec
         choices["members.backbone"] = backbone_names()
+        choices[BACKBONE_MIN_SIZES] = {name: backbone_spec(name).min_size for name in backbone_names()}
     if wanted & {"features", "stack", "decide", "ablate", "report"}:
         from fashion_stack.ensemble.stackers import STACKERS
         choices["stack.stackers"] = sorted(STACKERS)
@@ -103,7 +109,7 @@ def chosen_stages(text: str) -> list:
 
 
 def build_context(args, stages=None) -> StageContext:
-    overrides = [parse_override(text) for text in args.overrides]
+    overrides = [overlay_values(name) for name in args.overlays] + [parse_override(text) for text in args.overrides]
     if args.data_dir is not None:
         overrides.append({"data": {"dir": str(args.data_dir)}})
     config = load_config(args.config, overrides, choices=registered_choices(stages))
