@@ -133,15 +133,55 @@ def build_context(args, stages=None) -> StageContext:
                         executor=executor)
 
 
+STAGE_TIMES = "stage_times.json"  # each stage's latest wall time and peak memory, for the report's summary
+
+
 def run_stage(name: str, ctx: StageContext, log) -> dict:
     module_name, function_name = STAGES[name][0].split(":")
     entry = getattr(importlib.import_module(module_name), function_name)
     started = time.time()
     log.info("stage %s: starting", name)
+    reset_peak_memory()
     summary = entry(ctx) or {}
     summary["seconds"] = round(time.time() - started, 1)
-    log.info("stage %s: done in %.1f s", name, summary["seconds"])
+    peak = peak_memory_mb()
+    log.info("stage %s: done in %.1f s%s", name, summary["seconds"],
+             f", peak memory {peak:.0f} MB" if peak is not None else "")
+    _record_stage(ctx, name, summary["seconds"], peak)
     return summary
+
+
+def reset_peak_memory() -> None:
+    """Starts this process's peak-RSS count afresh (Linux: 5 > /proc/self/clear_refs), so each
+    stage's peak is its own, not the largest of the stages before it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb():
+    """This process's peak resident memory since the last reset_peak_memory (VmHWM), in MB."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _record_stage(ctx: StageContext, name: str, seconds: float, peak_mb) -> None:
+    path = ctx.run.root / STAGE_TIMES
+    try:
+        record = atomic.read_json(path) if path.exists() else {}
+    except (OSError, ValueError):
+        record = {}
+    record[name] = {"seconds": seconds, "peak_memory_mb": None if peak_mb is None else round(peak_mb),
+                    "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    atomic.write_json(path, record)
 
 
 def main(argv=None, prog=None) -> int:
@@ -177,6 +217,14 @@ def run_stages(ctx: StageContext, stages: list, log) -> int:
             # traceback (finished units stay on disk; rerun continues from them)
             print(f"error in stage {name}: {type(err).__name__}: {err}", file=sys.stderr)
             return 1
+    if "report" not in stages and (ctx.run.report_dir / "index.html").exists():
+        # a report left from an earlier run would silently show what these stages just replaced:
+        # the report stage rebuilds it when its inputs changed and skips otherwise
+        try:
+            if not run_stage("report", ctx, log).get("up_to_date"):
+                log.info("report: rebuilt, since what it shows changed")
+        except (ValueError, RuntimeError, OSError) as err:
+            log.warning("report: could not be rebuilt (%s); %s may be stale", err, ctx.run.report_dir / "index.html")
     from fashion_stack.reports.summary import final_screen
     print(final_screen(ctx, summaries))
     return 0

@@ -25,7 +25,8 @@ from fashion_stack.ensemble.stacking import second_level_oof
 from fashion_stack.features.stacker_inputs import MemberStack
 from fashion_stack.features.stage import load_member_stacks, member_lineage
 from fashion_stack.reports import plots
-from fashion_stack.reports.run_data import RunDataError, read_folds, read_manifest, true_labels
+from fashion_stack.reports.run_data import (BEST_MEMBER_RULE, RunDataError, best_member, read_folds, read_manifest,
+                                            true_labels)
 from fashion_stack.reports.tables import markdown_table
 
 
@@ -130,6 +131,10 @@ def _write(ctx: StageContext, table: pd.DataFrame, stacker_name: str, rule: dict
             f"Scores are nested-CV over the folds. delta = subset - full ensemble ({metric}-F1); "
             f"interval: 95% paired bootstrap over images resampled within folds "
             f"({ctx.config.ablation.bootstrap} resamples, seed {ctx.config.ablation.seed}).\n\n")
+    best = best_member(ctx.run, metric)
+    if best is not None:  # the run's one definition; the "only <member>" rows are nested-CV through the stacker
+        head += (f"Best member: **{best[0]}** ({metric}-F1@best {best[1]:.4f}), "
+                 f"{BEST_MEMBER_RULE.format(metric=metric)}; its row here is `only {best[0]}`.\n\n")
     shown = table[["subset", "kind", "micro_f1", "samples_f1", f"delta_{metric}_f1", "ci_low", "ci_high"]]
     atomic.write_text(report / "ablation.md", head + markdown_table(shown) + "\n## Per fold\n\n"
                       + markdown_table(table.drop(columns=["members", "n_members"])))
