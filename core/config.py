@@ -225,6 +225,10 @@ class DecisionConfig:
 class AblationConfig:
     bootstrap: Annotated[int, Ge(0)] = 1000
     seed: int = 0
+    # the stacker refitted per member subset: "mean" (cheap: no fitting, so the subsets compare the
+    # members themselves), another stacker's name, or "chosen" (the decide stage's chosen stacker,
+    # refitted for every subset x fold: on the stand-in 5 times the stack stage's time)
+    stacker: str = "mean"
 
 
 @dataclass
@@ -485,6 +489,9 @@ def merge_override(values: dict, override: dict) -> dict:
         raise ConfigError(f"members.{next(iter(members), '')}: the config has no members list to change by name")
     current = list(current)
     names = [m.get("name") if isinstance(m, dict) else None for m in current]
+    if not all(isinstance(change, dict) for change in members.values()):  # a member written without [ ]
+        raise ConfigError("members: expected a list, got a dict; write members=[{name: ..., ...}] for the whole "
+                          "list, or members.NAME.KEY=VALUE to change one member")
     for key, change in members.items():
         if str(key) in names:
             position = names.index(str(key))

@@ -97,6 +97,7 @@ def registered_choices(stages=None) -> dict:
     if wanted & {"features", "stack", "decide", "ablate", "report"}:
         from fashion_stack.ensemble.stackers import STACKERS
         choices["stack.stackers"] = sorted(STACKERS)
+        choices["ablation.stacker"] = sorted(STACKERS) + ["chosen"]
     if wanted & {"decide", "ablate", "report"}:
         from fashion_stack.ensemble.decision import RULES
         choices["decision.rules"] = sorted(RULES)

@@ -84,7 +84,7 @@ def run_ablate(ctx: StageContext) -> dict:
     log = ctx.logger("ablate")
     rule = atomic.read_json(_require(ctx.run.decision_dir / "rule.json", "decide"))
     decision = upstream_digest(ctx.run.decision_dir, "decide")  # a finished, intact decision only
-    stacker_name = _stacker_of(rule)
+    stacker_name = _stacker_of(rule, ctx.config.ablation.stacker)
     unit = ctx.run.report_dir / "ablation"
     # the chosen rule is part of the hash: a redone decide stage may pick another one
     config_hash = ctx.config.section_hash("ablation")
@@ -112,8 +112,11 @@ def run_ablate(ctx: StageContext) -> dict:
             f"full_{metric}_f1": float(full[f"{metric}_f1"]), "path": str(paths[0])}
 
 
-def _stacker_of(rule: dict) -> str:
-    # a member chosen as the source means no stacker was run; its subsets combine members by the mean
+def _stacker_of(rule: dict, setting: str = "chosen") -> str:
+    """ablation.stacker: a stacker's name, or "chosen": the decision's stacker (a member chosen as
+    the source means no stacker was run: its subsets combine members by the mean)."""
+    if setting != "chosen":
+        return setting
     return rule["source"] if rule.get("kind", "stacker") == "stacker" else "mean"
 
 
