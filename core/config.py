@@ -225,6 +225,10 @@ class DecisionConfig:
 class AblationConfig:
     bootstrap: Annotated[int, Ge(0)] = 1000
     seed: int = 0
+    # the stacker refitted per member subset: "mean" (cheap: no fitting, so the subsets compare the
+    # members themselves), another stacker's name, or "chosen" (the decide stage's chosen stacker,
+    # refitted for every subset x fold: on the stand-in 5 times the stack stage's time)
+    stacker: str = "mean"
 
 
 @dataclass
@@ -476,6 +480,72 @@ def apply_member_defaults(values: dict, choices: dict) -> dict:
     return values
 
 
+def merge_override(values: dict, override: dict) -> dict:
+    """`override` merged over `values`, where `members: {NAME: {...}}` (or `{INDEX: {...}}`) changes
+    one member by its name or position: `--set members.densenet201.batch_size=16`. A list (a
+    whole `members: [...]`) replaces the list, as in a config file."""
+    if isinstance(override, dict) and "every_member" in override:
+        # applied now, so a later --set (members.NAME.key=...) still wins over an overlay's forcing
+        override = dict(override)
+        values = apply_every_member({**values, "every_member": override.pop("every_member")}, {})
+    members = override.get("members") if isinstance(override, dict) else None
+    if not isinstance(members, dict):
+        return _merge(values, override)
+    current = values.get("members")
+    if not isinstance(current, list):
+        raise ConfigError(f"members.{next(iter(members), '')}: the config has no members list to change by name")
+    current = list(current)
+    names = [m.get("name") if isinstance(m, dict) else None for m in current]
+    if not all(isinstance(change, dict) for change in members.values()):  # a member written without [ ]
+        raise ConfigError("members: expected a list, got a dict; write members=[{name: ..., ...}] for the whole "
+                          "list, or members.NAME.KEY=VALUE to change one member")
+    for key, change in members.items():
+        if str(key) in names:
+            position = names.index(str(key))
+        elif isinstance(key, int) or str(key).isdigit():
+            position = int(key)
+            if position >= len(current):
+                raise ConfigError(f"members.{key}: there are {len(current)} members (0..{len(current) - 1})")
+        else:
+            raise ConfigError(f"members.{key}: no member named {key!r}; configured: {', '.join(map(str, names))}")
+        if not isinstance(change, dict):
+            raise ConfigError(f"members.{key}: give a member setting, e.g. members.{key}.batch_size=16")
+        current[position] = _merge(current[position], change)
+    rest = {k: v for k, v in override.items() if k != "members"}
+    return _merge({**values, "members": current}, rest)
+
+
+def apply_every_member(values: dict, choices: dict) -> dict:
+    """`every_member` (any member setting but its name) merged OVER every member: what a rehearsal
+    overlay (configs/overlays/smoke.yaml) forces on whatever members a config has. The opposite
+    of member_defaults, where the member's own value wins."""
+    values = dict(values)
+    forced = values.pop("every_member", None) or {}
+    if not isinstance(forced, dict):
+        raise ConfigError(f"every_member: expected a mapping of member settings, got {_shown(forced)}")
+    if "name" in forced:
+        raise ConfigError("every_member.name: every member names itself; remove name from every_member")
+    _build(MemberConfig, forced, "every_member", choices)
+    if forced and isinstance(values.get("members"), list):
+        values["members"] = [_merge(m, forced) if isinstance(m, dict) else m for m in values["members"]]
+    return values
+
+
+OVERLAYS_DIR = Path(__file__).resolve().parent.parent / "configs" / "overlays"
+
+
+def overlay_values(name: str | Path) -> dict:
+    """An overlay (`--overlay smoke`): a partial config merged over the config, before --set. A
+    shipped overlay by name (configs/overlays/<name>.yaml) or a YAML file."""
+    path = Path(name).expanduser()
+    if not path.is_file():
+        path = OVERLAYS_DIR / f"{Path(str(name)).stem}.yaml"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in OVERLAYS_DIR.glob("*.yaml"))
+        raise ConfigError(f"overlay {name} not found; give a YAML file or a shipped overlay: {', '.join(shipped)}")
+    return read_config_file(path)
+
+
 def load_config(path: str | Path | None = None, overrides: list[dict] | None = None,
                 choices: Optional[dict] = None) -> PipelineConfig:
     """Defaults, then the YAML at `path` (None: the demo config), then each override in order;
@@ -484,13 +554,15 @@ def load_config(path: str | Path | None = None, overrides: list[dict] | None = N
     vocabularies from registries on higher floors (keys are dotted paths without list indices)."""
     path = config_path(path) if path is not None else DEFAULT_CONFIG
     values = read_config_file(path)
-    for override in overrides or []:
-        values = _merge(values, override)
     try:
-        choices = {k: set(v) for k, v in (choices or {}).items()}
+        for override in overrides or []:
+            values = merge_override(values, override)
+        choices = {k: (dict(v) if isinstance(v, dict) else set(v)) for k, v in (choices or {}).items()}
         values = apply_member_defaults(values, choices)
+        values = apply_every_member(values, choices)
         config = _build(PipelineConfig, values, "", choices)
         validate(config)
+        check_member_inputs(config, choices.get(BACKBONE_MIN_SIZES))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
     return config
@@ -524,6 +596,30 @@ def validate(config: PipelineConfig) -> None:
     if config.decision.min_labels > config.decision.max_labels:
         raise ConfigError(f"decision: min_labels {config.decision.min_labels} is above max_labels "
                           f"{config.decision.max_labels}")
+
+
+BACKBONE_MIN_SIZES = "members.backbone.min_size"  # choices key: {backbone: smallest input it takes}
+
+
+def check_member_inputs(config: PipelineConfig, min_sizes: Optional[dict]) -> None:
+    """What the members stage would only find out when it reaches a member: an input size below its
+    backbone's minimum (the registry's, passed in `choices` as BACKBONE_MIN_SIZES) and a local
+    weights file that is not there. Checked only when the caller passes the minimums, i.e. when
+    the members stage is about to run."""
+    if min_sizes is None:
+        return
+    for position, member in enumerate(config.members):
+        where = f"members[{position}] ({member.name})"
+        smallest = min_sizes.get(member.backbone)
+        for key in ("image_size", "image_height"):
+            size = getattr(member, key, None)
+            if smallest is not None and size is not None and size < smallest:
+                raise ConfigError(f"{where}.{key} is {size}; backbone {member.backbone} takes at least {smallest} "
+                                  f"(set members.{member.name}.{key}={smallest} or more, or null for its native size)")
+        weights = member.weights
+        if weights not in (None, "imagenet") and not Path(weights).expanduser().is_file():
+            raise ConfigError(f"{where}.weights: file {weights} not found (relative paths start at the working "
+                              "directory); give an existing .weights.h5 file, imagenet, or null for random init")
 
 
 def dump_config(config: PipelineConfig) -> str:

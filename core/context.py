@@ -30,6 +30,19 @@ class StageContext:
             self.executor = LocalExecutor(self.run.root)
         return self.executor.map(list(tasks))
 
+    def plan_units(self, stage: str, total: int) -> None:
+        """The stage's unit count across all its calls to run_units (progress: done / total, ETA)."""
+        self.run_units([])  # makes the executor
+        progress = getattr(self.executor, "progress", None)
+        if progress is not None:
+            progress.plan(stage, total)
+
+    def unit_skipped(self, stage: str) -> None:
+        """A planned unit that is already done counts as done without running."""
+        progress = getattr(self.executor, "progress", None)
+        if progress is not None:
+            progress.skipped(stage)
+
     def redo_stage(self, stage: str) -> bool:
         return "all" in self.redo or stage in self.redo
 

@@ -38,7 +38,7 @@ class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    # Fixed places, as DESIGN.md lays them out.
+    # Fixed places (docs/CONTRACTS.md lists every artifact and its format).
     @property
     def manifest(self) -> Path:
         return self.root / "manifest.parquet"

@@ -74,6 +74,7 @@ class StageData:
 def run_members(ctx) -> dict:
     data = load_stage_data(ctx)
     summary = {}
+    ctx.plan_units("members", len(ctx.selected_members()) * len(data.units))  # progress across members
     for member in ctx.selected_members():
         summary[member.name] = run_member(ctx, member, data)
     up_to_date = all(m["units_trained"] == 0 for m in summary.values())
@@ -156,6 +157,7 @@ def run_member(ctx, member: MemberConfig, data: StageData, callbacks=()) -> dict
         lineage = unit_lineage(digests, data, unit)
         if is_done(unit_dir, config_hash, data.folds_hash, redo=redo, inputs_hash=lineage):
             log.info("%s %s: done, skipped", member.name, unit.name)
+            ctx.unit_skipped("members")
             continue
         for path in member_files + [member_dir / DONE]:  # stale the moment any unit retrains, even if this run dies
             path.unlink(missing_ok=True)

@@ -19,7 +19,8 @@ from fashion_stack.core.rundir import RunDir
 from fashion_stack.features.stage import member_units
 from fashion_stack.reports import plots
 from fashion_stack.core.metrics import frequency_floor
-from fashion_stack.reports.run_data import RunDataError, read_folds, read_manifest, true_labels
+from fashion_stack.reports.run_data import (BEST_MEMBER_RULE, RunDataError, best_member, read_folds, read_manifest,
+                                            true_labels)
 from fashion_stack.reports.tables import markdown_table
 
 METRICS = {"micro_f1": "micro_f1@best", "samples_f1": "samples_f1@best", "loss": "loss"}
@@ -69,7 +70,8 @@ def fold_score_table(run: RunDir | str | Path, members=None) -> pd.DataFrame:
     run = run if isinstance(run, RunDir) else RunDir(run)
     scores = member_fold_scores(run, members)
     means = scores.groupby("member", sort=False)[list(METRICS)].mean()
-    best = str(means[BEST_BY].idxmax())
+    chosen = best_member(run, BEST_BY.split("_")[0], among=set(means.index))  # the run's one definition
+    best = chosen[0] if chosen else str(means[BEST_BY].idxmax())
     _check_same_folds(scores, best, run)
     best_scores = scores[scores["member"] == best].set_index("fold")[list(METRICS)]
     blocks = []
@@ -151,9 +153,9 @@ def run_compare(ctx: StageContext) -> dict:
                       ylabel="micro-F1 at best threshold", best=best,
                       title="micro-F1 per fold (points), mean ± std (bars)")
     log.info("fold scores of %d member(s); best %s", table["member"].nunique(), best)
-    means = table[table["fold"] == "mean"].set_index("member")["micro_f1"]
+    chosen = best_member(ctx.run, "micro", among={best})
     return {"members": int(table["member"].nunique()), "best_member": best,
-            "best_member_micro_f1": float(means[best]), "frequency_floor": floor["oof"],
+            "best_member_micro_f1@best": chosen[1] if chosen else None, "frequency_floor": floor["oof"],
             "path": str(report / "fold_scores.csv")}
 
 
@@ -163,7 +165,8 @@ def _markdown(table: pd.DataFrame, differences: pd.DataFrame, floor: dict) -> st
     for metric in METRICS:
         summary[f"{metric}_std"] = summary["member"].map(stds[metric])
     summary = summary[["member", "best"] + [c for m in METRICS for c in (m, f"{m}_std")] + list(DIFF.values())]
-    parts = [f"# Fold scores\n\nBest member by mean micro-F1: **{table.attrs['best_member']}**. "
+    parts = [f"# Fold scores\n\nBest member: **{table.attrs['best_member']}**, "
+             f"{BEST_MEMBER_RULE.format(metric='micro')}. "
              "Std is the sample standard deviation over folds; d_* are fold-paired differences "
              "member - best.\n\n"
              f"Frequency floor (the top-k most frequent labels of the other folds for every image, k "
