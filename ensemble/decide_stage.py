@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fashion_stack.core import atomic, predictions
+from fashion_stack.core.config import as_plugin_spec
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.labels import LabelSpace
 from fashion_stack.core.log import progress
@@ -61,7 +62,8 @@ def run_decide(ctx: StageContext) -> dict:
         ctx.logger(STAGE).info("decision already done under this config; skipped")
         return {**_summary(atomic.read_json(out_dir / "rule.json"), out_dir), "up_to_date": True}
     label_space = ctx.label_space()
-    params = {rule: rule_params(rule, ctx, label_space) for rule in ctx.config.decision.rules}  # bad names fail now
+    rules = configured_rules(ctx)
+    params = {name: rule_params(spec, ctx, label_space) for name, spec in rules.items()}  # bad names or settings fail now
     sources = find_sources(ctx)
     manifest = read_manifest(ctx.run.manifest)
     fold_table = read_folds(ctx.run.folds)
@@ -76,7 +78,7 @@ def run_decide(ctx: StageContext) -> dict:
         y_true = truth_for(manifest, oof.index, label_space, ctx.config.data.pool, where=str(source.oof))
         fold_of = folds_for(fold_table, oof.index, where=str(source.oof))
         probs = oof.to_numpy()
-        for rule_name in ctx.config.decision.rules:
+        for rule_name in params:
             start = time.perf_counter()
             predicted = nested_cv_predict(rule_name, probs, y_true, fold_of, params[rule_name])
             rows.append(_score_row(source, rule_name, y_true, predicted, time.perf_counter() - start))
@@ -138,7 +140,7 @@ def _honest_headline(ctx: StageContext, counts: list, n_true, fold_of, outer_loo
 def _write_comparison_with_mean(ctx: StageContext, counts: list, n_true, fold_of) -> None:
     """decision/vs_mean.csv: each stacker's nested-CV change against the mean stacker under the same
     rule, with a 95% fold-paired bootstrap interval (when the mean stacker is configured)."""
-    if REFERENCE_STACKER not in ctx.config.stack.stackers:
+    if REFERENCE_STACKER not in configured_stackers(ctx):
         return
     ablation = ctx.config.ablation
     table = compare_with_reference(counts, REFERENCE_STACKER, n_true, fold_of, ctx.config.decision.metric,
@@ -171,15 +173,26 @@ def find_sources(ctx: StageContext) -> list:
 
 def _candidate_sources(ctx: StageContext) -> list:
     return ([Source(m.name, "member", ctx.run.member_dir(m.name)) for m in ctx.config.members]
-            + [Source(s, "stacker", ctx.run.stacker_dir(s)) for s in ctx.config.stack.stackers])
+            + [Source(name, "stacker", ctx.run.stacker_dir(name)) for name in configured_stackers(ctx)])
 
 
-def rule_params(rule_name: str, ctx: StageContext, label_space: LabelSpace) -> dict:
+def configured_stackers(ctx: StageContext) -> list:
+    return [as_plugin_spec(spec).name for spec in ctx.config.stack.stackers]
+
+
+def configured_rules(ctx: StageContext) -> dict:
+    """{rule name: its PluginSpec}, in config order."""
+    return {as_plugin_spec(spec).name: as_plugin_spec(spec) for spec in ctx.config.decision.rules}
+
+
+def rule_params(spec, ctx: StageContext, label_space: LabelSpace) -> dict:
+    """Every constructor argument of a configured rule (a core.config.PluginSpec or a bare name):
+    its own settings (checked, defaults filled), the decision config's shared ones, the groups."""
+    spec = as_plugin_spec(spec)
     decision = ctx.config.decision
-    params = {"min_labels": decision.min_labels, "max_labels": decision.max_labels, "metric": decision.metric}
-    if rule_name not in RULES:
-        make_rule(rule_name)  # raises, listing the valid names
-    if "groups" in RULES[rule_name]().get_params():
+    params = {**RULES.resolve(spec.name, spec.params, where=f"decision.{spec.name}"),
+              "min_labels": decision.min_labels, "max_labels": decision.max_labels, "metric": decision.metric}
+    if "groups" in RULES[spec.name]().get_params():
         params["groups"] = label_space.groups
     return params
 
@@ -224,7 +237,7 @@ def _apply_best(ctx, best: pd.Series, sources, label_space, manifest, fold_table
     oof = predictions.read(source.oof, label_space.label_ids)
     test = predictions.read(source.test, label_space.label_ids)
     y_true = truth_for(manifest, oof.index, label_space, ctx.config.data.pool, where=str(source.oof))
-    params = rule_params(best["rule"], ctx, label_space)
+    params = rule_params(configured_rules(ctx)[best["rule"]], ctx, label_space)
     oof_pred = nested_cv_predict(best["rule"], oof.to_numpy(), y_true,
                                  folds_for(fold_table, oof.index, where=str(source.oof)), params)
     rule = make_rule(best["rule"], **params).fit(oof.to_numpy(), y_true)

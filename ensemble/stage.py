@@ -2,12 +2,11 @@
 members), a full-pool model applied to the members' test predictions, scores and timing."""
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 
 from fashion_stack.core import atomic, predictions
 from fashion_stack.core.context import StageContext
+from fashion_stack.core.lineage import digest
 from fashion_stack.core.metrics import score_probabilities
 from fashion_stack.core.rundir import is_done, mark_done
 from fashion_stack.datasets.folds import read_folds
@@ -23,12 +22,13 @@ def run_stack(ctx: StageContext) -> dict:
     # a member added or retrained, or a label edited, makes the stackers out of date (recomputed),
     # while a changed stack config needs --redo stack; an unfinished member is refused by name
     inputs_hash = member_lineage(ctx)
-    for name in ctx.config.stack.stackers:
-        make_stacker(name)  # an unknown name fails here, before any work, listing the valid ones
+    # every stacker's settings, complete and checked: an unknown name or a bad setting fails here,
+    # before any work
+    params = {spec.name: stacker_params(spec) for spec in ctx.config.stack.stackers}
     # each stacker is its own unit, hashed on its own settings: adding or tuning one stacker
     # leaves the others' finished work alone
-    config_hash = {name: stacker_hash(name, ctx.config.stack) for name in ctx.config.stack.stackers}
-    todo = [name for name in ctx.config.stack.stackers
+    config_hash = {name: stacker_hash(name, params[name]) for name in params}
+    todo = [name for name in params
             if not is_done(ctx.run.stacker_dir(name), config_hash[name], folds_hash, redo=ctx.redo_stage("stack"),
                            inputs_hash=inputs_hash)]
     summary = {}
@@ -36,10 +36,10 @@ def run_stack(ctx: StageContext) -> dict:
         oof_stack, test_stack = load_member_stacks(ctx)
         folds = read_folds(ctx.run.folds).reindex(list(oof_stack.image_ids)).to_numpy()
         y_true = pool_truth(ctx, oof_stack.image_ids)
-    for name in ctx.config.stack.stackers:
+    for name in params:
         unit = ctx.run.stacker_dir(name)
         if name in todo:
-            scores = _run_stacker(ctx, name, oof_stack, test_stack, y_true, folds)
+            scores = _run_stacker(ctx, name, params[name], oof_stack, test_stack, y_true, folds)
             mark_done(unit, config_hash[name], folds_hash, inputs_hash=inputs_hash, seconds=scores["seconds"],
                       oof=scores["oof"], artifacts=["oof.parquet", "test.parquet", "scores.json", "model"])
         else:
@@ -51,10 +51,9 @@ def run_stack(ctx: StageContext) -> dict:
     return {"stackers": summary, "up_to_date": not todo}
 
 
-def _run_stacker(ctx, name, oof_stack, test_stack, y_true, folds) -> dict:
+def _run_stacker(ctx, name, params, oof_stack, test_stack, y_true, folds) -> dict:
     log = ctx.logger("stack")
     unit = ctx.run.stacker_dir(name)
-    params = stacker_params(name, ctx.config.stack)
     started = time.perf_counter()
     fold_records = []
     oof = second_level_oof(name, params, oof_stack, y_true, folds, fold_records, run_units=ctx.run_units)
@@ -75,6 +74,6 @@ def _run_stacker(ctx, name, oof_stack, test_stack, y_true, folds) -> dict:
     return scores
 
 
-def stacker_hash(name: str, stack_config) -> str:
-    blob = json.dumps({"stacker": name, "params": stacker_params(name, stack_config)}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def stacker_hash(name: str, params: dict) -> str:
+    """The unit's config hash: the stacker's name and every one of its settings."""
+    return digest({"stacker": name, "params": params})

@@ -1,9 +1,7 @@
 """The features stage: check that every member's OOF and test tables can be stacked (same ids,
-labels and folds as the run) and summarise the stacker inputs. The stack stage loads its inputs
-through load_member_stacks, so both stages apply the same checks."""
+labels and folds as the run) before any stacker fits. The stack stage loads its inputs through
+load_member_stacks, so both stages apply the same checks."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
@@ -12,8 +10,7 @@ from fashion_stack.core.context import StageContext
 from fashion_stack.core.rundir import DONE, derived_stage, upstream_digest
 from fashion_stack.datasets.folds import read_folds
 from fashion_stack.datasets.manifest import POOLS, ManifestDigests, pool_ids, pool_labels, read_manifest, test_ids
-from fashion_stack.features.stacker_inputs import (StackerInputError, base_feature_names,
-                                     join_members)
+from fashion_stack.features.stacker_inputs import StackerInputError, join_members
 
 def member_prediction_files(ctx: StageContext) -> list:
     """Every configured member's oof.parquet and test.parquet: what stacking reads."""
@@ -42,25 +39,16 @@ def pool_labels_digest(ctx: StageContext) -> str:
 
 
 @derived_stage("features", inputs=lambda ctx: member_prediction_files(ctx) + [ctx.run.folds, ctx.run.manifest],
-               outputs=lambda ctx: [features_dir(ctx) / "summary.json"], config_sections=("stack",),
-               upstream=member_units)
+               outputs=lambda ctx: [], upstream=member_units)
 def run_features(ctx: StageContext) -> dict:
+    """Check that the members' predictions can be stacked; the counts are this stage's summary
+    (stages/features/DONE.json). The features themselves are each stacker's own (its settings,
+    e.g. n_context, choose them), built when it fits."""
     oof_stack, test_stack = load_member_stacks(ctx)
-    n_context = ctx.config.stack.xgboost.n_context
-    names = base_feature_names(oof_stack) + [f"context:{k + 1}" for k in range(min(n_context, oof_stack.n_labels - 1))]
-    summary = {"members": list(oof_stack.member_names), "labels": oof_stack.n_labels,
-               "rows": {"oof": len(oof_stack), "test": len(test_stack)},
-               "folds_hash": ctx.run.folds_hash(), "features_per_label": len(names),
-               "feature_names": names}
-    atomic.write_json(features_dir(ctx) / "summary.json", summary)
-    ctx.logger("features").info("stacker inputs: %d members, %d pool rows, %d test rows, %d features per label",
-                                len(oof_stack.member_names), len(oof_stack), len(test_stack), len(names))
-    return {"members": len(oof_stack.member_names), "oof_rows": len(oof_stack),
-            "test_rows": len(test_stack), "features_per_label": len(names)}
-
-
-def features_dir(ctx: StageContext) -> Path:
-    return ctx.run.root / "features"
+    ctx.logger("features").info("stacker inputs: %d members, %d pool rows, %d test rows",
+                                len(oof_stack.member_names), len(oof_stack), len(test_stack))
+    return {"members": len(oof_stack.member_names), "member_names": list(oof_stack.member_names),
+            "oof_rows": len(oof_stack), "test_rows": len(test_stack)}
 
 
 def load_member_stacks(ctx: StageContext) -> tuple:

@@ -15,6 +15,8 @@ from typing import Callable, Optional
 import keras
 from keras import layers, ops
 
+from fashion_stack.core.registry import Registry
+
 
 class BackboneError(ValueError):
     """An unknown backbone name, an input size it cannot take, or weights it cannot load."""
@@ -34,32 +36,33 @@ class BackboneSpec:
         return preprocess_images(images, self.preprocess_style)
 
 
-_REGISTRY: dict = {}
+BACKBONES = Registry("backbone", name_attribute=None)  # name -> BackboneSpec (core.registry)
 
 
 def register_backbone(name: str, native_size: int, min_size: int, preprocess_style: str, top_blocks_after: str):
-    """Decorator: register `builder(input_shape, weights) -> keras.Model` under `name`."""
+    """Decorator: register `builder(input_shape, weights) -> keras.Model` under `name` in BACKBONES."""
     if preprocess_style not in _STYLES:
         raise BackboneError(f"backbone {name!r}: preprocess style {preprocess_style!r} is not one of {sorted(_STYLES)}")
 
     def decorate(builder: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise BackboneError(f"backbone {name!r} is registered twice")
-        _REGISTRY[name] = BackboneSpec(name, native_size, min_size, preprocess_style, top_blocks_after, builder)
+        try:
+            BACKBONES.add(name, BackboneSpec(name, native_size, min_size, preprocess_style, top_blocks_after, builder))
+        except ValueError as err:
+            raise BackboneError(str(err)) from None
         return builder
 
     return decorate
 
 
 def backbone_names() -> list:
-    return sorted(_REGISTRY)
+    return sorted(BACKBONES)
 
 
 def backbone_spec(name: str) -> BackboneSpec:
     try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise BackboneError(f"unknown backbone {name!r}; registered backbones: {backbone_names()}") from None
+        return BACKBONES.get_entry(name)
+    except ValueError as err:
+        raise BackboneError(str(err)) from None
 
 
 def resolve_size(name: str, image_size: Optional[int]) -> int:

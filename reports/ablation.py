@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from fashion_stack.core import atomic
+from fashion_stack.core.config import as_plugin_spec
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.log import progress
 from fashion_stack.core.metrics import micro_f1, samples_f1
@@ -100,8 +101,8 @@ def run_ablate(ctx: StageContext) -> dict:
     y_true = true_labels(read_manifest(ctx.run), member_stack.image_ids, label_space, ctx.config.data.pool)
     metric = ctx.config.decision.metric
     table = ablation_table(member_stack, y_true, folds, stacker_name,
-                           stacker_params(stacker_name, ctx.config.stack), rule["rule"],
-                           rule_params(rule["rule"], ctx, label_space), metric,
+                           stacker_params(_configured(ctx.config.stack.stackers, stacker_name)), rule["rule"],
+                           rule_params(_configured(ctx.config.decision.rules, rule["rule"]), ctx, label_space), metric,
                            ctx.config.ablation.bootstrap, ctx.config.ablation.seed)
     _write(ctx, table, stacker_name, rule, metric)
     mark_done(unit, config_hash, ctx.run.folds_hash(), inputs_hash=inputs_hash, subsets=len(table), artifacts=paths)
@@ -109,6 +110,11 @@ def run_ablate(ctx: StageContext) -> dict:
     log.info("ablation: %d subsets; full ensemble %s-F1 %.4f", len(table), metric, full[f"{metric}_f1"])
     return {"subsets": len(table), "stacker": stacker_name, "rule": rule["rule"],
             f"full_{metric}_f1": float(full[f"{metric}_f1"]), "path": str(paths[0])}
+
+
+def _configured(specs, name: str):
+    """The configured entry (name and settings) called `name`, else the bare name (defaults)."""
+    return next((spec for spec in map(as_plugin_spec, specs) if spec.name == name), name)
 
 
 def _stacker_of(rule: dict) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from fashion_stack.core import atomic, predictions
-from fashion_stack.core.config import dump_config
+from fashion_stack.core.config import as_plugin_spec, dump_config
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.rundir import derived_stage
 from fashion_stack.core.labels import LabelError
@@ -127,8 +127,8 @@ def config_section(inputs: _Inputs) -> str:
                               for m in config.members) or "none"),
         ("data", f"{config.data.dir or 'built-in demo'}; pool {config.data.pool}; label map {config.data.label_map}"),
         ("folds", f"k = {config.folds.k}, seed {config.folds.seed}"),
-        ("stackers", ", ".join(config.stack.stackers)),
-        ("decision", f"rules {', '.join(config.decision.rules)}; metric {config.decision.metric}; "
+        ("stackers", ", ".join(as_plugin_spec(spec).name for spec in config.stack.stackers)),
+        ("decision", f"rules {', '.join(as_plugin_spec(spec).name for spec in config.decision.rules)}; metric {config.decision.metric}; "
                      f"{config.decision.min_labels}..{config.decision.max_labels} labels per image"),
     ], columns=["setting", "value"])
     return (html_table(facts) + f"<details><summary>full {source}</summary><pre>{html.escape(text)}</pre>"

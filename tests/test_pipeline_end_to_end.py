@@ -56,6 +56,6 @@ def test_demo_end_to_end_rerun_and_added_member(tmp_path, capsys):
     assert json.loads((run / "members" / "cnn_a" / "fold0" / "DONE.json").read_text()) == first_fold
     assert (run / "members" / "cnn_b" / "oof.parquet").exists()
     assert "Nothing to do" not in screen
-    stack_members = json.loads((run / "features" / "summary.json").read_text())["members"]
+    stack_members = json.loads((run / "stages" / "features" / "DONE.json").read_text())["summary"]["member_names"]
     assert stack_members == ["cnn_a", "cnn_b"]
     assert "cnn_b" in (run / "report" / "ablation.csv").read_text()

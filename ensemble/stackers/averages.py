@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 
-from fashion_stack.ensemble.stackers.base import Stacker, register_stacker
+from fashion_stack.ensemble.stackers.base import Stacker, register_stacker, stacker_settings
 
 
 @register_stacker("mean")
+@stacker_settings
 class MeanStacker(Stacker):
     """The plain mean of members' probabilities: the baseline every stacker must beat."""
 
@@ -20,6 +21,7 @@ class MeanStacker(Stacker):
 
 
 @register_stacker("weighted")
+@stacker_settings
 class WeightedMeanStacker(Stacker):
     """A weighted mean of members, one non-negative weight per member shared by all labels
     (summing to 1), fitted by minimising log-loss over every (image, label) cell.
