@@ -6,7 +6,6 @@ error naming the key's dotted path, so a typo never silently falls back to a def
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -18,12 +17,9 @@ import annotated_types
 import yaml
 from annotated_types import Ge, Gt, Interval, MinLen
 
+from fashion_stack.core.lineage import digest
+from fashion_stack.core.metrics import MAX_LABELS, MetricName
 from fashion_stack.core.registry import settable_fields
-
-
-# A Kaggle submission holds at most 23 labels per image (the competition's rule and
-# submissions.validate's): the default upper bound of every decision rule
-MAX_LABELS = 23
 
 
 class ConfigError(ValueError):
@@ -172,7 +168,7 @@ class StackConfig:
 
 @dataclass
 class DecisionConfig:
-    metric: Literal["micro", "samples"] = "micro"
+    metric: MetricName = "micro"
     min_labels: Annotated[int, Ge(1)] = 1
     max_labels: Annotated[int, Ge(1)] = MAX_LABELS
     # each a decision-rule plug-in (ensemble.decision.RULES), a bare name or {name, params} (e.g.
@@ -230,9 +226,7 @@ class PipelineConfig:
     def section_hash(self, *sections: str) -> str:
         """A short hash of the named sections, to tell whether an artifact is stale."""
         full = self.to_dict()
-        chosen = {s: full[s] for s in sections}
-        blob = json.dumps(chosen, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return digest({s: full[s] for s in sections})
 
     def member(self, name: str) -> MemberConfig:
         for m in self.members:

@@ -68,3 +68,21 @@ def settable_fields(entry) -> list:
 
 def _where(entry) -> str:
     return f"{getattr(entry, '__module__', '?')}.{getattr(entry, '__qualname__', type(entry).__name__)}"
+
+
+class ProcessCache(dict):
+    """A named cache that lives as long as the process (compiled networks, worker pools, device
+    strategies, a member's image cache): every one is listed in ProcessCache.ALL under its name,
+    so none is hidden, and clear_process_caches() drops them all (a long-lived process, a test)."""
+
+    ALL: dict = {}
+
+    def __init__(self, name: str, why: str):
+        super().__init__()
+        self.name, self.why = name, why
+        ProcessCache.ALL[name] = self
+
+
+def clear_process_caches() -> None:
+    for cache in ProcessCache.ALL.values():
+        cache.clear()

@@ -20,7 +20,7 @@ from fashion_stack.core.config import as_plugin_spec
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.labels import LabelSpace
 from fashion_stack.core.log import progress
-from fashion_stack.core.metrics import cardinality_error, micro_f1, samples_f1
+from fashion_stack.core.metrics import METRIC_COLUMNS, cardinality_error, f1_column, micro_f1, samples_f1
 from fashion_stack.core.rundir import is_done, is_finished, mark_done, upstream_digest
 from fashion_stack.datasets.folds import read_folds
 from fashion_stack.datasets.manifest import pool_labels, read_manifest
@@ -31,7 +31,6 @@ from fashion_stack.ensemble.selection import (CandidateCounts, compare_with_refe
 
 STAGE = "decide"
 MADE_BY = {"member": "members", "stacker": "stack"}  # the stage that makes each kind of source
-METRIC_COLUMNS = {"micro": "micro_f1", "samples": "samples_f1"}
 REFERENCE_STACKER = "mean"  # what every other stacker is compared with, pair by pair
 
 
@@ -216,7 +215,7 @@ def truth_for(manifest: pd.DataFrame, image_ids: pd.Index, label_space: LabelSpa
 
 def _score_row(source: Source, rule_name: str, y_true, predicted, seconds: float) -> dict:
     return {"source": source.name, "kind": source.kind, "rule": rule_name,
-            "micro_f1": micro_f1(y_true, predicted), "samples_f1": samples_f1(y_true, predicted),
+            METRIC_COLUMNS["micro"]: micro_f1(y_true, predicted), METRIC_COLUMNS["samples"]: samples_f1(y_true, predicted),
             "cardinality_error": cardinality_error(y_true, predicted), "seconds": round(seconds, 3)}
 
 
@@ -281,5 +280,5 @@ def _summary(record: dict, out_dir: Path) -> dict:
     honest = record.get("honest") or {}
     metric = record["metric"]
     return {"source": record["source"], "rule": record["rule"], "metric": metric,
-            "score": record["score"], f"honest_{metric}_f1": honest.get(f"{metric}_f1"),
+            "score": record["score"], f"honest_{f1_column(metric)}": honest.get(f1_column(metric)),
             "decision_dir": str(out_dir)}

@@ -19,12 +19,12 @@ from annotated_types import Ge, Gt
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from fashion_stack.core.config import MAX_LABELS, as_plugin_spec
+from fashion_stack.core.config import as_plugin_spec
 from fashion_stack.core.log import progress
-from fashion_stack.core.metrics import f1_from_counts
+from fashion_stack.core.metrics import MAX_LABELS, METRICS, f1_from_counts
 from fashion_stack.core.registry import Registry
 from fashion_stack.ensemble.gfm import fit_joint_model, predict_sets
-from fashion_stack.ensemble.label_sets import (METRICS, TopLabels, check_probabilities, check_truth, counts_at_thresholds,
+from fashion_stack.ensemble.label_sets import (TopLabels, check_probabilities, check_truth, counts_at_thresholds,
                                  enforce_cardinality, expected_f1_of_ranking, per_label_threshold_search,
                                  threshold_grid)
 

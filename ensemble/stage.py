@@ -7,9 +7,10 @@ import time
 from fashion_stack.core import atomic, predictions
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.lineage import digest
-from fashion_stack.core.metrics import score_probabilities
+from fashion_stack.core.metrics import BEST_MICRO_F1, score_probabilities
 from fashion_stack.core.rundir import is_done, mark_done
 from fashion_stack.datasets.folds import read_folds
+from fashion_stack.datasets.manifest import read_manifest
 from fashion_stack.ensemble.stackers import make_stacker, stacker_params
 from fashion_stack.ensemble.stacking import cv_threshold_micro_f1, second_level_oof
 from fashion_stack.features.stage import load_member_stacks, member_lineage, pool_truth
@@ -21,7 +22,8 @@ def run_stack(ctx: StageContext) -> dict:
     # the members' recorded outputs and the pool's labels are this stage's inputs (core.lineage):
     # a member added or retrained, or a label edited, makes the stackers out of date (recomputed),
     # while a changed stack config needs --redo stack; an unfinished member is refused by name
-    inputs_hash = member_lineage(ctx)
+    manifest = read_manifest(ctx.run.manifest)  # read once: the lineage, the test ids and the truth come from it
+    inputs_hash = member_lineage(ctx, manifest)
     # every stacker's settings, complete and checked: an unknown name or a bad setting fails here,
     # before any work
     params = {spec.name: stacker_params(spec) for spec in ctx.config.stack.stackers}
@@ -33,9 +35,9 @@ def run_stack(ctx: StageContext) -> dict:
                            inputs_hash=inputs_hash)]
     summary = {}
     if todo:
-        oof_stack, test_stack = load_member_stacks(ctx)
+        oof_stack, test_stack = load_member_stacks(ctx, manifest)
         folds = read_folds(ctx.run.folds).reindex(list(oof_stack.image_ids)).to_numpy()
-        y_true = pool_truth(ctx, oof_stack.image_ids)
+        y_true = pool_truth(ctx, oof_stack.image_ids, manifest)
     for name in params:
         unit = ctx.run.stacker_dir(name)
         if name in todo:
@@ -45,7 +47,7 @@ def run_stack(ctx: StageContext) -> dict:
         else:
             log.info("stacker %s already done under this config and folds; skipped", name)
             scores = atomic.read_json(unit / "scores.json")
-        summary[name] = {"micro_f1@best": scores["oof"]["micro_f1@best"],
+        summary[name] = {BEST_MICRO_F1: scores["oof"][BEST_MICRO_F1],
                          "micro_f1@cv_threshold": scores["oof"].get("micro_f1@cv_threshold"), "seconds": scores["seconds"],
                          "fallback_labels": len(scores["fallback_labels"]), "skipped": name not in todo}
     return {"stackers": summary, "up_to_date": not todo}
@@ -69,7 +71,7 @@ def _run_stacker(ctx, name, params, oof_stack, test_stack, y_true, folds) -> dic
               "fallback_labels": list(full_pool.fallback_labels_)}
     atomic.write_json(unit / "scores.json", scores)
     log.info("stacker %s: OOF micro-F1@best %.4f in %.1f s; %d label(s) on a fallback model%s",
-             name, scores["oof"]["micro_f1@best"], scores["seconds"], len(scores["fallback_labels"]),
+             name, scores["oof"][BEST_MICRO_F1], scores["seconds"], len(scores["fallback_labels"]),
              f" ({scores['fallback_labels'][:20]})" if scores["fallback_labels"] else "")
     return scores
 

@@ -22,18 +22,19 @@ def member_units(ctx: StageContext) -> list:
     return [(ctx.run.member_dir(m.name), "members") for m in ctx.config.members]
 
 
-def member_lineage(ctx: StageContext) -> dict:
+def member_lineage(ctx: StageContext, manifest=None) -> dict:
     """What every stage above the members reads from them, as digests (core.lineage): each
     configured member's recorded hash (refused, naming it, while the member is unfinished or
     damaged) and the labels of the pool, the truth stackers and decision rules are fitted on."""
     inputs = {f"member {m.name}": upstream_digest(ctx.run.member_dir(m.name), "members") for m in ctx.config.members}
-    inputs["pool labels"] = pool_labels_digest(ctx)
+    inputs["pool labels"] = pool_labels_digest(ctx, manifest)
     return inputs
 
 
-def pool_labels_digest(ctx: StageContext) -> str:
-    """Digest of the labels of the pool's usable images (in pool order), from the run's manifest."""
-    manifest = read_manifest(ctx.run.manifest)
+def pool_labels_digest(ctx: StageContext, manifest=None) -> str:
+    """Digest of the labels of the pool's usable images (in pool order), from the run's manifest
+    (`manifest`: the manifest table already read, else read here)."""
+    manifest = read_manifest(ctx.run.manifest) if manifest is None else manifest
     pool = ctx.config.data.pool
     return ManifestDigests(manifest).labels(pool_ids(manifest, pool), POOLS[pool])
 
@@ -51,7 +52,7 @@ def run_features(ctx: StageContext) -> dict:
             "oof_rows": len(oof_stack), "test_rows": len(test_stack)}
 
 
-def load_member_stacks(ctx: StageContext) -> tuple:
+def load_member_stacks(ctx: StageContext, manifest=None) -> tuple:
     """(OOF stack over the pool in folds.csv order, test stack over the usable test ids), every
     configured member joined by imageId and checked against the run's ids and folds hash."""
     members = [m.name for m in ctx.config.members]
@@ -61,7 +62,8 @@ def load_member_stacks(ctx: StageContext) -> tuple:
     hashes = {name: member_folds_hash(ctx, name) for name in members}
     stacks = []
     pool = read_folds(ctx.run.folds).index
-    for kind, ids in (("oof", pool), ("test", test_ids(read_manifest(ctx.run.manifest)))):
+    manifest = read_manifest(ctx.run.manifest) if manifest is None else manifest
+    for kind, ids in (("oof", pool), ("test", test_ids(manifest))):
         tables = {name: predictions.read(ctx.run.member_dir(name) / f"{kind}.parquet") for name in members}
         stacks.append(join_members(tables, label_space.label_ids, hashes, expected_ids=list(ids),
                                    expected_folds_hash=ctx.run.folds_hash(),
@@ -82,6 +84,7 @@ def member_folds_hash(ctx: StageContext, member: str):
     return hashes.pop()
 
 
-def pool_truth(ctx: StageContext, image_ids) -> np.ndarray:
+def pool_truth(ctx: StageContext, image_ids, manifest=None) -> np.ndarray:
     """Multi-hot truth (images, labels) uint8 for `image_ids`, from the run's manifest."""
-    return pool_labels(read_manifest(ctx.run.manifest), list(image_ids), ctx.label_space(), ctx.config.data.pool)
+    manifest = read_manifest(ctx.run.manifest) if manifest is None else manifest
+    return pool_labels(manifest, list(image_ids), ctx.label_space(), ctx.config.data.pool)

@@ -10,8 +10,6 @@ Units, by config.data.pool:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,8 +21,10 @@ import pandas as pd
 from fashion_stack.core import atomic, predictions
 from fashion_stack.core.config import MemberConfig
 from fashion_stack.core.executor import Resources, Task
+from fashion_stack.core.lineage import digest
 from fashion_stack.core.log import get_logger
 from fashion_stack.core.metrics import score_probabilities
+from fashion_stack.core.registry import ProcessCache
 from fashion_stack.core.rundir import DONE, is_done, mark_done, read_done, upstream_digest
 from fashion_stack.datasets.folds import read_folds
 from fashion_stack.datasets.manifest import POOLS, ManifestDigests, manifest_labels, pool_ids, read_manifest, test_ids, usable
@@ -130,7 +130,7 @@ SPEED_FIELDS = ("steps_per_execution", "data_parallel", "checkpoint_steps", "che
 def member_hash(member: MemberConfig, pool_name: str, label_ids) -> str:
     settings = {k: v for k, v in dataclasses.asdict(member).items() if k not in SPEED_FIELDS}
     blob = {"member": settings, "pool": pool_name, "labels": list(label_ids)}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(blob)
 
 
 # ---- one member ----------------------------------------------------------------------------
@@ -287,7 +287,7 @@ def train_unit(job: UnitJob) -> dict:
                     lineage=job.lineage)
 
 
-_RESOURCES: dict = {}
+_RESOURCES = ProcessCache("member resources", "the current member's placement and image cache, shared by its units")
 
 
 def _resources_for(member: MemberConfig, data: StageData, cache_root: Path, config_hash: str):

@@ -19,13 +19,13 @@ from sklearn.utils.validation import check_is_fitted
 from fashion_stack.core import atomic
 from fashion_stack.core.config import as_plugin_spec
 from fashion_stack.core.log import get_logger
+from fashion_stack.core.metrics import PROBABILITY_FLOOR, logit  # noqa: F401 (the stackers' logit)
 from fashion_stack.core.registry import Registry
 from fashion_stack.features.stacker_inputs import MemberStack, StackerInputError
 
 STACKERS = Registry("stacker")
 MODEL_FILE = "stacker.joblib"
 NAME_FILE = "stacker.json"
-PROBABILITY_FLOOR = 1e-6  # probabilities are clipped to [floor, 1 - floor] before taking logits
 log = get_logger("stack")
 
 register_stacker = STACKERS.register
@@ -122,12 +122,6 @@ def check_truth(y, stack: MemberStack) -> np.ndarray:
     if not np.isin(y, (0, 1)).all():
         raise StackerInputError("y must be a 0/1 multi-hot matrix")
     return y.astype(np.uint8)
-
-
-def logit(probs: np.ndarray) -> np.ndarray:
-    """Log-odds of probabilities clipped to [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR] (float64)."""
-    p = np.clip(np.asarray(probs, dtype=np.float64), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
-    return np.log(p / (1 - p))
 
 
 def log_loss_of_logit(y: np.ndarray, log_odds: np.ndarray) -> float:

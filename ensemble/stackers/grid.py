@@ -17,12 +17,13 @@ import numpy as np
 from annotated_types import Ge, Interval
 
 from fashion_stack.core import atomic
+from fashion_stack.core.registry import ProcessCache
 from fashion_stack.ensemble.stackers.base import Stacker, log, logit, register_stacker, stacker_settings
 
 MODEL_FILE = "grid.keras"
 # compiled networks reused across fits, one per architecture (GridStacker._trainer); a lock keeps
 # two fits in threads from sharing one at the same time
-_TRAINERS: dict = {}
+_TRAINERS = ProcessCache("grid stacker networks", "compiled networks per architecture: tracing one costs ~3 s")
 _TRAINERS_LOCK = threading.Lock()
 
 

@@ -12,6 +12,7 @@ from sklearn.model_selection import KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
+from fashion_stack.core.metrics import cell_log_losses
 from fashion_stack.ensemble.stackers.base import log, register_stacker, stacker_settings
 from fashion_stack.ensemble.stackers.per_label import PerLabelStacker, logit_columns, too_rare
 from fashion_stack.features.stacker_inputs import label_features, select_context_labels
@@ -104,8 +105,7 @@ class LinearStacker(PerLabelStacker):
             return losses
         X_fit, X_held = label_features(fit, j, context)[0], label_features(held, j, context)[0]
         for k, model in enumerate(self._fit_models(X_fit, y_fit, self.C_GRID)):
-            p = np.clip(self._predict_label("linear", model, X_held), 1e-7, 1 - 1e-7)
-            losses[k] = -np.sum(y_held * np.log(p) + (1 - y_held) * np.log(1 - p))
+            losses[k] = np.sum(cell_log_losses(y_held, self._predict_label("linear", model, X_held)))
         return losses
 
     def _fit_label(self, X, y_label):
