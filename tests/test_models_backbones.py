@@ -18,6 +18,16 @@ MOBILENET_WEIGHTS = ("weights", "mobilenet_v2_1.0_224_imagenet_notop.weights.h5"
 
 def test_registry_holds_the_lead_backbones_and_small_cpu_members():
     assert {"inception_v3", "resnet50", "xception", "densenet201", "mobilenet_v2", "tiny_cnn"} <= set(backbone_names())
+    for name in backbone_names():  # each entry is usable as registered: its own name, sizes that fit
+        spec = backbone_spec(name)
+        assert spec.name == name and 16 <= spec.min_size <= spec.native_size and callable(spec.builder)
+
+
+def test_a_backbone_registered_twice_is_refused():
+    from fashion_stack.models.backbones import register_backbone
+    with pytest.raises(BackboneError, match=r"backbone 'tiny_cnn' is registered twice"):
+        register_backbone("tiny_cnn", 32, 16, "tf", "none")(lambda shape, weights: None)
+    assert backbone_spec("tiny_cnn").top_blocks_after != "none"  # the first registration stands
 
 
 def test_unknown_backbone_error_lists_the_valid_names():

@@ -11,6 +11,8 @@ from fashion_stack.core.config import PROJECT_ROOT
 from fashion_stack.datasets.demo import demo_cache_dir
 from fashion_stack.core.config import load_config, parse_override
 
+pytestmark = pytest.mark.integration  # runs the pipeline as a user does, in subprocesses
+
 pytest.importorskip("keras")
 
 TINY = ["demo.n_train=45", "demo.n_validation=15", "demo.n_test=12", "demo.image_size=48", "folds.k=2",
