@@ -251,3 +251,39 @@ def test_training_reports_steps_within_an_epoch(log_lines):
     text = log_lines.getvalue()
     assert "m fold0 all epoch 1/2: step 3/5," in text and "m fold0 all epoch 2/2: step 5/5," in text
     assert "images/s, epoch ETA" in text and "phase ETA" in text
+
+
+# ---- determinism: the same config on the same machine, two fresh runs -------------------------
+
+DETERMINISM = ["demo.n_train=45", "demo.n_validation=15", "demo.n_test=12", "demo.image_size=48", "folds.k=3",
+               "members=[{name: cnn_a, backbone: tiny_cnn, image_size: 32, weights: null, head_epochs: 0, "
+               "finetune_epochs: 2}, {name: cnn_b, backbone: tiny_cnn, image_size: 40, weights: null, head_epochs: 0, "
+               "finetune_epochs: 2, pooling: max, seed: 1}]",
+               "stack.stackers=[mean, linear, xgboost]", "decision.rules=[global, group, topk]",
+               "ablation.bootstrap=50"]
+
+
+def _numbers(run: Path) -> dict:
+    rule = json.loads((run / "decision" / "rule.json").read_text())
+    members = {p.parent.name: json.loads(p.read_text())["oof"] for p in sorted((run / "members").glob("*/scores.json"))}
+    stackers = {p.parent.name: json.loads(p.read_text())["oof"] for p in sorted((run / "ensemble").glob("*/scores.json"))}
+    return {"submission": (run / "submission.csv").read_text(), "rule": {k: rule[k] for k in ("source", "rule", "score")},
+            "honest": rule.get("honest"), "members": members, "stackers": stackers,
+            "decision scores": (run / "decision" / "scores.csv").read_text()}
+
+
+@pytest.mark.integration
+def test_two_fresh_runs_of_one_config_give_the_same_numbers(tmp_path):
+    numbers = []
+    for attempt in ("first", "second"):
+        args = [sys.executable, "-m", "fashion_stack", "run", "--run-dir", str(tmp_path / attempt)]
+        for override in DETERMINISM:
+            args += ["--set", override]
+        done = subprocess.run(args, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)),
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        numbers.append(_numbers(tmp_path / attempt))
+    first, second = numbers
+    print(json.dumps({"first": first["rule"], "second": second["rule"],
+                      "members": {m: s["micro_f1@best"] for m, s in first["members"].items()}}))
+    assert first == second
