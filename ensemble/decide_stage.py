@@ -150,13 +150,15 @@ def headline_counts(counts: list, honest: dict, fold_of) -> np.ndarray:
 
 
 def compare_headline_with_best_member(counts: list, honest: dict, n_true, fold_of, metric: str,
-                                      n_bootstrap: int, seed: int) -> dict | None:
-    """The honest headline against the best single member (with its best rule, by nested CV): the
-    difference, a 95% fold-paired bootstrap interval (images resampled within folds), each fold's
-    difference and their t interval. None when no member was scored."""
+                                      n_bootstrap: int, seed: int, best_name: str | None = None) -> dict | None:
+    """The honest headline against the best single member (ensemble.comparison.BEST_MEMBER_RULE names
+    it; `best_name` None: the member with the best nested score) under its best rule by nested CV (a
+    maximum over the rules, so the member's figure is if anything optimistic): the difference, a 95%
+    fold-paired bootstrap interval (images resampled within folds), each fold's difference and their
+    t interval. None when no member was scored."""
     from fashion_stack.core.metrics import f1_from_counts
     from fashion_stack.ensemble.comparison import fold_paired, paired_bootstrap_stats, stats_from_counts
-    members = [c for c in counts if c.kind == "member"]
+    members = [c for c in counts if c.kind == "member" and best_name in (None, c.source)]
     if not members:
         return None
     score = lambda c: f1_from_counts(c[:, 0], c[:, 1], n_true, metric)  # noqa: E731
@@ -180,9 +182,11 @@ def compare_headline_with_best_member(counts: list, honest: dict, n_true, fold_o
 
 def _write_comparison_with_best_member(ctx: StageContext, counts: list, honest: dict, n_true, fold_of) -> dict | None:
     """decision/vs_best_member.csv: is the stack's gain over its best member real?"""
-    ablation = ctx.config.ablation
-    row = compare_headline_with_best_member(counts, honest, n_true, fold_of, ctx.config.decision.metric,
-                                            ablation.bootstrap, ablation.seed)
+    from fashion_stack.ensemble.comparison import best_member
+    ablation, metric = ctx.config.ablation, ctx.config.decision.metric
+    named = best_member(ctx.run, metric, among=[m.name for m in ctx.config.members])
+    row = compare_headline_with_best_member(counts, honest, n_true, fold_of, metric, ablation.bootstrap,
+                                            ablation.seed, best_name=named[0] if named else None)
     if row is not None:
         atomic.write_csv(ctx.run.decision_dir / "vs_best_member.csv", pd.DataFrame([row]))
         ctx.logger(STAGE).info("honest headline %.4f against the best member %s + %s %.4f: %+.4f [%+.4f, %+.4f]",
