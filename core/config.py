@@ -101,7 +101,9 @@ class MemberConfig:
     # photos); None: square
     image_height: Optional[Annotated[int, Ge(16)]] = None
     weights: Optional[str] = None  # "imagenet", a local .h5 / .weights.h5 path, or None
-    mode: Literal["finetune", "frozen"] = "finetune"  # "finetune" (two phases) or "frozen" (embeddings once, heads per fold)
+    # "finetune" (two phases), "frozen" (embeddings once, heads per fold) or "probe" (per-label
+    # logistic regression on other frozen members' embeddings; see probe_of)
+    mode: Literal["finetune", "frozen", "probe"] = "finetune"
     resize: ResizePolicy = "pad"
     # how the feature map becomes label scores, a head plug-in (models.heads.POOLINGS) with its own
     # settings: avg, max, bands {bands}, csra {lam, temperature}
@@ -126,6 +128,33 @@ class MemberConfig:
     patience: Annotated[int, Ge(1)] = 3
     augment: bool = True
     tta_flip: bool = False
+    # ---- Fine-tuning recipe (issue 21; defaults keep the two-phase recipe, configs/ccp.yaml
+    # states what was measured). head_init "embeddings": linear probing, then fine-tuning (LP-FT,
+    # Kumar et al. 2022): the head first trains on cached trunk embeddings of the unit's training
+    # images for frozen_epochs at learning_rate (one trunk pass instead of head_epochs augmented
+    # ones), so the trunk's fine-tuning starts from a fitted head instead of an underfit one that
+    # would push large gradients into it. "train": head_epochs on images with the trunk frozen.
+    head_init: Literal["train", "embeddings"] = "train"
+    # fine-tuning phase: the learning rate rises linearly from 0 over this fraction of its steps,
+    # then decays by a cosine (a fresh Adam's first steps are its largest relative updates)
+    warmup_fraction: Annotated[float, Interval(ge=0, lt=1)] = 0.0
+    # layer-wise learning rates in the fine-tuning phase: trunk layer at relative depth d (0 first,
+    # 1 last) learns at finetune_learning_rate * trunk_lr_floor ** (1 - d); the head at the full
+    # rate. 1.0: one rate for all (early blocks hold generic edges and colours worth keeping)
+    trunk_lr_floor: Annotated[float, Interval(gt=0, le=1)] = 1.0
+    # exponential moving average of the weights during fine-tuning (0: off); the average, not the
+    # last step's weights, is the unit's model (Polyak averaging: smoother than any single step)
+    ema_decay: Annotated[float, Interval(ge=0, lt=1)] = 0.0
+    # test-time augmentation over scales: each extra scale s > 1 predicts on a centred crop of
+    # 1/s of each side, resized back; the mean over scales (and mirrors, with tta_flip)
+    tta_scales: list[Annotated[float, Interval(ge=1, le=2)]] = field(default_factory=lambda: [1.0])
+    # mode "probe": frozen embeddings of the named frozen members (same config; concatenated,
+    # flip-averaged when they have tta_flip, standardised) -> one logistic regression per label
+    # (scikit-learn), C chosen among probe_c by an inner probe_inner_folds-fold CV on the training
+    # rows only (lowest mean log loss). The embeddings are those members' own caches: no extra trunk pass
+    probe_of: list[str] = field(default_factory=list)
+    probe_c: Annotated[list[Annotated[float, Gt(0)]], MinLen(1)] = field(default_factory=lambda: [0.0003, 0.001, 0.003])
+    probe_inner_folds: Annotated[int, Ge(2)] = 3
     # Scale settings (issue: members at the competition's size). Enumerations are Literal so the
     # loader refuses a typo when the config loads, not when the members stage reaches it.
     # auto: bfloat16 where the accelerator computes it natively (NVIDIA compute capability >= 8,
@@ -185,6 +214,10 @@ class DecisionConfig:
 class AblationConfig:
     bootstrap: Annotated[int, Ge(0)] = 1000
     seed: int = 0
+    # the stacker refitted per member subset: "mean" (cheap: no fitting, so the subsets compare the
+    # members themselves), another stacker's name, or "chosen" (the decide stage's chosen stacker,
+    # refitted for every subset x fold: on the stand-in 5 times the stack stage's time)
+    stacker: str = "mean"
 
 
 @dataclass
@@ -417,6 +450,8 @@ def parse_override(text: str) -> dict:
         raise ConfigError(f"--set {text!r}: the key {dotted!r} has an empty part; write e.g. folds.k=5")
     try:
         value = yaml.safe_load(raw) if raw else None
+    except RecursionError:
+        raise ConfigError(f"--set {dotted}=...: the value is nested too deeply") from None
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"--set {text!r}: the value {raw!r} is not valid YAML ({problem}); "
@@ -457,6 +492,11 @@ def read_config_file(path: Path, _chain: tuple = ()) -> dict:
         raise ConfigError(f"cannot read config {path}: {err}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"config {path} is not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {path} is not UTF-8 (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                          "save it as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"config {path} is nested too deeply to be a config") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config {path}: top level must be a mapping")
     base = values.pop("base", None)
@@ -562,6 +602,74 @@ def apply_member_defaults(values: dict, choices: dict) -> dict:
     return values
 
 
+def merge_override(values: dict, override: dict) -> dict:
+    """`override` merged over `values`, where `members: {NAME: {...}}` (or `{INDEX: {...}}`) changes
+    one member by its name or position: `--set members.densenet201.batch_size=16`. A list (a
+    whole `members: [...]`) replaces the list, as in a config file."""
+    if isinstance(override, dict) and "every_member" in override:
+        # applied now, so a later --set (members.NAME.key=...) still wins over an overlay's forcing
+        override = dict(override)
+        values = apply_every_member({**values, "every_member": override.pop("every_member")}, {})
+    members = override.get("members") if isinstance(override, dict) else None
+    if not isinstance(members, dict):
+        return _merge(values, override)
+    current = values.get("members")
+    if not isinstance(current, list):
+        raise ConfigError(f"members.{next(iter(members), '')}: the config has no members list to change by name")
+    current = list(current)
+    names = [m.get("name") if isinstance(m, dict) else None for m in current]
+    if not all(isinstance(change, dict) for change in members.values()):  # a member written without [ ]
+        raise ConfigError("members: expected a list, got a dict; write members=[{name: ..., ...}] for the whole "
+                          "list, or members.NAME.KEY=VALUE to change one member")
+    for key, change in members.items():
+        if str(key) in names:
+            position = names.index(str(key))
+        elif isinstance(key, int) or str(key).isdigit():
+            position = int(key)
+            if position >= len(current):
+                raise ConfigError(f"members.{key}: there are {len(current)} members (0..{len(current) - 1})")
+        else:
+            raise ConfigError(f"members.{key}: no member named {key!r}; configured: {', '.join(map(str, names))}")
+        if not isinstance(change, dict):
+            raise ConfigError(f"members.{key}: give a member setting, e.g. members.{key}.batch_size=16")
+        current[position] = _merge(current[position], change)
+    rest = {k: v for k, v in override.items() if k != "members"}
+    return _merge({**values, "members": current}, rest)
+
+
+def apply_every_member(values: dict, choices: dict) -> dict:
+    """`every_member` (any member setting but its name) merged OVER every member: what a rehearsal
+    overlay (configs/overlays/smoke.yaml) forces on whatever members a config has. The opposite
+    of member_defaults, where the member's own value wins."""
+    values = dict(values)
+    forced = values.pop("every_member", None) or {}
+    if not isinstance(forced, dict):
+        raise ConfigError(f"every_member: expected a mapping of member settings, got {_shown(forced)}")
+    if "name" in forced:
+        raise ConfigError("every_member.name: every member names itself; remove name from every_member")
+    forced = upgrade_member(forced)
+    _build(MemberConfig, forced, "every_member", choices)
+    if forced and isinstance(values.get("members"), list):
+        values["members"] = [upgrade_member(_merge(upgrade_member(m), forced)) if isinstance(m, dict) else m
+                             for m in values["members"]]
+    return values
+
+
+OVERLAYS_DIR = Path(__file__).resolve().parent.parent / "configs" / "overlays"
+
+
+def overlay_values(name: str | Path) -> dict:
+    """An overlay (`--overlay smoke`): a partial config merged over the config, before --set. A
+    shipped overlay by name (configs/overlays/<name>.yaml) or a YAML file."""
+    path = Path(name).expanduser()
+    if not path.is_file():
+        path = OVERLAYS_DIR / f"{Path(str(name)).stem}.yaml"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in OVERLAYS_DIR.glob("*.yaml"))
+        raise ConfigError(f"overlay {name} not found; give a YAML file or a shipped overlay: {', '.join(shipped)}")
+    return read_config_file(path)
+
+
 def load_config(path: str | Path | None = None, overrides: list[dict] | None = None,
                 choices: Optional[dict] = None) -> PipelineConfig:
     """Defaults, then the YAML at `path` (None: the demo config), then each override in order;
@@ -570,49 +678,99 @@ def load_config(path: str | Path | None = None, overrides: list[dict] | None = N
     vocabularies from registries on higher floors (keys are dotted paths without list indices)."""
     path = config_path(path) if path is not None else DEFAULT_CONFIG
     values = read_config_file(path)
-    for override in overrides or []:
-        values = _merge(values, override)
     try:
+        for override in overrides or []:
+            values = merge_override(values, override)
         choices = {k: v if isinstance(v, dict) else set(v) for k, v in (choices or {}).items()}
         values = apply_plugin_sections(values, choices)
         values = apply_member_defaults(values, choices)
+        values = apply_every_member(values, choices)
         config = _build(PipelineConfig, values, "", choices)
         validate(config)
+        check_member_inputs(config, choices.get(BACKBONE_MIN_SIZES))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
     return config
 
 
-MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# The competition's (and submissions.validate's) most labels per image: core.metrics.MAX_LABELS
+COMPETITION_MAX_LABELS = MAX_LABELS
 
 
 def validate(config: PipelineConfig) -> None:
     """Cross-field checks that a single annotation cannot express."""
+    from fashion_stack.core.names import name_problem  # names become folders: one rule (core.names)
+    for where, name in [("name", config.name)] + [(f"members[{i}].name", m.name) for i, m in enumerate(config.members)]:
+        if name_problem(name):
+            raise ConfigError(f"{where} {name!r} {name_problem(name)}")
     names = [m.name for m in config.members]
     if len(set(names)) != len(names) or any(not n for n in names):
         raise ConfigError(f"members need unique, non-empty names; got {names}")
-    for position, name in enumerate(names):
-        if not MEMBER_NAME.fullmatch(name):
-            raise ConfigError(f"members[{position}].name is {name!r}; a member name becomes a folder and a model "
-                              "scope: use letters, digits, _ . - (no spaces), starting with a letter or digit")
+    for key in ("min_labels", "max_labels"):
+        value = getattr(config.decision, key)
+        if value > COMPETITION_MAX_LABELS:
+            raise ConfigError(f"decision.{key} is {value}; the competition accepts at most {COMPETITION_MAX_LABELS} "
+                              f"labels per image (its validator refuses more), so it must be at most "
+                              f"{COMPETITION_MAX_LABELS}")
     for section, list_key in PLUGIN_SECTIONS:
-        listed = [spec.name for spec in getattr(getattr(config, section), list_key)]
+        listed = [as_plugin_spec(spec).name for spec in getattr(getattr(config, section), list_key)]
         twice = sorted({n for n in listed if listed.count(n) > 1})
         if twice:
             raise ConfigError(f"{section}.{list_key} lists {', '.join(twice)} more than once; each name is one "
                               "unit of the run (its folder), list it once")
     for position, member in enumerate(config.members):
         epochs = (member.frozen_epochs if member.mode == "frozen" else member.head_epochs + member.finetune_epochs)
-        if epochs < 1:
+        if member.mode != "probe" and epochs < 1:
             fields = "frozen_epochs" if member.mode == "frozen" else "head_epochs + finetune_epochs"
             raise ConfigError(f"members[{position}] ({member.name}): {fields} is {epochs}; a member needs at "
                               "least one training epoch")
+    by_name = {m.name: m for m in config.members}
+    for position, member in enumerate(config.members):
+        if member.mode == "probe":
+            if not member.probe_of:
+                raise ConfigError(f"members[{position}] ({member.name}): mode probe needs probe_of, the names of "
+                                  f"frozen members whose embeddings it reads (members: {names})")
+            for name in member.probe_of:
+                if by_name.get(name) is None or by_name[name].mode != "frozen":
+                    raise ConfigError(f"members[{position}] ({member.name}).probe_of: {name!r} is not a frozen "
+                                      f"member of this config; frozen members: "
+                                      f"{[m.name for m in config.members if m.mode == 'frozen']}")
+        elif member.probe_of:
+            raise ConfigError(f"members[{position}] ({member.name}): probe_of is set but mode is {member.mode!r}; "
+                              "set mode: probe or remove probe_of")
+        if member.ema_decay > 0 and member.epoch_selection == "inner_split":
+            raise ConfigError(f"members[{position}] ({member.name}): ema_decay with epoch_selection inner_split "
+                              "is not supported (the inner split scores the raw weights); use one of them")
     if config.decision.min_labels > config.decision.max_labels:
         raise ConfigError(f"decision: min_labels {config.decision.min_labels} is above max_labels "
                           f"{config.decision.max_labels}")
 
 
 _SECTION_TYPES = {"stack": StackConfig, "decision": DecisionConfig}
+
+
+BACKBONE_MIN_SIZES = "members.backbone.min_size"  # choices key: {backbone: smallest input it takes}
+
+
+def check_member_inputs(config: PipelineConfig, min_sizes: Optional[dict]) -> None:
+    """What the members stage would only find out when it reaches a member: an input size below its
+    backbone's minimum (the registry's, passed in `choices` as BACKBONE_MIN_SIZES) and a local
+    weights file that is not there. Checked only when the caller passes the minimums, i.e. when
+    the members stage is about to run."""
+    if min_sizes is None:
+        return
+    for position, member in enumerate(config.members):
+        where = f"members[{position}] ({member.name})"
+        smallest = min_sizes.get(member.backbone)
+        for key in ("image_size", "image_height"):
+            size = getattr(member, key, None)
+            if smallest is not None and size is not None and size < smallest:
+                raise ConfigError(f"{where}.{key} is {size}; backbone {member.backbone} takes at least {smallest} "
+                                  f"(set members.{member.name}.{key}={smallest} or more, or null for its native size)")
+        weights = member.weights
+        if weights not in (None, "imagenet") and not Path(weights).expanduser().is_file():
+            raise ConfigError(f"{where}.weights: file {weights} not found (relative paths start at the working "
+                              "directory); give an existing .weights.h5 file, imagenet, or null for random init")
 
 
 def dump_config(config: PipelineConfig) -> str:

@@ -136,7 +136,12 @@ def create_backbone(name: str, input_size=None, weights: Optional[str] = None) -
         size = resolve_size(name, input_size)
         shape = (size, size, 3)
     if weights is None or weights == "imagenet":
-        return spec.builder(shape, weights)
+        try:
+            return spec.builder(shape, weights)
+        except Exception as err:  # noqa: BLE001 - Keras raises a bare Exception for a failed download
+            if weights == "imagenet" and _download_failed(err):
+                raise BackboneError(weights_download_message(name, err)) from None
+            raise
     path = Path(weights).expanduser()
     if not path.is_file():
         raise BackboneError(f"weights file {path} for backbone {name!r} not found; give an existing "
@@ -150,6 +155,27 @@ def create_backbone(name: str, input_size=None, weights: Optional[str] = None) -
     except (ValueError, OSError, UserWarning) as err:
         raise BackboneError(f"weights file {path} does not fit backbone {name!r} (include_top=False): {err}") from err
     return trunk
+
+
+def _download_failed(err: BaseException) -> bool:
+    import urllib.error
+    return isinstance(err, (urllib.error.URLError, ConnectionError, TimeoutError)) or "URL fetch failure" in str(err)
+
+
+def weights_download_message(name: str, err: BaseException) -> str:
+    """One line for a failed ImageNet weights download: the backbone, the host, and the three ways
+    to run without it (docs/OFFLINE.md)."""
+    import re
+
+    from keras.src.backend.config import keras_home
+    url = re.search(r"(https?://[^\s:]+(?::\d+)?[^\s:]*)", str(err))
+    host = re.match(r"https?://([^/:]+)", url.group(1)).group(1) if url else "the weights host"
+    file_name = url.group(1).rstrip("/").rsplit("/", 1)[-1] if url else "the weights file"
+    reason = str(err).split(" -- ", 1)[-1].strip() or type(err).__name__
+    cache = Path(keras_home()) / "models"
+    return (f"backbone {name!r}: downloading its ImageNet weights from {host} failed ({reason}); offline, "
+            f"either copy {file_name} into Keras's cache {cache} (KERAS_HOME moves it), or set the member's "
+            f"weights to a local .weights.h5 file, or weights: null for random init (docs/OFFLINE.md)")
 
 
 def is_pretrained(weights: Optional[str]) -> bool:
@@ -228,6 +254,10 @@ register_backbone("resnet50", 224, 32, "caffe", "conv4_block6_out")(_application
 register_backbone("xception", 299, 71, "tf", "block12_sepconv3_bn")(_application(keras.applications.Xception))
 register_backbone("densenet201", 224, 32, "torch", "pool4_pool")(_application(keras.applications.DenseNet201))
 register_backbone("mobilenet_v2", 224, 32, "tf", "block_15_add")(_application(keras.applications.MobileNetV2))
+# MobileNet V1 (alpha 1.0): plain depthwise-separable stacks, no residuals: a different ImageNet
+# trunk from V2 for a stack to combine. Preprocessing as keras.applications.mobilenet's ("tf",
+# [-1, 1]); top blocks: the last two separable blocks (12 and 13)
+register_backbone("mobilenet", 224, 32, "tf", "conv_pw_11_relu")(_application(keras.applications.MobileNet))
 
 
 @register_backbone("tiny_cnn", 64, 16, "tf", "tiny_block3_pool")

@@ -26,7 +26,8 @@ from fashion_stack.ensemble.stacking import second_level_oof
 from fashion_stack.features.stacker_inputs import MemberStack
 from fashion_stack.features.stage import load_member_stacks, member_lineage
 from fashion_stack.reports import plots
-from fashion_stack.reports.run_data import RunDataError, read_folds, read_manifest, true_labels
+from fashion_stack.reports.run_data import (BEST_MEMBER_RULE, RunDataError, best_member, read_folds, read_manifest,
+                                            true_labels)
 from fashion_stack.reports.tables import markdown_table
 
 
@@ -84,7 +85,7 @@ def run_ablate(ctx: StageContext) -> dict:
     log = ctx.logger("ablate")
     rule = atomic.read_json(_require(ctx.run.decision_dir / "rule.json", "decide"))
     decision = upstream_digest(ctx.run.decision_dir, "decide")  # a finished, intact decision only
-    stacker_name = _stacker_of(rule)
+    stacker_name = _stacker_of(rule, ctx.config.ablation.stacker)
     unit = ctx.run.report_dir / "ablation"
     # the chosen rule is part of the hash: a redone decide stage may pick another one
     config_hash = ctx.config.section_hash("ablation")
@@ -117,8 +118,11 @@ def _configured(specs, name: str):
     return next((spec for spec in map(as_plugin_spec, specs) if spec.name == name), name)
 
 
-def _stacker_of(rule: dict) -> str:
-    # a member chosen as the source means no stacker was run; its subsets combine members by the mean
+def _stacker_of(rule: dict, setting: str = "chosen") -> str:
+    """ablation.stacker: a stacker's name, or "chosen": the decision's stacker (a member chosen as
+    the source means no stacker was run: its subsets combine members by the mean)."""
+    if setting != "chosen":
+        return setting
     return rule["source"] if rule.get("kind", "stacker") == "stacker" else "mean"
 
 
@@ -136,6 +140,10 @@ def _write(ctx: StageContext, table: pd.DataFrame, stacker_name: str, rule: dict
             f"Scores are nested-CV over the folds. delta = subset - full ensemble ({metric}-F1); "
             f"interval: 95% paired bootstrap over images resampled within folds "
             f"({ctx.config.ablation.bootstrap} resamples, seed {ctx.config.ablation.seed}).\n\n")
+    best = best_member(ctx.run, metric)
+    if best is not None:  # the run's one definition; the "only <member>" rows are nested-CV through the stacker
+        head += (f"Best member: **{best[0]}** ({metric}-F1@best {best[1]:.4f}), "
+                 f"{BEST_MEMBER_RULE.format(metric=metric)}; its row here is `only {best[0]}`.\n\n")
     shown = table[["subset", "kind", *METRIC_COLUMNS.values(), f"delta_{f1_column(metric)}", "ci_low", "ci_high"]]
     atomic.write_text(report / "ablation.md", head + markdown_table(shown) + "\n## Per fold\n\n"
                       + markdown_table(table.drop(columns=["members", "n_members"])))

@@ -22,8 +22,8 @@ from fashion_stack.datasets.folds import FoldsError
 from fashion_stack.datasets.manifest import ManifestError
 from fashion_stack.reports import plots
 from fashion_stack.ensemble.decide_stage import LabelSetsError
-from fashion_stack.reports.run_data import (USABLE, RunDataError, label_frequencies, read_label_sets, read_manifest,
-                              true_labels)
+from fashion_stack.reports.run_data import (BEST_MEMBER_RULE, USABLE, RunDataError, floor_check, label_frequencies,
+                                            read_label_sets, read_manifest, true_labels)
 from fashion_stack.reports.tables import html_table
 
 ARTIFACT_ERRORS = (RunDataError, ManifestError, FoldsError, PredictionError, LabelError, LabelSetsError)
@@ -37,8 +37,8 @@ class NotRun(Exception):
 
 def _report_inputs(ctx: StageContext) -> list:
     run = ctx.run
-    files = [run.manifest, run.folds, *sorted((run.root / "members").glob("*/scores.json")),
-             *sorted((run.root / "ensemble").glob("*/scores.json")), *sorted(run.decision_dir.glob("*")),
+    files = [run.manifest, run.folds, *[run.member_dir(m.name) / "scores.json" for m in ctx.config.members],
+             *[run.stacker_dir(as_plugin_spec(s).name) / "scores.json" for s in ctx.config.stack.stackers], *sorted(run.decision_dir.glob("*")),
              *sorted(run.report_dir.glob("*.csv")), *sorted(run.report_dir.glob("*.json"))]
     return [path for path in files if path.is_file()]
 
@@ -101,8 +101,12 @@ class _Inputs:
         return self._cached("oof_labels", load)
 
     def scores(self, kind: str) -> dict:
-        """name -> scores.json of members ("members") or stackers ("ensemble")."""
-        return {p.parent.name: atomic.read_json(p) for p in sorted((self.run.root / kind).glob("*/scores.json"))}
+        """name -> scores.json of the configured members ("members") or stackers ("ensemble") that
+        have one: the config says what the run is made of, not folders an earlier config left."""
+        config = self.ctx.config
+        names = [m.name for m in config.members] if kind == "members" else [as_plugin_spec(s).name for s in config.stack.stackers]
+        paths = [self.run.root / kind / name / "scores.json" for name in names]
+        return {p.parent.name: atomic.read_json(p) for p in paths if p.is_file()}
 
 
 def require(path: Path, stage: str) -> Path:
@@ -168,10 +172,18 @@ def fold_section(inputs: _Inputs) -> str:
         record = atomic.read_json(floor_path)
         floor = (f" Frequency floor (the k most frequent labels of the other folds for every image): "
                  f"<b>{record['oof']:.4f}</b>.")
-    return (f"<p>Best member by mean micro-F1: <b>{html.escape(best)}</b>.{floor} d_* columns: fold-paired "
+    correlation = ""
+    correlation_path = inputs.report / "member_correlation.csv"
+    if correlation_path.exists():
+        correlation = ("<h3>Members' pairwise correlation</h3><p>Pearson correlation over every image x label "
+                       "cell of the pool, of the members' OOF logits and of their errors (truth minus "
+                       "probability): members whose errors correlate near 1 make the same mistakes, and a "
+                       "stacker has little to combine.</p>" + html_table(pd.read_csv(correlation_path), digits=3))
+    return (f"<p>Best member: <b>{html.escape(best)}</b> ({html.escape(BEST_MEMBER_RULE.format(metric='micro'))})."
+            f"{floor} d_* columns: fold-paired "
             "difference member - best (mean and sample std over folds).</p>"
             + html_table(summary, highlight_rows=highlight) + folds_img
-            + "<details><summary>per fold</summary>" + html_table(table) + "</details>")
+            + "<details><summary>per fold</summary>" + html_table(table) + "</details>" + correlation)
 
 
 def stacking_section(inputs: _Inputs) -> str:
@@ -188,9 +200,12 @@ def stacking_section(inputs: _Inputs) -> str:
     cv_threshold = _cv_threshold_scores(inputs)
     if cv_threshold is not None:
         table = table.merge(cv_threshold, on=["source", "kind"], how="left")
+    floor_path = inputs.report / "frequency_floor.json"
+    floor = atomic.read_json(floor_path)["oof"] if floor_path.exists() else None
     plots.bars(inputs.report / "stacking_gain.png", table["source"], table["micro_f1@best"],
                ylabel="OOF micro-F1 at best threshold", title="Members and stackers (pool OOF)",
-               highlight=table.loc[table["micro_f1@best"].idxmax(), "source"])
+               highlight=table.loc[table["micro_f1@best"].idxmax(), "source"],
+               reference=None if floor is None else (floor, f"frequency floor {floor:.4f}"))
     return ("<p>OOF scores over the whole pool (stackers: second-level OOF). <b>micro_f1@best and "
             "samples_f1@best use the one threshold that is best for the very rows they score</b> (in-sample, "
             "optimistic); micro_f1@cv_threshold is the decide stage's global rule, its threshold chosen on "
@@ -226,7 +241,7 @@ def decision_section(inputs: _Inputs) -> str:
             f"</b> (nested-CV {html.escape(metric_column)} {rule.get('score', float('nan')):.4f}, the best of "
             f"{len(scores)} candidates scored on the same folds, so optimistic).</p>"
             + _honest_paragraph(rule.get("honest")) + "<p>All candidates, nested cross-validated on the OOF pool:</p>"
-            + html_table(scores, highlight_rows=chosen) + _vs_mean_paragraph(inputs))
+            + html_table(scores, highlight_rows=chosen) + _vs_best_member_paragraph(inputs) + _vs_mean_paragraph(inputs))
 
 
 def _honest_paragraph(honest) -> str:
@@ -240,6 +255,17 @@ def _honest_paragraph(honest) -> str:
             f"{honest['n_candidates']} candidates was repeated on the other folds only, and that choice "
             "predicted the fold; the fold's labels never took part in the choice that scored it.</p>"
             + html_table(per_fold))
+
+
+def _vs_best_member_paragraph(inputs: _Inputs) -> str:
+    path = inputs.run.decision_dir / "vs_best_member.csv"
+    if not path.exists():
+        return ""
+    return ("<h3>The stack's gain over its best member</h3><p>The honest headline (outer loop) against the best "
+            "single member with its best rule (nested CV; a maximum over the member candidates, so the "
+            "comparison is conservative for the stack), with a 95% fold-paired bootstrap interval (images "
+            "resampled within folds) and the fold-paired t interval over the folds' differences.</p>"
+            + html_table(pd.read_csv(path)))
 
 
 def _vs_mean_paragraph(inputs: _Inputs) -> str:
@@ -309,7 +335,32 @@ def threshold_section(inputs: _Inputs) -> str:
             + _img("threshold_curve.png", "threshold curve"))
 
 
+def summary_section(inputs: _Inputs) -> str:
+    """The answer first: what was chosen, how good it honestly is, against the floor, the best
+    member, where the submission is and what the run cost; warnings when it does not work."""
+    from fashion_stack.reports.summary import headline_lines
+    run, metric = inputs.run, inputs.ctx.config.decision.metric
+    lines = headline_lines(run, metric)
+    if not lines:
+        raise NotRun("decision/rule.json and members/*/scores.json are missing (made by --stages members,decide)")
+    submission = run.submission
+    lines.append(f"Submission: {submission.resolve()}" if submission.exists() else
+                 "Submission: not written yet (made by --stages submit)")
+    times_path = run.root / "stage_times.json"
+    if times_path.exists():
+        times = atomic.read_json(times_path)
+        total = sum(t.get("seconds", 0) for name, t in times.items() if name != "report")
+        peak = max((t.get("peak_memory_mb") or 0 for t in times.values()), default=0)
+        lines.append(f"Run time: {total / 60:.1f} min over {len([n for n in times if n != 'report'])} stage(s) "
+                     f"(each stage's latest run), peak memory {peak / 1024:.1f} GB (stage_times.json)")
+    warnings = floor_check(run, metric)
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    alerts = "".join(f'<p class="warn">{html.escape(line)}</p>' for line in warnings)
+    return f'<div class="box"><ul>{items}</ul></div>{alerts}'
+
+
 SECTIONS = [
+    ("summary", "Summary", summary_section),
     ("config", "Run config", config_section),
     ("data", "Data summary", data_section),
     ("folds", "Fold scores per member", fold_section),
@@ -333,6 +384,8 @@ img{max-width:100%;margin:8px 0;border:1px solid #eef0f4}
 pre{background:#f6f8fa;padding:10px;font-size:12px;overflow:auto;max-height:420px}
 .notrun{color:#8a5a00;background:#fff8e6;border-left:4px solid #f0b429;padding:6px 10px}
 .pair{display:flex;gap:24px;flex-wrap:wrap}.meta{color:#5b6475;font-size:14px}
+.box{background:#f1f6ff;border:1px solid #b9cdf0;padding:4px 14px;font-size:15px}
+.warn{color:#8a1c1c;background:#fdecec;border-left:4px solid #d64545;padding:6px 10px;font-weight:600}
 """
 
 
