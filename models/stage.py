@@ -356,8 +356,11 @@ def member_resources(member: MemberConfig, data: StageData, cache_root: Path) ->
     placement = resolve_placement(member)
     spec = resolve_input_spec(member)
     universe = sorted({data.path_of[unit.train_side][i] for unit in data.units for i in unit.train_ids})
+    rows = usable(data.manifest)
+    content_of = dict(zip(rows["path"], rows["sha256"]))  # the disk cache is named by its rows' contents
     cache = image_cache(member.cache, cache_root, universe, spec.size, spec.resize,
-                        int(member.cache_budget_gb * 2**30))
+                        int(member.cache_budget_gb * 2**30),
+                        contents=[content_of.get(path) or path for path in universe])
     get_logger("members").info(
         "%s trains on %d x %s (%s, XLA %s, %d step(s) per execution); image cache: %s", member.name,
         placement.replicas, placement.kind, placement.precision_policy, "on" if placement.jit_compile else "off",
