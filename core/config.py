@@ -75,7 +75,9 @@ class MemberConfig:
     # photos); None: square
     image_height: Optional[Annotated[int, Ge(16)]] = None
     weights: Optional[str] = None  # "imagenet", a local .h5 / .weights.h5 path, or None
-    mode: Literal["finetune", "frozen"] = "finetune"  # "finetune" (two phases) or "frozen" (embeddings once, heads per fold)
+    # "finetune" (two phases), "frozen" (embeddings once, heads per fold) or "probe" (per-label
+    # logistic regression on other frozen members' embeddings; see probe_of)
+    mode: Literal["finetune", "frozen", "probe"] = "finetune"
     resize: Literal["stretch", "pad", "crop"] = "pad"
     # how the feature map becomes label scores: global average / max; "csra": class-specific
     # residual attention (per-label spatial attention added to the average); "bands": average over
@@ -109,6 +111,33 @@ class MemberConfig:
     patience: Annotated[int, Ge(1)] = 3
     augment: bool = True
     tta_flip: bool = False
+    # ---- Fine-tuning recipe (issue 21; defaults keep the two-phase recipe, configs/ccp.yaml
+    # states what was measured). head_init "embeddings": linear probing, then fine-tuning (LP-FT,
+    # Kumar et al. 2022): the head first trains on cached trunk embeddings of the unit's training
+    # images for frozen_epochs at learning_rate (one trunk pass instead of head_epochs augmented
+    # ones), so the trunk's fine-tuning starts from a fitted head instead of an underfit one that
+    # would push large gradients into it. "train": head_epochs on images with the trunk frozen.
+    head_init: Literal["train", "embeddings"] = "train"
+    # fine-tuning phase: the learning rate rises linearly from 0 over this fraction of its steps,
+    # then decays by a cosine (a fresh Adam's first steps are its largest relative updates)
+    warmup_fraction: Annotated[float, Interval(ge=0, lt=1)] = 0.0
+    # layer-wise learning rates in the fine-tuning phase: trunk layer at relative depth d (0 first,
+    # 1 last) learns at finetune_learning_rate * trunk_lr_floor ** (1 - d); the head at the full
+    # rate. 1.0: one rate for all (early blocks hold generic edges and colours worth keeping)
+    trunk_lr_floor: Annotated[float, Interval(gt=0, le=1)] = 1.0
+    # exponential moving average of the weights during fine-tuning (0: off); the average, not the
+    # last step's weights, is the unit's model (Polyak averaging: smoother than any single step)
+    ema_decay: Annotated[float, Interval(ge=0, lt=1)] = 0.0
+    # test-time augmentation over scales: each extra scale s > 1 predicts on a centred crop of
+    # 1/s of each side, resized back; the mean over scales (and mirrors, with tta_flip)
+    tta_scales: list[Annotated[float, Interval(ge=1, le=2)]] = field(default_factory=lambda: [1.0])
+    # mode "probe": frozen embeddings of the named frozen members (same config; concatenated,
+    # flip-averaged when they have tta_flip, standardised) -> one logistic regression per label
+    # (scikit-learn), C chosen among probe_c by an inner probe_inner_folds-fold CV on the training
+    # rows only (lowest mean log loss). The embeddings are those members' own caches: no extra trunk pass
+    probe_of: list[str] = field(default_factory=list)
+    probe_c: Annotated[list[Annotated[float, Gt(0)]], MinLen(1)] = field(default_factory=lambda: [0.0003, 0.001, 0.003])
+    probe_inner_folds: Annotated[int, Ge(2)] = 3
     # Scale settings (issue: members at the competition's size). Enumerations are Literal so the
     # loader refuses a typo when the config loads, not when the members stage reaches it.
     # auto: bfloat16 where the accelerator computes it natively (NVIDIA compute capability >= 8,
@@ -402,6 +431,8 @@ def parse_override(text: str) -> dict:
         raise ConfigError(f"--set {text!r}: the key {dotted!r} has an empty part; write e.g. folds.k=5")
     try:
         value = yaml.safe_load(raw) if raw else None
+    except RecursionError:
+        raise ConfigError(f"--set {dotted}=...: the value is nested too deeply") from None
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"--set {text!r}: the value {raw!r} is not valid YAML ({problem}); "
@@ -442,6 +473,11 @@ def read_config_file(path: Path, _chain: tuple = ()) -> dict:
         raise ConfigError(f"cannot read config {path}: {err}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"config {path} is not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {path} is not UTF-8 (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                          "save it as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"config {path} is nested too deeply to be a config") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config {path}: top level must be a mapping")
     base = values.pop("base", None)
@@ -561,17 +597,48 @@ def load_config(path: str | Path | None = None, overrides: list[dict] | None = N
     return config
 
 
+# The competition's (and submissions.validate's) most labels per image.
+COMPETITION_MAX_LABELS = 23
+
+
 def validate(config: PipelineConfig) -> None:
     """Cross-field checks that a single annotation cannot express."""
+    from fashion_stack.core.names import name_problem  # names become folders: one rule (core.names)
+    for where, name in [("name", config.name)] + [(f"members[{i}].name", m.name) for i, m in enumerate(config.members)]:
+        if name_problem(name):
+            raise ConfigError(f"{where} {name!r} {name_problem(name)}")
     names = [m.name for m in config.members]
     if len(set(names)) != len(names) or any(not n for n in names):
         raise ConfigError(f"members need unique, non-empty names; got {names}")
+    for key in ("min_labels", "max_labels"):
+        value = getattr(config.decision, key)
+        if value > COMPETITION_MAX_LABELS:
+            raise ConfigError(f"decision.{key} is {value}; the competition accepts at most {COMPETITION_MAX_LABELS} "
+                              f"labels per image (its validator refuses more), so it must be at most "
+                              f"{COMPETITION_MAX_LABELS}")
     for position, member in enumerate(config.members):
         epochs = (member.frozen_epochs if member.mode == "frozen" else member.head_epochs + member.finetune_epochs)
-        if epochs < 1:
+        if member.mode != "probe" and epochs < 1:
             fields = "frozen_epochs" if member.mode == "frozen" else "head_epochs + finetune_epochs"
             raise ConfigError(f"members[{position}] ({member.name}): {fields} is {epochs}; a member needs at "
                               "least one training epoch")
+    by_name = {m.name: m for m in config.members}
+    for position, member in enumerate(config.members):
+        if member.mode == "probe":
+            if not member.probe_of:
+                raise ConfigError(f"members[{position}] ({member.name}): mode probe needs probe_of, the names of "
+                                  f"frozen members whose embeddings it reads (members: {names})")
+            for name in member.probe_of:
+                if by_name.get(name) is None or by_name[name].mode != "frozen":
+                    raise ConfigError(f"members[{position}] ({member.name}).probe_of: {name!r} is not a frozen "
+                                      f"member of this config; frozen members: "
+                                      f"{[m.name for m in config.members if m.mode == 'frozen']}")
+        elif member.probe_of:
+            raise ConfigError(f"members[{position}] ({member.name}): probe_of is set but mode is {member.mode!r}; "
+                              "set mode: probe or remove probe_of")
+        if member.ema_decay > 0 and member.epoch_selection == "inner_split":
+            raise ConfigError(f"members[{position}] ({member.name}): ema_decay with epoch_selection inner_split "
+                              "is not supported (the inner split scores the raw weights); use one of them")
     if config.decision.min_labels > config.decision.max_labels:
         raise ConfigError(f"decision: min_labels {config.decision.min_labels} is above max_labels "
                           f"{config.decision.max_labels}")

@@ -62,8 +62,11 @@ class StageContext:
         `sections` and `extra` add what a later stage also depends on (folds: the folds section and
         the pool). The files themselves are inputs, not settings: see competition_files."""
         config, data = self.config, self.config.data
+        # not data.dir: where the data lies is no setting (a moved or copied data directory, or the
+        # same one given by a relative path, holds the same inputs); prepare records its content
         shape = {key: getattr(data, key) for key in
-                 ("dir", "label_map", "train", "validation", "test", "image_layout", "allow_missing_test_images")}
+                 ("label_map", "train", "validation", "test", "image_layout", "allow_missing_test_images")}
+        shape["generated"] = data.dir is None
         if data.dir is None:
             shape["demo"] = dataclasses.asdict(config.demo)
         full = config.to_dict()

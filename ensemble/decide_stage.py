@@ -88,6 +88,9 @@ def run_decide(ctx: StageContext) -> dict:
     atomic.write_csv(out_dir / "scores.csv", scores)
     n_true = y_true.sum(axis=1)
     honest = _honest_headline(ctx, counts, n_true, fold_of, outer_loop)
+    if honest.get("method") is not None:
+        honest["vs_best_member"] = _write_comparison_with_best_member(ctx, counts, honest, n_true, fold_of)
+        atomic.write_json(out_dir / "selection.json", honest)
     _write_comparison_with_mean(ctx, counts, n_true, fold_of)
     record = _apply_best(ctx, choose_best(scores, ctx.config.decision.metric), sources, label_space,
                          manifest, fold_table, honest=honest)
@@ -133,6 +136,64 @@ def _honest_headline(ctx: StageContext, counts: list, n_true, fold_of, outer_loo
                                [f"{c['source']}+{c['rule']}" for c in honest["per_fold"]])
     atomic.write_json(ctx.run.decision_dir / "selection.json", honest)
     return honest
+
+
+def headline_counts(counts: list, honest: dict, fold_of) -> np.ndarray:
+    """Per-image counts of the honest headline: each fold's rows from the candidate the outer
+    loop chose for that fold (selection.json's per_fold)."""
+    by_key = {(c.source, c.kind, c.rule): c for c in counts}
+    pooled = np.zeros_like(counts[0].nested)
+    for choice in honest["per_fold"]:
+        scored = np.asarray(fold_of) == choice["fold"]
+        pooled[scored] = by_key[(choice["source"], choice["kind"], choice["rule"])].nested[scored]
+    return pooled
+
+
+def compare_headline_with_best_member(counts: list, honest: dict, n_true, fold_of, metric: str,
+                                      n_bootstrap: int, seed: int, best_name: str | None = None) -> dict | None:
+    """The honest headline against the best single member (ensemble.comparison.BEST_MEMBER_RULE names
+    it; `best_name` None: the member with the best nested score) under its best rule by nested CV (a
+    maximum over the rules, so the member's figure is if anything optimistic): the difference, a 95%
+    fold-paired bootstrap interval (images resampled within folds), each fold's difference and their
+    t interval. None when no member was scored."""
+    from fashion_stack.core.metrics import f1_from_counts
+    from fashion_stack.ensemble.comparison import fold_paired, paired_bootstrap_stats, stats_from_counts
+    members = [c for c in counts if c.kind == "member" and best_name in (None, c.source)]
+    if not members:
+        return None
+    score = lambda c: f1_from_counts(c[:, 0], c[:, 1], n_true, metric)  # noqa: E731
+    best = max(members, key=lambda c: score(c.nested))
+    ours = headline_counts(counts, honest, fold_of)
+    low, high = paired_bootstrap_stats(stats_from_counts(ours[:, 0], n_true, ours[:, 1]),
+                                       stats_from_counts(best.nested[:, 0], n_true, best.nested[:, 1]),
+                                       fold_of, metric, n_bootstrap, seed)
+    fold_of = np.asarray(fold_of)
+    folds = sorted(np.unique(fold_of).tolist())
+    per_fold = [f1_from_counts(ours[fold_of == f, 0], ours[fold_of == f, 1], n_true[fold_of == f], metric)
+                - f1_from_counts(best.nested[fold_of == f, 0], best.nested[fold_of == f, 1], n_true[fold_of == f],
+                                 metric) for f in folds]
+    _, t_low, t_high = fold_paired(per_fold)
+    return {"system": "honest headline (outer loop)", "headline": score(ours),
+            "best_member": best.source, "best_member_rule": best.rule, "best_member_nested": score(best.nested),
+            f"delta_{metric}_f1": score(ours) - score(best.nested), "ci_low": low, "ci_high": high,
+            "excludes_0": bool(low > 0 or high < 0), "n_bootstrap": n_bootstrap,
+            **{f"delta_fold{f}": d for f, d in zip(folds, per_fold)}, "fold_t_low": t_low, "fold_t_high": t_high}
+
+
+def _write_comparison_with_best_member(ctx: StageContext, counts: list, honest: dict, n_true, fold_of) -> dict | None:
+    """decision/vs_best_member.csv: is the stack's gain over its best member real?"""
+    from fashion_stack.ensemble.comparison import best_member
+    ablation, metric = ctx.config.ablation, ctx.config.decision.metric
+    named = best_member(ctx.run, metric, among=[m.name for m in ctx.config.members])
+    row = compare_headline_with_best_member(counts, honest, n_true, fold_of, metric, ablation.bootstrap,
+                                            ablation.seed, best_name=named[0] if named else None)
+    if row is not None:
+        atomic.write_csv(ctx.run.decision_dir / "vs_best_member.csv", pd.DataFrame([row]))
+        ctx.logger(STAGE).info("honest headline %.4f against the best member %s + %s %.4f: %+.4f [%+.4f, %+.4f]",
+                               row["headline"], row["best_member"], row["best_member_rule"],
+                               row["best_member_nested"], row[f"delta_{ctx.config.decision.metric}_f1"],
+                               row["ci_low"], row["ci_high"])
+    return row
 
 
 def _write_comparison_with_mean(ctx: StageContext, counts: list, n_true, fold_of) -> None:

@@ -23,7 +23,7 @@ from fashion_stack.core import atomic  # noqa: E402 (after the environment it re
 from fashion_stack.core.config import ConfigError, dump_config, load_config, overlay_values, parse_override
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.log import setup_logging
-from fashion_stack.core.rundir import RunDir, RunDirError, StaleArtifactError, environment_record, run_lock
+from fashion_stack.core.rundir import RunDir, RunDirError, StaleArtifactError, environment_record, run_lock, unwritable
 
 # name -> (entry point, what it writes). Order is the order of the pipeline.
 STAGES = {
@@ -105,8 +105,14 @@ def registered_choices(stages=None) -> dict:
 
 
 def chosen_stages(text: str) -> list:
-    """--stages: "all" is every stage but the opt-in ones, which run only when named."""
-    return [s for s in STAGES if s not in OPT_IN] if text == "all" else split_names(text, STAGES, "stage(s)")
+    """--stages: "all" is every stage but the opt-in ones, which run only when named. Named stages
+    run in pipeline order whatever order they are given in (each reads what the earlier ones make)."""
+    if text.strip() == "all":
+        return [s for s in STAGES if s not in OPT_IN]
+    named = split_names(text, STAGES, "stage(s)")
+    if not named:
+        raise ConfigError(f"--stages {text!r} names no stage; give some of: all, {', '.join(STAGES)}")
+    return [s for s in STAGES if s in named]
 
 
 def build_context(args, stages=None) -> StageContext:
@@ -203,9 +209,13 @@ def run_stages(ctx: StageContext, stages: list, log) -> int:
         atomic.write_text(ctx.run.root / "config.yaml", dump_config(ctx.config))
         atomic.write_json(ctx.run.root / "env.json", {**environment_record(), "data_dir": str(ctx.data_dir)})
     except OSError as err:
-        raise RunDirError(f"run directory {ctx.run.root} is not writable ({err.strerror or err}); "
-                          "fix its permissions or choose another --run-dir") from err
-    log.info("run directory %s, data %s, stages %s", ctx.run.root, ctx.data_dir, ",".join(stages))
+        raise unwritable(ctx.run.root, err) from None
+    removed = atomic.remove_leftovers(ctx.run.root)
+    if removed:
+        log.warning("removed %d temporary file(s) left by interrupted writes: %s", len(removed),
+                    ", ".join(os.path.relpath(path, ctx.run.root) for path in removed[:10])
+                    + (f" (and {len(removed) - 10} more)" if len(removed) > 10 else ""))
+    log.info("run directory %s, data %s, stages %s (in pipeline order)", ctx.run.root, ctx.data_dir, ",".join(stages))
     summaries = {}
     for name in stages:
         try:

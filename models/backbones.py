@@ -251,6 +251,10 @@ register_backbone("resnet50", 224, 32, "caffe", "conv4_block6_out")(_application
 register_backbone("xception", 299, 71, "tf", "block12_sepconv3_bn")(_application(keras.applications.Xception))
 register_backbone("densenet201", 224, 32, "torch", "pool4_pool")(_application(keras.applications.DenseNet201))
 register_backbone("mobilenet_v2", 224, 32, "tf", "block_15_add")(_application(keras.applications.MobileNetV2))
+# MobileNet V1 (alpha 1.0): plain depthwise-separable stacks, no residuals: a different ImageNet
+# trunk from V2 for a stack to combine. Preprocessing as keras.applications.mobilenet's ("tf",
+# [-1, 1]); top blocks: the last two separable blocks (12 and 13)
+register_backbone("mobilenet", 224, 32, "tf", "conv_pw_11_relu")(_application(keras.applications.MobileNet))
 
 
 @register_backbone("tiny_cnn", 64, 16, "tf", "tiny_block3_pool")

@@ -58,14 +58,16 @@ def embedding_hash(member: MemberConfig) -> str:
 
 
 def member_embeddings(member: MemberConfig, image_ids: Sequence[str], paths: Sequence[str],
-                      cache_dir: Path, redo: bool = False) -> EmbeddingTable:
+                      cache_dir: Path, redo: bool = False, content: Optional[str] = None) -> EmbeddingTable:
     """Embeddings of these images, from the cache when it was made for the same trunk settings
-    and the same ids; otherwise computed (all at once) and cached."""
+    and the same ids; otherwise computed (all at once) and cached. `content`: a digest of the
+    images' contents (the manifest's content hashes), so a moved or touched data directory keeps
+    the cache; without it, every file's path, size and mtime stand in for it."""
     cache_dir = Path(cache_dir)
     image_ids = [str(i) for i in image_ids]
-    # the trunk settings and every image file's size and mtime: an image replaced in place
-    # makes the cache stale (the heads would otherwise train on the old picture's features)
-    wanted = f"{embedding_hash(member)}:{_files_stamp(paths)}"
+    # the trunk settings and the images' content: an image replaced in place makes the cache
+    # stale (the heads would otherwise train on the old picture's features)
+    wanted = f"{embedding_hash(member)}:{content or _files_stamp(paths)}"
     if not redo and _cache_matches(cache_dir, wanted, image_ids):
         return _read(cache_dir, image_ids, member.tta_flip)
     shutil.rmtree(cache_dir, ignore_errors=True)

@@ -28,15 +28,26 @@ BEST_BY = "micro_f1"  # the competition's metric
 DIFF = {m: f"d_{m}" for m in METRICS}  # paired difference member - best, same fold
 
 
-def member_fold_scores(run: RunDir) -> pd.DataFrame:
-    """Long table: member, fold, micro_f1, samples_f1, loss, read from members/*/scores.json."""
-    paths = sorted((run.root / "members").glob("*/scores.json"))
-    if not paths:
-        raise RunDataError(f"{run.root / 'members'}: no <member>/scores.json; run --stages members first")
+def member_score_files(run: RunDir, members=None) -> list:
+    """members/<m>/scores.json of the named members (a run's config: what the run is made of, not
+    what an earlier config left on disk), or, with members=None, of every member folder there."""
+    if members is None:
+        return sorted((run.root / "members").glob("*/scores.json"))
+    return [run.member_dir(name) / "scores.json" for name in members]
+
+
+def member_fold_scores(run: RunDir, members=None) -> pd.DataFrame:
+    """Long table: member, fold, micro_f1, samples_f1, loss, read from members/<m>/scores.json of
+    `members` (None: every member folder)."""
+    paths = member_score_files(run, members)
+    absent = [path for path in paths if not path.is_file()]
+    if not paths or absent:
+        raise RunDataError(f"{absent[0] if absent else run.root / 'members'}: no <member>/scores.json; "
+                           "run --stages members first")
     rows = []
     for path in paths:
         record = atomic.read_json(path)
-        member = record.get("member", path.parent.name)
+        member = path.parent.name  # the folder is the member's name (a copied folder keeps an old "member")
         for position, fold in enumerate(record.get("folds", [])):
             missing = [key for key in ["fold", *METRICS.values()] if key not in fold]
             if missing:
@@ -48,7 +59,7 @@ def member_fold_scores(run: RunDir) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fold_score_table(run: RunDir | str | Path) -> pd.DataFrame:
+def fold_score_table(run: RunDir | str | Path, members=None) -> pd.DataFrame:
     """Member x fold rows, then a "mean" and a "std" (sample, ddof=1) row per member.
 
     Columns: member, fold ("0".."k-1", "mean", "std"), micro_f1, samples_f1, loss, best (bool),
@@ -57,7 +68,7 @@ def fold_score_table(run: RunDir | str | Path) -> pd.DataFrame:
     member with the highest mean micro-F1.
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
-    scores = member_fold_scores(run)
+    scores = member_fold_scores(run, members)
     means = scores.groupby("member", sort=False)[list(METRICS)].mean()
     chosen = best_member(run, BEST_BY.split("_")[0], among=set(means.index))  # the run's one definition
     best = chosen[0] if chosen else str(means[BEST_BY].idxmax())
@@ -106,6 +117,38 @@ def paired_differences(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def member_correlations(ctx: StageContext) -> pd.DataFrame:
+    """Every pair of members: the Pearson correlation of their OOF logits (log-odds, over every
+    image x label cell) and of their errors (truth minus probability, per cell). Members whose
+    errors correlate near 1 make the same mistakes: a stacker has little to combine."""
+    from fashion_stack.core import predictions  # the members' OOF tables
+    fold_of = read_folds(ctx.run)
+    ids = list(fold_of.index)
+    label_space = ctx.label_space()
+    truth = true_labels(read_manifest(ctx.run), ids, label_space, ctx.config.data.pool).astype(np.float64)
+    names = [m.name for m in ctx.config.members if (ctx.run.member_dir(m.name) / "oof.parquet").is_file()]
+    probs = {name: predictions.read(ctx.run.member_dir(name) / "oof.parquet", label_space.label_ids)
+             .reindex(ids).to_numpy(np.float64) for name in names}
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            rows.append({"member_a": a, "member_b": b,
+                         "logit_correlation": _correlation(_logit(probs[a]), _logit(probs[b])),
+                         "error_correlation": _correlation(truth - probs[a], truth - probs[b])})
+    return pd.DataFrame(rows, columns=["member_a", "member_b", "logit_correlation", "error_correlation"])
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    denominator = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
+
+
 def frequency_floor_scores(ctx: StageContext) -> dict:
     """The out-of-fold frequency floor (top-k most frequent labels for every image) on the pool."""
     fold_of = read_folds(ctx.run)
@@ -115,15 +158,20 @@ def frequency_floor_scores(ctx: StageContext) -> dict:
 
 def _compare_outputs(ctx: StageContext) -> list:
     return [ctx.run.report_dir / name for name in ("fold_scores.csv", "fold_scores.md", "fold_scores.png",
-                                                    "paired_differences.csv", "frequency_floor.json")]
+                                                    "paired_differences.csv", "frequency_floor.json",
+                                                    "member_correlation.csv")]
 
 
-@derived_stage("compare", inputs=lambda ctx: sorted((ctx.run.root / "members").glob("*/scores.json"))
+def configured_members(ctx: StageContext) -> list:
+    return [m.name for m in ctx.config.members]
+
+
+@derived_stage("compare", inputs=lambda ctx: member_score_files(ctx.run, configured_members(ctx))
                + [ctx.run.folds, ctx.run.manifest], outputs=_compare_outputs, config_sections=("decision",),
                upstream=member_units)
 def run_compare(ctx: StageContext) -> dict:
     log = ctx.logger("compare")
-    table = fold_score_table(ctx.run)
+    table = fold_score_table(ctx.run, configured_members(ctx))
     best = table.attrs["best_member"]
     report = ctx.run.report_dir
     atomic.write_csv(report / "fold_scores.csv", table)
@@ -131,7 +179,9 @@ def run_compare(ctx: StageContext) -> dict:
     atomic.write_csv(report / "paired_differences.csv", differences)
     floor = frequency_floor_scores(ctx)
     atomic.write_json(report / "frequency_floor.json", floor)
-    atomic.write_text(report / "fold_scores.md", _markdown(table, differences, floor))
+    correlations = member_correlations(ctx)
+    atomic.write_csv(report / "member_correlation.csv", correlations)
+    atomic.write_text(report / "fold_scores.md", _markdown(table, differences, floor, correlations))
     per_fold = table[~table["fold"].isin(["mean", "std"])]
     plots.fold_points(report / "fold_scores.png",
                       {m: list(b["micro_f1"]) for m, b in per_fold.groupby("member", sort=False)},
@@ -144,7 +194,7 @@ def run_compare(ctx: StageContext) -> dict:
             "path": str(report / "fold_scores.csv")}
 
 
-def _markdown(table: pd.DataFrame, differences: pd.DataFrame, floor: dict) -> str:
+def _markdown(table: pd.DataFrame, differences: pd.DataFrame, floor: dict, correlations: pd.DataFrame = None) -> str:
     summary = table[table["fold"] == "mean"].drop(columns=["fold"]).copy()
     stds = table[table["fold"] == "std"].set_index("member")
     for metric in METRICS:
@@ -160,4 +210,7 @@ def _markdown(table: pd.DataFrame, differences: pd.DataFrame, floor: dict) -> st
              "\n## Per fold\n\n", markdown_table(table)]
     if not differences.empty:
         parts += ["\n## Paired differences vs the best member\n\n", markdown_table(differences)]
+    if correlations is not None and not correlations.empty:
+        parts += ["\n## Members' pairwise correlation (OOF logits; errors = truth - probability)\n\n",
+                  markdown_table(correlations)]
     return "".join(parts)

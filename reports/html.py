@@ -37,8 +37,8 @@ class NotRun(Exception):
 
 def _report_inputs(ctx: StageContext) -> list:
     run = ctx.run
-    files = [run.manifest, run.folds, *sorted((run.root / "members").glob("*/scores.json")),
-             *sorted((run.root / "ensemble").glob("*/scores.json")), *sorted(run.decision_dir.glob("*")),
+    files = [run.manifest, run.folds, *[run.member_dir(m.name) / "scores.json" for m in ctx.config.members],
+             *[run.stacker_dir(s) / "scores.json" for s in ctx.config.stack.stackers], *sorted(run.decision_dir.glob("*")),
              *sorted(run.report_dir.glob("*.csv")), *sorted(run.report_dir.glob("*.json"))]
     return [path for path in files if path.is_file()]
 
@@ -101,8 +101,12 @@ class _Inputs:
         return self._cached("oof_labels", load)
 
     def scores(self, kind: str) -> dict:
-        """name -> scores.json of members ("members") or stackers ("ensemble")."""
-        return {p.parent.name: atomic.read_json(p) for p in sorted((self.run.root / kind).glob("*/scores.json"))}
+        """name -> scores.json of the configured members ("members") or stackers ("ensemble") that
+        have one: the config says what the run is made of, not folders an earlier config left."""
+        config = self.ctx.config
+        names = [m.name for m in config.members] if kind == "members" else list(config.stack.stackers)
+        paths = [self.run.root / kind / name / "scores.json" for name in names]
+        return {p.parent.name: atomic.read_json(p) for p in paths if p.is_file()}
 
 
 def require(path: Path, stage: str) -> Path:
@@ -168,11 +172,18 @@ def fold_section(inputs: _Inputs) -> str:
         record = atomic.read_json(floor_path)
         floor = (f" Frequency floor (the k most frequent labels of the other folds for every image): "
                  f"<b>{record['oof']:.4f}</b>.")
+    correlation = ""
+    correlation_path = inputs.report / "member_correlation.csv"
+    if correlation_path.exists():
+        correlation = ("<h3>Members' pairwise correlation</h3><p>Pearson correlation over every image x label "
+                       "cell of the pool, of the members' OOF logits and of their errors (truth minus "
+                       "probability): members whose errors correlate near 1 make the same mistakes, and a "
+                       "stacker has little to combine.</p>" + html_table(pd.read_csv(correlation_path), digits=3))
     return (f"<p>Best member: <b>{html.escape(best)}</b> ({html.escape(BEST_MEMBER_RULE.format(metric='micro'))})."
             f"{floor} d_* columns: fold-paired "
             "difference member - best (mean and sample std over folds).</p>"
             + html_table(summary, highlight_rows=highlight) + folds_img
-            + "<details><summary>per fold</summary>" + html_table(table) + "</details>")
+            + "<details><summary>per fold</summary>" + html_table(table) + "</details>" + correlation)
 
 
 def stacking_section(inputs: _Inputs) -> str:
@@ -230,7 +241,7 @@ def decision_section(inputs: _Inputs) -> str:
             f"</b> (nested-CV {html.escape(metric_column)} {rule.get('score', float('nan')):.4f}, the best of "
             f"{len(scores)} candidates scored on the same folds, so optimistic).</p>"
             + _honest_paragraph(rule.get("honest")) + "<p>All candidates, nested cross-validated on the OOF pool:</p>"
-            + html_table(scores, highlight_rows=chosen) + _vs_mean_paragraph(inputs))
+            + html_table(scores, highlight_rows=chosen) + _vs_best_member_paragraph(inputs) + _vs_mean_paragraph(inputs))
 
 
 def _honest_paragraph(honest) -> str:
@@ -244,6 +255,17 @@ def _honest_paragraph(honest) -> str:
             f"{honest['n_candidates']} candidates was repeated on the other folds only, and that choice "
             "predicted the fold; the fold's labels never took part in the choice that scored it.</p>"
             + html_table(per_fold))
+
+
+def _vs_best_member_paragraph(inputs: _Inputs) -> str:
+    path = inputs.run.decision_dir / "vs_best_member.csv"
+    if not path.exists():
+        return ""
+    return ("<h3>The stack's gain over its best member</h3><p>The honest headline (outer loop) against the best "
+            "single member with its best rule (nested CV; a maximum over the member candidates, so the "
+            "comparison is conservative for the stack), with a 95% fold-paired bootstrap interval (images "
+            "resampled within folds) and the fold-paired t interval over the folds' differences.</p>"
+            + html_table(pd.read_csv(path)))
 
 
 def _vs_mean_paragraph(inputs: _Inputs) -> str:

@@ -7,6 +7,9 @@ from typing import Mapping, Optional, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+# Label names, member and stacker names are data, not TeX: a name with two '$' would otherwise be
+# parsed as mathtext and stop the report (issue 24). Every plot of the project is made here.
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 

@@ -44,7 +44,8 @@ def validate_submission(path: str | Path, test_ids: Sequence, label_ids: Optiona
         header = next(lines, None)
         if header is None:
             return problems + [f"{path}: empty file; expected header {','.join(HEADER)}"]
-        problems += _check_header(next(csv.reader([header[1] or ""])), path)
+        header_cells = _cells(header[1] or "", 1, path, problems)
+        problems += _check_header(header_cells, path) if header_cells is not None else []
         blank_lines = []  # fine at the end of the file; between rows each is a malformed row
         for line_no, text in lines:
             if text is not None and not text.strip():
@@ -52,8 +53,9 @@ def validate_submission(path: str | Path, test_ids: Sequence, label_ids: Optiona
                 continue
             problems += [f"{path}: line {n}: malformed: 0 column(s) (a blank line between rows)" for n in blank_lines]
             blank_lines = []
-            if text is not None:
-                problems += _check_row(next(csv.reader([text])), line_no, path, expected, known_labels,
+            row = _cells(text, line_no, path, problems) if text is not None else None
+            if row is not None:
+                problems += _check_row(row, line_no, path, expected, known_labels,
                                        first_line_of, min_labels, max_labels)
     problems += _check_missing(expected, first_line_of, path)
     return problems
@@ -79,6 +81,28 @@ def _lines(handle, path: Path, problems: list):
             problems.append(f"{path}: starts with a UTF-8 byte-order mark; write plain UTF-8 without BOM")
             raw = raw[3:]
         yield line_no, _decode(raw, path, line_no, problems).rstrip("\r\n")
+
+
+def _cells(text: str, line_no: int, path: Path, problems: list):
+    """The CSV cells of one line, read strictly; None (and the problem noted) for a line a CSV
+    reader such as Kaggle's would read differently: an unterminated quote swallows the lines after
+    it, a bare CR (old Mac line ends) is a line end inside this line."""
+    if "\r" in text:
+        problems.append(f"{path}: line {line_no}: holds a bare CR (old Mac line ends?); a CSV reader splits the line "
+                        "there: save the file with LF (or CRLF) line ends")
+        return None
+    try:
+        return next(csv.reader([text], strict=True), [])
+    except csv.Error as err:
+        problems.append(f"{path}: line {line_no}: malformed CSV ({err}); an unterminated quote makes a CSV reader "
+                        "take the following lines as part of this row: close or remove the quote")
+        return None
+
+
+def printable(text: str) -> str:
+    """Text from the file as it may be printed: as is when every character is printable, else its
+    repr (a NUL or an escape sequence would otherwise hide in the terminal: '\x0062' shows as 62)."""
+    return text if text.isprintable() else repr(text)
 
 
 def _decode(raw: bytes, path: Path, line_no: int, problems: list) -> str:
@@ -119,11 +143,11 @@ def _check_row(row, line_no, path, expected, known_labels, first_line_of, min_la
         problems.append(f"{where}: {len(labels)} labels, more than the maximum {max_labels}")
     repeated = sorted({lab for lab in labels if labels.count(lab) > 1})
     if repeated:
-        problems.append(f"{where}: repeated label(s) {' '.join(repeated)}")
+        problems.append(f"{where}: repeated label(s) {' '.join(map(printable, repeated))}")
     if known_labels is not None:
         unknown = list(dict.fromkeys(lab for lab in labels if lab not in known_labels))
         if unknown:
-            problems.append(f"{where}: unknown label(s) {' '.join(unknown)} not in the label map")
+            problems.append(f"{where}: unknown label(s) {' '.join(map(printable, unknown))} not in the label map")
     return problems
 
 
