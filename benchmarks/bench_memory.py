@@ -46,9 +46,10 @@ def measure(imat_dir: Path, out: Path, overrides: list, counts=(250, 200, 50)) -
         wall = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"the pipeline failed (exit {code}); see {out / 'pipeline.log'}")
+    from fashion_stack.pipeline import STAGES
     times = json.loads((out / "run" / "stage_times.json").read_text())
-    table = pd.DataFrame([{"stage": name, "seconds": t["seconds"], "peak_MB": t["peak_memory_mb"]}
-                          for name, t in times.items()])
+    table = pd.DataFrame([{"stage": name, "seconds": times[name]["seconds"], "peak_MB": times[name]["peak_memory_mb"]}
+                          for name in STAGES if name in times])
     whole = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     table.loc[len(table)] = {"stage": "whole run (child process peak)", "seconds": round(wall, 1), "peak_MB": round(whole)}
     return table

@@ -326,8 +326,22 @@ def train_unit(job: UnitJob) -> dict:
         share_gpu(member.unit_gpus)
         resources = _resources_for(member, job.data, job.run_root / "cache" / "images", job.config_hash)
     callbacks = list(job.callbacks) + training_log_callbacks(job.run_root, member.name, job.unit.name, job.config)
-    return run_unit(member, job.unit, job.unit_dir, job.data, job.config_hash, embeddings, callbacks, resources,
-                    lineage=job.lineage)
+    try:
+        return run_unit(member, job.unit, job.unit_dir, job.data, job.config_hash, embeddings, callbacks, resources,
+                        lineage=job.lineage)
+    finally:
+        release_models()
+
+
+def release_models() -> None:
+    """Drop what Keras keeps of a finished unit's model (its traced graphs and global state). Without
+    it each unit's model stayed in the process: the four-member config's members stage grew by
+    every backbone in turn (docs/RESULTS.md, issue 23: peak memory per stage)."""
+    import gc
+
+    import keras
+    keras.backend.clear_session()
+    gc.collect()
 
 
 _RESOURCES = ProcessCache("member resources", "the current member's placement and image cache, shared by its units")
@@ -356,8 +370,11 @@ def member_resources(member: MemberConfig, data: StageData, cache_root: Path) ->
     placement = resolve_placement(member)
     spec = resolve_input_spec(member)
     universe = sorted({data.path_of[unit.train_side][i] for unit in data.units for i in unit.train_ids})
+    rows = usable(data.manifest)
+    content_of = dict(zip(rows["path"], rows["sha256"]))  # the disk cache is named by its rows' contents
     cache = image_cache(member.cache, cache_root, universe, spec.size, spec.resize,
-                        int(member.cache_budget_gb * 2**30))
+                        int(member.cache_budget_gb * 2**30),
+                        contents=[content_of.get(path) or path for path in universe])
     get_logger("members").info(
         "%s trains on %d x %s (%s, XLA %s, %d step(s) per execution); image cache: %s", member.name,
         placement.replicas, placement.kind, placement.precision_policy, "on" if placement.jit_compile else "off",

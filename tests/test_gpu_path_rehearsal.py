@@ -46,16 +46,14 @@ def test_the_pipeline_runs_end_to_end_on_jax(tmp_path):
     done = _run(args, "jax", PROJECT_ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
-    env = json.loads((run / "env.json").read_text())
-    assert "jax" in env["packages"]
     for member in ("cnn_a", "cnn_b"):
         placement = json.loads((run / "members" / member / "fold0" / "DONE.json").read_text())["placement"]
-        assert placement["kind"] == "cpu"
+        # XLA-compiled steps: the JAX trainer's (TensorFlow on a CPU trains without XLA)
+        assert placement["kind"] == "cpu" and placement["jit_compile"] is True
     assert (run / "ensemble" / "grid_cnn" / "oof.parquet").exists()  # the Keras stacker ran on JAX too
     assert json.loads((run / "decision" / "rule.json").read_text())["rule"] in ("global", "topk")
     verdict = _run(["validate", str(run)], "jax", PROJECT_ROOT)
     assert verdict.returncode == 0 and "valid: 12 rows" in verdict.stdout
-    assert "Backend" not in done.stderr or "jax" in done.stderr.lower()
 
 
 BF16_SCRIPT = r"""
