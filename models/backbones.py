@@ -15,6 +15,8 @@ from typing import Callable, Optional
 import keras
 from keras import layers, ops
 
+from fashion_stack.core.registry import Registry
+
 
 class BackboneError(ValueError):
     """An unknown backbone name, an input size it cannot take, or weights it cannot load."""
@@ -34,32 +36,33 @@ class BackboneSpec:
         return preprocess_images(images, self.preprocess_style)
 
 
-_REGISTRY: dict = {}
+BACKBONES = Registry("backbone", name_attribute=None)  # name -> BackboneSpec (core.registry)
 
 
 def register_backbone(name: str, native_size: int, min_size: int, preprocess_style: str, top_blocks_after: str):
-    """Decorator: register `builder(input_shape, weights) -> keras.Model` under `name`."""
+    """Decorator: register `builder(input_shape, weights) -> keras.Model` under `name` in BACKBONES."""
     if preprocess_style not in _STYLES:
         raise BackboneError(f"backbone {name!r}: preprocess style {preprocess_style!r} is not one of {sorted(_STYLES)}")
 
     def decorate(builder: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise BackboneError(f"backbone {name!r} is registered twice")
-        _REGISTRY[name] = BackboneSpec(name, native_size, min_size, preprocess_style, top_blocks_after, builder)
+        try:
+            BACKBONES.add(name, BackboneSpec(name, native_size, min_size, preprocess_style, top_blocks_after, builder))
+        except ValueError as err:
+            raise BackboneError(str(err)) from None
         return builder
 
     return decorate
 
 
 def backbone_names() -> list:
-    return sorted(_REGISTRY)
+    return sorted(BACKBONES)
 
 
 def backbone_spec(name: str) -> BackboneSpec:
     try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise BackboneError(f"unknown backbone {name!r}; registered backbones: {backbone_names()}") from None
+        return BACKBONES.get_entry(name)
+    except ValueError as err:
+        raise BackboneError(str(err)) from None
 
 
 def resolve_size(name: str, image_size: Optional[int]) -> int:
@@ -251,6 +254,10 @@ register_backbone("resnet50", 224, 32, "caffe", "conv4_block6_out")(_application
 register_backbone("xception", 299, 71, "tf", "block12_sepconv3_bn")(_application(keras.applications.Xception))
 register_backbone("densenet201", 224, 32, "torch", "pool4_pool")(_application(keras.applications.DenseNet201))
 register_backbone("mobilenet_v2", 224, 32, "tf", "block_15_add")(_application(keras.applications.MobileNetV2))
+# MobileNet V1 (alpha 1.0): plain depthwise-separable stacks, no residuals: a different ImageNet
+# trunk from V2 for a stack to combine. Preprocessing as keras.applications.mobilenet's ("tf",
+# [-1, 1]); top blocks: the last two separable blocks (12 and 13)
+register_backbone("mobilenet", 224, 32, "tf", "conv_pw_11_relu")(_application(keras.applications.MobileNet))
 
 
 @register_backbone("tiny_cnn", 64, 16, "tf", "tiny_block3_pool")

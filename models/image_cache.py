@@ -21,7 +21,6 @@ Worker processes import this module: numpy and the standard library only.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from fashion_stack.core.lineage import short_hash
 from fashion_stack.models.image_decode import as_hw, check_policy
 
 CACHE_MODES = ("auto", "memory", "disk", "none")
@@ -173,7 +173,7 @@ def _memory_cache(paths, size, resize, needed: int) -> ImageCache:
 def _disk_cache(cache_dir: Path, paths, size, resize, needed: int, contents=None) -> ImageCache:
     height, width = as_hw(size)
     rows = [str(c) for c in contents] if contents is not None else paths  # what row i holds
-    key = hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
+    key = short_hash("\n".join(rows).encode())
     file = cache_dir / f"v{FORMAT_VERSION}-{height}x{width}-{resize}-{key}.pixels"
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(file, "ab") as handle:  # creates it, or keeps the rows already there

@@ -10,8 +10,6 @@ Units, by config.data.pool:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,18 +24,21 @@ from fashion_stack.core.executor import Resources, Task
 from fashion_stack.core.lineage import digest
 from fashion_stack.core.log import get_logger
 from fashion_stack.core.metrics import score_probabilities
+from fashion_stack.core.registry import ProcessCache
 from fashion_stack.core.rundir import DONE, is_done, mark_done, read_done, upstream_digest
 from fashion_stack.datasets.folds import read_folds
 from fashion_stack.datasets.manifest import POOLS, ManifestDigests, manifest_labels, pool_ids, read_manifest, test_ids, usable
 from fashion_stack.models import trainer
 from fashion_stack.models.backbones import resolve_input_spec
 from fashion_stack.models.devices import resolve_placement, share_gpu
-from fashion_stack.models.embeddings import member_embeddings
+from fashion_stack.models.embeddings import embedding_hash, member_embeddings
+from fashion_stack.models.probe import LinearProbe, fit_probe, probe_features
+from fashion_stack.models import probe as probe_model
 from fashion_stack.models.inputs import image_cache
 from fashion_stack.models.tensorboard_logs import training_log_callbacks
 
 STARTED = "STARTED.json"
-MODES = ("finetune", "frozen")
+MODES = ("finetune", "frozen", "probe")
 
 
 class MembersError(RuntimeError):
@@ -129,10 +130,12 @@ SPEED_FIELDS = ("steps_per_execution", "data_parallel", "checkpoint_steps", "che
                 "cache_budget_gb", "reader", "reader_workers", "jit_compile", "unit_cpus", "unit_gpus")
 
 
-def member_hash(member: MemberConfig, pool_name: str, label_ids) -> str:
+def member_hash(member: MemberConfig, pool_name: str, label_ids, probed: list = ()) -> str:
     settings = {k: v for k, v in dataclasses.asdict(member).items() if k not in SPEED_FIELDS}
     blob = {"member": settings, "pool": pool_name, "labels": list(label_ids)}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if probed:  # a probe's inputs are other members' embeddings: their trunk settings are its settings
+        blob["probed"] = [embedding_hash(m) for m in probed]
+    return digest(blob)
 
 
 # ---- one member ----------------------------------------------------------------------------
@@ -145,7 +148,8 @@ def run_member(ctx, member: MemberConfig, data: StageData, callbacks=()) -> dict
         raise MembersError(f"member {member.name!r}: mode {member.mode!r}; use one of {MODES}")
     log = ctx.logger("members")
     started = time.perf_counter()
-    config_hash = member_hash(member, ctx.config.data.pool, data.label_space.label_ids)
+    config_hash = member_hash(member, ctx.config.data.pool, data.label_space.label_ids,
+                              probed_members(ctx.config, member))
     digests = ManifestDigests(data.manifest)
     redo = ctx.redo_stage("members")
     member_dir = ctx.run.member_dir(member.name)
@@ -168,6 +172,15 @@ def run_member(ctx, member: MemberConfig, data: StageData, callbacks=()) -> dict
         ctx.run_units([Task("members", f"{member.name}/embeddings", compute_embeddings_unit,
                             (member, data, member_dir / "embeddings", redo), unit_resources(member),
                             member_dir / "embeddings.log")])
+    if jobs and member.mode == "probe":  # the probed members' caches (made already when they ran first)
+        ctx.run_units([Task("members", f"{member.name}/embeddings of {other.name}", compute_embeddings_unit,
+                            (other, data, ctx.run.member_dir(other.name) / "embeddings", False),
+                            unit_resources(other), member_dir / f"embeddings_{other.name}.log")
+                       for other in probed_members(ctx.config, member)])
+    if jobs and member.mode == "finetune" and member.head_init == "embeddings":  # LP-FT: one pass for every unit's head
+        ctx.run_units([Task("members", f"{member.name}/head_embeddings", compute_head_embeddings_unit,
+                            (member, data, member_dir / HEAD_EMBEDDINGS, redo), unit_resources(member),
+                            member_dir / "head_embeddings.log")])
     ctx.run_units([Task("members", f"{member.name}/{job.unit.name}", train_unit, (job,), unit_resources(member),
                         job.unit_dir / "unit.log") for job in jobs])
     trained = len(jobs)
@@ -279,21 +292,59 @@ def compute_embeddings_unit(member: MemberConfig, data: StageData, cache_dir: Pa
     return len(_embeddings(member, data, cache_dir, redo).image_ids)
 
 
+HEAD_EMBEDDINGS = "head_embeddings"
+
+
+def _head_embeddings(member: MemberConfig, data: StageData, cache_dir: Path, redo: bool):
+    """A fine-tuned member's pretrained-trunk embeddings of every image some unit trains on (not
+    mirrored: the head fits on the images as they are), for head_init "embeddings"."""
+    ids = sorted({(unit.train_side, i) for unit in data.units for i in unit.train_ids}, key=str)
+    return member_embeddings(dataclasses.replace(member, tta_flip=False), [f"{side}:{i}" for side, i in ids],
+                             [data.path_of[side][i] for side, i in ids], cache_dir, redo=redo)
+
+
+def compute_head_embeddings_unit(member: MemberConfig, data: StageData, cache_dir: Path, redo: bool) -> int:
+    return len(_head_embeddings(member, data, cache_dir, redo).image_ids)
+
+
+def probed_members(config, member: MemberConfig) -> list:
+    """The members whose embeddings a probe member reads (config.validate checked the names)."""
+    return [config.member(name) for name in member.probe_of] if member.mode == "probe" else []
+
+
 def train_unit(job: UnitJob) -> dict:
     """One (member, unit), wherever an executor placed it: its devices are resolved there."""
     member = job.member
     embeddings = resources = None
     if member.mode == "frozen":  # the embeddings unit has made them: this reads the cache
         embeddings = _embeddings(member, job.data, job.unit_dir.parent / "embeddings", redo=False)
+    elif member.mode == "probe":  # the probed members' caches, made before the units
+        members_dir = job.unit_dir.parent.parent
+        embeddings = [_embeddings(other, job.data, members_dir / other.name / "embeddings", redo=False)
+                      for other in probed_members(job.config, member)]
     else:
         share_gpu(member.unit_gpus)
         resources = _resources_for(member, job.data, job.run_root / "cache" / "images", job.config_hash)
     callbacks = list(job.callbacks) + training_log_callbacks(job.run_root, member.name, job.unit.name, job.config)
-    return run_unit(member, job.unit, job.unit_dir, job.data, job.config_hash, embeddings, callbacks, resources,
-                    lineage=job.lineage)
+    try:
+        return run_unit(member, job.unit, job.unit_dir, job.data, job.config_hash, embeddings, callbacks, resources,
+                        lineage=job.lineage)
+    finally:
+        release_models()
 
 
-_RESOURCES: dict = {}
+def release_models() -> None:
+    """Drop what Keras keeps of a finished unit's model (its traced graphs and global state). Without
+    it each unit's model stayed in the process: the four-member config's members stage grew by
+    every backbone in turn (docs/RESULTS.md, issue 23: peak memory per stage)."""
+    import gc
+
+    import keras
+    keras.backend.clear_session()
+    gc.collect()
+
+
+_RESOURCES = ProcessCache("member resources", "the current member's placement and image cache, shared by its units")
 
 
 def _resources_for(member: MemberConfig, data: StageData, cache_root: Path, config_hash: str):
@@ -340,7 +391,17 @@ def run_unit(member: MemberConfig, unit: Unit, unit_dir: Path, data: StageData, 
     seed = member.seed * 1000 + (unit.fold if isinstance(unit.fold, int) else 999)
     train_labels = data.labels(list(unit.train_ids), unit.train_side)
     placed = {"devices": 1, "kind": "embeddings", "precision": "float32"}
-    if member.mode == "frozen":
+    model_file = trainer.MODEL_FILE
+    if member.mode == "probe":  # embeddings: one table per probed member
+        placed["kind"] = "probe (scikit-learn)"
+        model = fit_probe(probe_features(embeddings, [f"{unit.train_side}:{i}" for i in unit.train_ids]),
+                          train_labels, member.probe_c, member.probe_inner_folds, seed)
+        oof = model.predict(probe_features(embeddings, [f"pool:{i}" for i in unit.predict_ids]))
+        test = model.predict(probe_features(embeddings, [f"test:{i}" for i in data.test]))
+        get_logger("members").info("%s: C %g chosen by the inner CV (mean log loss %s)", where, model.c,
+                                   {c: round(v, 5) for c, v in model.inner_log_loss.items()})
+        model_file = probe_model.MODEL_FILE
+    elif member.mode == "frozen":
         model = trainer.train_head(member, embeddings.rows([f"{unit.train_side}:{i}" for i in unit.train_ids]),
                                    train_labels, unit_dir, seed, where, callbacks)
         oof = _predict_frozen(model, member, embeddings, [f"pool:{i}" for i in unit.predict_ids])
@@ -350,27 +411,36 @@ def run_unit(member: MemberConfig, unit: Unit, unit_dir: Path, data: StageData, 
         placement = resources.placement
         placed = {"devices": placement.replicas, "kind": placement.kind, "precision": placement.precision_policy,
                   "jit_compile": placement.jit_compile, "global_batch": member.batch_size * placement.replicas}
+        head_embeddings = None
+        if member.head_init == "embeddings":  # the members stage has made them: this reads the cache
+            table = _head_embeddings(member, data, unit_dir.parent / HEAD_EMBEDDINGS, redo=False)
+            head_embeddings = table.rows([f"{unit.train_side}:{i}" for i in unit.train_ids])
         model = trainer.train_finetune(member, [data.path_of[unit.train_side][i] for i in unit.train_ids],
                                        train_labels, unit_dir, seed, where, callbacks, cache=resources.cache,
-                                       placement=placement)
+                                       placement=placement, head_embeddings=head_embeddings)
         predict = dict(batch_size=member.batch_size, tta_flip=member.tta_flip, reader=member.reader,
-                       workers=member.reader_workers, replicas=placement.replicas)
+                       workers=member.reader_workers, replicas=placement.replicas, tta_scales=member.tta_scales)
         oof = trainer.predict_images(model, [data.path_of["pool"][i] for i in unit.predict_ids],
                                      desc=f"{where} oof", **predict)
         test = trainer.predict_images(model, [data.path_of["test"][i] for i in data.test],
                                       desc=f"{where} test", **predict)
-    trainer.save_model(model, unit_dir / trainer.MODEL_FILE)
+    if isinstance(model, LinearProbe):
+        model.save(unit_dir / model_file)
+    else:
+        trainer.save_model(model, unit_dir / model_file)
     label_ids = data.label_space.label_ids
     predictions.write(unit_dir / "oof.parquet", predictions.make_table(unit.predict_ids, oof, label_ids))
     predictions.write(unit_dir / "test.parquet", predictions.make_table(data.test, test, label_ids))
     history = trainer.read_history(unit_dir / trainer.HISTORY)
     scores = {"fold": unit.fold, **score_probabilities(data.labels(list(unit.predict_ids)), oof),
               "seconds": time.perf_counter() - started, "train_images_per_s": trainer.training_rate(history)}
-    if member.epoch_selection != "fixed":  # the epoch the inner split of the training folds chose, per phase
+    if member.mode == "probe":
+        scores["chosen_c"] = model.c
+    elif member.epoch_selection != "fixed":  # the epoch the inner split of the training folds chose, per phase
         scores["chosen_epochs"] = trainer.chosen_epochs(unit_dir)
     trainer.remove_checkpoints(unit_dir)  # model.keras now holds the final weights
     mark_done(unit_dir, config_hash, data.folds_hash, inputs_hash=lineage,
-              artifacts=["oof.parquet", "test.parquet", trainer.MODEL_FILE], trained_ids=list(unit.train_ids),
+              artifacts=["oof.parquet", "test.parquet", model_file], trained_ids=list(unit.train_ids),
               predicted_ids=list(unit.predict_ids), n_test=len(data.test), seconds=scores["seconds"], scores=scores,
               placement=placed)
     return scores

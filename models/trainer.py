@@ -70,6 +70,8 @@ def finetune_phases(member: MemberConfig) -> list:
         return [Phase("all", member.head_epochs + member.finetune_epochs, member.learning_rate)]
     phases = [Phase("head", member.head_epochs, member.learning_rate),
               Phase(member.unfreeze, member.finetune_epochs, member.finetune_learning_rate)]
+    if member.head_init == "embeddings":  # the head was fitted on cached embeddings (fit_head_on_embeddings)
+        phases = phases[1:]
     return [p for p in phases if p.epochs > 0]
 
 
@@ -344,12 +346,67 @@ def chosen_epochs(fold_dir: Path) -> dict:
 # ---- training ------------------------------------------------------------------------------
 
 
+@keras.saving.register_keras_serializable(package="fashion")
+class LayerwiseAdam(keras.optimizers.Adam):
+    """Adam whose step for each variable is scaled by a factor (layer-wise learning rates), and
+    whose weight average (use_ema) is swapped into the model only when asked (swap_in_average):
+    Keras swaps it in at the end of every fit, and the trainer fits one epoch at a time."""
+
+    def __init__(self, *args, factors: Optional[dict] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.factors = dict(factors or {})  # variable path -> factor (1.0 when absent)
+
+    def build(self, var_list):
+        super().build(var_list)
+        self._factor_of = [float(self.factors.get(v.path, 1.0)) for v in var_list]
+
+    def update_step(self, gradient, variable, learning_rate):
+        factor = self._factor_of[self._get_variable_index(variable)]
+        super().update_step(gradient, variable, learning_rate if factor == 1.0 else learning_rate * factor)
+
+    def finalize_variable_values(self, var_list):
+        pass  # see swap_in_average
+
+    def swap_in_average(self, var_list) -> None:
+        if self.use_ema:
+            self._overwrite_model_variables_with_average_value(var_list)
+
+
+def layerwise_factors(model: keras.Model, floor: float) -> dict:
+    """{variable path: learning-rate factor}: trunk layer at relative depth d (0 first, 1 last) gets
+    floor ** (1 - d); everything outside the trunk (the head) 1.0."""
+    if floor >= 1.0:
+        return {}
+    trunks = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if not trunks:
+        return {}
+    weighted = [layer for layer in trunks[0].layers if layer.weights]
+    last = max(1, len(weighted) - 1)
+    return {v.path: floor ** (1 - position / last) for position, layer in enumerate(weighted) for v in layer.weights}
+
+
 def _compile(model: keras.Model, member: MemberConfig, learning_rate: float, total_steps: int,
-             placement: Placement) -> None:
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps), alpha=0.05)
+             placement: Placement, phase: str = "head") -> None:
+    total_steps = max(1, total_steps)
+    tuning = phase in ("top", "all")  # the recipe's options apply to the phase that trains the trunk
+    warmup = int(round(member.warmup_fraction * total_steps)) if tuning else 0
+    if warmup:
+        schedule = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(1, total_steps - warmup), alpha=0.05,
+                                                          warmup_target=learning_rate, warmup_steps=warmup)
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps, alpha=0.05)
+    factors = layerwise_factors(model, member.trunk_lr_floor) if tuning else {}
+    ema = tuning and member.ema_decay > 0
+    optimizer = LayerwiseAdam(schedule, factors=factors, use_ema=ema, ema_momentum=member.ema_decay if ema else 0.99)
     # a mixed_float16 model gets Keras's loss-scaling optimizer from compile; bfloat16 needs none
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=member_loss(member),
+    model.compile(optimizer=optimizer, loss=member_loss(member),
                   jit_compile=placement.jit_compile, steps_per_execution=placement.steps_per_execution)
+
+
+def _swap_in_average(model: keras.Model) -> None:
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under loss scaling
+    if isinstance(optimizer, LayerwiseAdam):
+        optimizer.swap_in_average(model.trainable_variables)
 
 
 def _fit_phase(model, member: MemberConfig, phase: Phase, epoch_data: EpochData, steps: int, fold_dir: Path,
@@ -403,9 +460,10 @@ def _run_phases(model, member: MemberConfig, phases: list, data_for_phase: Calla
             if has_trunk:
                 set_trainable(model, member.backbone, phase.name, pretrained=is_pretrained(member.weights))
             rate = scaled_learning_rate(phase.learning_rate, member.lr_scaling, placement.replicas)
-            _compile(model, member, rate, phase.epochs * steps, placement)
+            _compile(model, member, rate, phase.epochs * steps, placement, phase.name)
             _fit_phase(model, member, phase, data_for_phase(number), steps, fold_dir, where, images_per_epoch,
                        callbacks, selector_for(phase) if selector_for else None)
+            _swap_in_average(model)  # with ema_decay, the phase's weight average becomes its result
             save_weights(model, finished)
             (fold_dir / CHECKPOINTS / f"{phase.name}.npz").unlink(missing_ok=True)
         previous = finished
@@ -431,9 +489,14 @@ def multi_hot_or_float(labels) -> np.ndarray:
 
 def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarray, fold_dir: Path,
                    seed: int, where: str = "", callbacks: Sequence = (), cache=None,
-                   placement: Optional[Placement] = None) -> keras.Model:
+                   placement: Optional[Placement] = None, head_embeddings: Optional[np.ndarray] = None
+                   ) -> keras.Model:
     """Fine-tune the member's trunk + head on these images, on every device of `placement`,
-    resuming whatever fold_dir holds. `cache`: a models.inputs image cache, or None."""
+    resuming whatever fold_dir holds. `cache`: a models.inputs image cache, or None.
+    `head_embeddings` (member head_init "embeddings"): the trunk's embeddings of `paths`, in order;
+    the head is first fitted on them (LP-FT), then the trunk fine-tunes under it."""
+    if member.head_init == "embeddings" and head_embeddings is None:
+        raise ValueError(f"member {member.name!r}: head_init 'embeddings' needs the training images' embeddings")
     keras.utils.set_random_seed(seed)
     placement = placement or resolve_placement(member)
     spec = resolve_input_spec(member)
@@ -463,10 +526,25 @@ def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarra
             paths, labels, spec.size, spec.resize, global_batch, seed=seed, epoch=base + epoch, skip_batches=skip,
             drop_remainder=drop_remainder, cache=cache, reader=member.reader, workers=member.reader_workers)
 
+    head = None
+    if member.head_init == "embeddings":
+        rows = np.asarray(fit) if member.epoch_selection == "inner_split" else slice(None)
+        head = train_head(member, np.asarray(head_embeddings)[rows], labels, Path(fold_dir) / "head", seed,
+                          f"{where} head")
+        keras.utils.set_random_seed(seed)
     with placement_scope(placement):
         model = build_member_model(member, labels.shape[1], precision=placement.precision_policy)
+        if head is not None:
+            copy_head(head, model)
         return _run_phases(model, member, phases, data_for_phase, steps, Path(fold_dir), where, len(paths),
                            placement, callbacks, selector_for=selector_for)
+
+
+def copy_head(head: keras.Model, model: keras.Model) -> None:
+    """The head layers' weights (same names in build_head_model and build_member_model) into `model`."""
+    for layer in head.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
 
 
 def train_head(member: MemberConfig, embeddings: np.ndarray, labels: np.ndarray, fold_dir: Path,
@@ -520,29 +598,46 @@ class ArrayBatches(keras.utils.PyDataset):
 
 def predict_images(model: keras.Model, paths: Sequence[str], batch_size: int, tta_flip: bool = False,
                    reader: str = "auto", workers: Optional[int] = None, desc: str = "predict",
-                   replicas: int = 1) -> np.ndarray:
+                   replicas: int = 1, tta_scales: Sequence[float] = (1.0,)) -> np.ndarray:
     """Probabilities in `paths` order, the images made as the model's own InputSpec says; with
-    tta_flip, the mean over the image and its mirror. Batches are padded to a multiple of the
-    replicas (data parallel needs equal shares) and the padding dropped."""
+    tta_flip, the mean over the image and its mirror; with tta_scales, over centred zooms too
+    (centre_zoom). Batches are padded to a multiple of the replicas (data parallel needs equal
+    shares) and the padding dropped."""
     if not len(paths):
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
     spec = input_spec_of(model)
     batches = prediction_batches(paths, spec.size, spec.resize, batch_size * replicas, reader=reader, workers=workers)
     out = []
     for images in progress(batches, desc=desc, total=len(batches), leave=False):
-        out.append(predict_batch(model, np.asarray(images, dtype=np.float32), tta_flip, replicas))
+        out.append(predict_batch(model, np.asarray(images, dtype=np.float32), tta_flip, replicas, tta_scales))
     return np.concatenate(out)
 
 
-def predict_batch(model: keras.Model, images: np.ndarray, tta_flip: bool = False, replicas: int = 1) -> np.ndarray:
+def centre_zoom(images: np.ndarray, scale: float) -> np.ndarray:
+    """The centred 1/scale of each side of (batch, height, width, channels) images, resized back
+    (bilinear) to height x width: the zoom-in that training's augmentation also shows the model."""
+    if scale == 1.0:
+        return images
+    height, width = images.shape[1:3]
+    crop_h, crop_w = max(1, int(round(height / scale))), max(1, int(round(width / scale)))
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    crop = images[:, top:top + crop_h, left:left + crop_w]
+    return np.asarray(keras.ops.convert_to_numpy(keras.ops.image.resize(crop, (height, width))), np.float32)
+
+
+def predict_batch(model: keras.Model, images: np.ndarray, tta_flip: bool = False, replicas: int = 1,
+                  tta_scales: Sequence[float] = (1.0,)) -> np.ndarray:
     n = len(images)
     short = (-n) % replicas
     if short:
         images = np.concatenate([images, np.repeat(images[-1:], short, axis=0)])
-    probs = np.asarray(model.predict_on_batch(images), dtype=np.float32)
-    if tta_flip:
-        mirrored = np.ascontiguousarray(images[:, :, ::-1])
-        probs = (probs + np.asarray(model.predict_on_batch(mirrored), dtype=np.float32)) / 2
+    views = []
+    for scale in tta_scales or (1.0,):
+        view = centre_zoom(images, float(scale))
+        views.append(view)
+        if tta_flip:
+            views.append(np.ascontiguousarray(view[:, :, ::-1]))
+    probs = np.mean([np.asarray(model.predict_on_batch(view), dtype=np.float32) for view in views], axis=0)
     return probs[:n]
 
 

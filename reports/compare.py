@@ -117,6 +117,38 @@ def paired_differences(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def member_correlations(ctx: StageContext) -> pd.DataFrame:
+    """Every pair of members: the Pearson correlation of their OOF logits (log-odds, over every
+    image x label cell) and of their errors (truth minus probability, per cell). Members whose
+    errors correlate near 1 make the same mistakes: a stacker has little to combine."""
+    from fashion_stack.core import predictions  # the members' OOF tables
+    fold_of = read_folds(ctx.run)
+    ids = list(fold_of.index)
+    label_space = ctx.label_space()
+    truth = true_labels(read_manifest(ctx.run), ids, label_space, ctx.config.data.pool).astype(np.float64)
+    names = [m.name for m in ctx.config.members if (ctx.run.member_dir(m.name) / "oof.parquet").is_file()]
+    probs = {name: predictions.read(ctx.run.member_dir(name) / "oof.parquet", label_space.label_ids)
+             .reindex(ids).to_numpy(np.float64) for name in names}
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            rows.append({"member_a": a, "member_b": b,
+                         "logit_correlation": _correlation(_logit(probs[a]), _logit(probs[b])),
+                         "error_correlation": _correlation(truth - probs[a], truth - probs[b])})
+    return pd.DataFrame(rows, columns=["member_a", "member_b", "logit_correlation", "error_correlation"])
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    denominator = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
+
+
 def frequency_floor_scores(ctx: StageContext) -> dict:
     """The out-of-fold frequency floor (top-k most frequent labels for every image) on the pool."""
     fold_of = read_folds(ctx.run)
@@ -126,7 +158,8 @@ def frequency_floor_scores(ctx: StageContext) -> dict:
 
 def _compare_outputs(ctx: StageContext) -> list:
     return [ctx.run.report_dir / name for name in ("fold_scores.csv", "fold_scores.md", "fold_scores.png",
-                                                    "paired_differences.csv", "frequency_floor.json")]
+                                                    "paired_differences.csv", "frequency_floor.json",
+                                                    "member_correlation.csv")]
 
 
 def configured_members(ctx: StageContext) -> list:
@@ -146,7 +179,9 @@ def run_compare(ctx: StageContext) -> dict:
     atomic.write_csv(report / "paired_differences.csv", differences)
     floor = frequency_floor_scores(ctx)
     atomic.write_json(report / "frequency_floor.json", floor)
-    atomic.write_text(report / "fold_scores.md", _markdown(table, differences, floor))
+    correlations = member_correlations(ctx)
+    atomic.write_csv(report / "member_correlation.csv", correlations)
+    atomic.write_text(report / "fold_scores.md", _markdown(table, differences, floor, correlations))
     per_fold = table[~table["fold"].isin(["mean", "std"])]
     plots.fold_points(report / "fold_scores.png",
                       {m: list(b["micro_f1"]) for m, b in per_fold.groupby("member", sort=False)},
@@ -159,7 +194,7 @@ def run_compare(ctx: StageContext) -> dict:
             "path": str(report / "fold_scores.csv")}
 
 
-def _markdown(table: pd.DataFrame, differences: pd.DataFrame, floor: dict) -> str:
+def _markdown(table: pd.DataFrame, differences: pd.DataFrame, floor: dict, correlations: pd.DataFrame = None) -> str:
     summary = table[table["fold"] == "mean"].drop(columns=["fold"]).copy()
     stds = table[table["fold"] == "std"].set_index("member")
     for metric in METRICS:
@@ -175,4 +210,7 @@ def _markdown(table: pd.DataFrame, differences: pd.DataFrame, floor: dict) -> st
              "\n## Per fold\n\n", markdown_table(table)]
     if not differences.empty:
         parts += ["\n## Paired differences vs the best member\n\n", markdown_table(differences)]
+    if correlations is not None and not correlations.empty:
+        parts += ["\n## Members' pairwise correlation (OOF logits; errors = truth - probability)\n\n",
+                  markdown_table(correlations)]
     return "".join(parts)

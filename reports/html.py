@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from fashion_stack.core import atomic, predictions
-from fashion_stack.core.config import dump_config
+from fashion_stack.core.config import as_plugin_spec, dump_config
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.rundir import derived_stage
 from fashion_stack.core.labels import LabelError
@@ -38,7 +38,7 @@ class NotRun(Exception):
 def _report_inputs(ctx: StageContext) -> list:
     run = ctx.run
     files = [run.manifest, run.folds, *[run.member_dir(m.name) / "scores.json" for m in ctx.config.members],
-             *[run.stacker_dir(s) / "scores.json" for s in ctx.config.stack.stackers], *sorted(run.decision_dir.glob("*")),
+             *[run.stacker_dir(as_plugin_spec(s).name) / "scores.json" for s in ctx.config.stack.stackers], *sorted(run.decision_dir.glob("*")),
              *sorted(run.report_dir.glob("*.csv")), *sorted(run.report_dir.glob("*.json"))]
     return [path for path in files if path.is_file()]
 
@@ -104,7 +104,7 @@ class _Inputs:
         """name -> scores.json of the configured members ("members") or stackers ("ensemble") that
         have one: the config says what the run is made of, not folders an earlier config left."""
         config = self.ctx.config
-        names = [m.name for m in config.members] if kind == "members" else list(config.stack.stackers)
+        names = [m.name for m in config.members] if kind == "members" else [as_plugin_spec(s).name for s in config.stack.stackers]
         paths = [self.run.root / kind / name / "scores.json" for name in names]
         return {p.parent.name: atomic.read_json(p) for p in paths if p.is_file()}
 
@@ -131,8 +131,8 @@ def config_section(inputs: _Inputs) -> str:
                               for m in config.members) or "none"),
         ("data", f"{config.data.dir or 'built-in demo'}; pool {config.data.pool}; label map {config.data.label_map}"),
         ("folds", f"k = {config.folds.k}, seed {config.folds.seed}"),
-        ("stackers", ", ".join(config.stack.stackers)),
-        ("decision", f"rules {', '.join(config.decision.rules)}; metric {config.decision.metric}; "
+        ("stackers", ", ".join(as_plugin_spec(spec).name for spec in config.stack.stackers)),
+        ("decision", f"rules {', '.join(as_plugin_spec(spec).name for spec in config.decision.rules)}; metric {config.decision.metric}; "
                      f"{config.decision.min_labels}..{config.decision.max_labels} labels per image"),
     ], columns=["setting", "value"])
     return (html_table(facts) + f"<details><summary>full {source}</summary><pre>{html.escape(text)}</pre>"
@@ -172,11 +172,18 @@ def fold_section(inputs: _Inputs) -> str:
         record = atomic.read_json(floor_path)
         floor = (f" Frequency floor (the k most frequent labels of the other folds for every image): "
                  f"<b>{record['oof']:.4f}</b>.")
+    correlation = ""
+    correlation_path = inputs.report / "member_correlation.csv"
+    if correlation_path.exists():
+        correlation = ("<h3>Members' pairwise correlation</h3><p>Pearson correlation over every image x label "
+                       "cell of the pool, of the members' OOF logits and of their errors (truth minus "
+                       "probability): members whose errors correlate near 1 make the same mistakes, and a "
+                       "stacker has little to combine.</p>" + html_table(pd.read_csv(correlation_path), digits=3))
     return (f"<p>Best member: <b>{html.escape(best)}</b> ({html.escape(BEST_MEMBER_RULE.format(metric='micro'))})."
             f"{floor} d_* columns: fold-paired "
             "difference member - best (mean and sample std over folds).</p>"
             + html_table(summary, highlight_rows=highlight) + folds_img
-            + "<details><summary>per fold</summary>" + html_table(table) + "</details>")
+            + "<details><summary>per fold</summary>" + html_table(table) + "</details>" + correlation)
 
 
 def stacking_section(inputs: _Inputs) -> str:
@@ -234,7 +241,7 @@ def decision_section(inputs: _Inputs) -> str:
             f"</b> (nested-CV {html.escape(metric_column)} {rule.get('score', float('nan')):.4f}, the best of "
             f"{len(scores)} candidates scored on the same folds, so optimistic).</p>"
             + _honest_paragraph(rule.get("honest")) + "<p>All candidates, nested cross-validated on the OOF pool:</p>"
-            + html_table(scores, highlight_rows=chosen) + _vs_mean_paragraph(inputs))
+            + html_table(scores, highlight_rows=chosen) + _vs_best_member_paragraph(inputs) + _vs_mean_paragraph(inputs))
 
 
 def _honest_paragraph(honest) -> str:
@@ -248,6 +255,17 @@ def _honest_paragraph(honest) -> str:
             f"{honest['n_candidates']} candidates was repeated on the other folds only, and that choice "
             "predicted the fold; the fold's labels never took part in the choice that scored it.</p>"
             + html_table(per_fold))
+
+
+def _vs_best_member_paragraph(inputs: _Inputs) -> str:
+    path = inputs.run.decision_dir / "vs_best_member.csv"
+    if not path.exists():
+        return ""
+    return ("<h3>The stack's gain over its best member</h3><p>The honest headline (outer loop) against the best "
+            "single member with its best rule (nested CV; a maximum over the member candidates, so the "
+            "comparison is conservative for the stack), with a 95% fold-paired bootstrap interval (images "
+            "resampled within folds) and the fold-paired t interval over the folds' differences.</p>"
+            + html_table(pd.read_csv(path)))
 
 
 def _vs_mean_paragraph(inputs: _Inputs) -> str:

@@ -14,6 +14,7 @@ from fashion_stack.datasets import folds as folds_io
 from fashion_stack.datasets import manifest as manifest_io
 from fashion_stack.datasets.images import USABLE_STATUSES as USABLE
 from fashion_stack.datasets.manifest import label_frequencies  # noqa: F401  (re-exported for the report sections)
+from fashion_stack.ensemble.comparison import BEST_MEMBER_RULE, best_member, member_scores  # noqa: F401  (one definition)
 from fashion_stack.ensemble.decide_stage import read_label_sets  # noqa: F401  (re-exported for the report sections)
 
 
@@ -38,33 +39,6 @@ def true_labels(manifest: pd.DataFrame, image_ids, label_space: LabelSpace, pool
 
 # ---- the run's headline figures, one definition each, shared by the last screen, compare, ablate
 # and the report ---------------------------------------------------------------------------------
-
-BEST_MEMBER_RULE = ("the member with the highest pooled out-of-fold {metric}-F1 at its best global threshold "
-                    "(members/<m>/scores.json; the threshold is tuned on the scored rows, so optimistic)")
-
-
-def member_scores(run: RunDir, metric: str = "micro", among=None) -> dict:
-    """{member: pooled OOF `metric`-F1 at its best threshold}, from members/*/scores.json (only the
-    members in `among`, the run's config, when given: a renamed member's old folder stays on disk)."""
-    from fashion_stack.core import atomic
-    scores = {}
-    for path in sorted((run.root / "members").glob("*/scores.json")):
-        record = atomic.read_json(path)
-        value = (record.get("oof") or {}).get(f"{metric}_f1@best")
-        if value is not None and (among is None or path.parent.name in among):
-            scores[path.parent.name] = float(value)  # the folder is the name (a copied folder keeps an old "member")
-    return scores
-
-
-def best_member(run: RunDir, metric: str = "micro", among=None):
-    """(name, score) of the best member by BEST_MEMBER_RULE (among `among` if given), or None.
-    Ties go to the name first in sorted order, so every reader names the same member."""
-    scores = member_scores(run, metric, among)
-    if not scores:
-        return None
-    name = min(scores, key=lambda m: (-scores[m], m))
-    return name, scores[name]
-
 
 def floor_check(run: RunDir, metric: str = "micro", among=None) -> list:
     """Warnings (one line each) when the run does not beat the frequency floor

@@ -77,6 +77,13 @@ def headline_lines(run, metric: str = "micro", members=None) -> list:
                      f"{chosen.get('metric', 'micro')}-F1 {chosen.get('score', float('nan')):.4f}"
                      f" (the best of {candidates} candidates on the same folds, so optimistic)")
         lines.append(honest_line(chosen.get("honest")))
+        versus = (chosen.get("honest") or {}).get("vs_best_member")
+        if versus:
+            delta = next(v for k, v in versus.items() if k.startswith("delta_") and k.endswith("_f1"))
+            lines.append(f"Stack gain over the best member: honest headline {versus['headline']:.4f} against "
+                         f"{versus['best_member']} + {versus['best_member_rule']} {versus['best_member_nested']:.4f}"
+                         f" (nested, the best of its rules): {delta:+.4f}, 95% fold-paired interval [{versus['ci_low']:+.4f}, "
+                         f"{versus['ci_high']:+.4f}]{'' if versus['excludes_0'] else ', includes 0'}")
     margin = floor_margin(run)
     floor_path = run.report_dir / "frequency_floor.json"
     if margin is not None:

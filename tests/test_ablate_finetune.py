@@ -53,3 +53,22 @@ def test_a_named_baseline_replaces_the_members_own(tmp_path):
     _, names, baseline = write_overlay("configs/ccp.yaml", "mobilenetv2_finetune",
                                        parse_inputs("pad:192,stretch:192"), tmp_path, baseline_input="stretch:192")
     assert names == ["mobilenetv2_finetune_stretch_192", "mobilenetv2_finetune_pad_192"]
+
+
+def test_recipe_rows_are_the_member_with_their_settings_measured_against_the_frozen_member(tmp_path):
+    from benchmarks.ablate_finetune import parse_recipe, write_recipe_overlay
+    recipe = parse_recipe(["lpft_all", "head_init=embeddings", "unfreeze=all", "warmup_fraction=0.1"])
+    assert recipe == ("lpft_all", {"head_init": "embeddings", "unfreeze": "all", "warmup_fraction": 0.1})
+    path, names, baseline = write_recipe_overlay("configs/ccp.yaml", "mobilenetv2_finetune", [recipe], tmp_path,
+                                                 against="mobilenetv2_frozen")
+    assert baseline == "mobilenetv2_frozen"
+    assert names == ["mobilenetv2_frozen", "mobilenetv2_finetune", "mobilenetv2_finetune_lpft_all"]
+    rows = {m.name: m for m in load_config(path).members}
+    shipped = next(m for m in load_config("configs/ccp.yaml").members if m.name == "mobilenetv2_finetune")
+    row = rows["mobilenetv2_finetune_lpft_all"]
+    assert (row.head_init, row.unfreeze, row.warmup_fraction) == ("embeddings", "all", 0.1)
+    assert (row.backbone, row.image_size, row.image_height, row.finetune_epochs) == (
+        shipped.backbone, shipped.image_size, shipped.image_height, shipped.finetune_epochs)
+    assert rows["mobilenetv2_frozen"].mode == "frozen"
+    with pytest.raises(SystemExit, match="key=value"):
+        parse_recipe(["lpft", "unfreeze"])

@@ -18,6 +18,16 @@ MOBILENET_WEIGHTS = ("weights", "mobilenet_v2_1.0_224_imagenet_notop.weights.h5"
 
 def test_registry_holds_the_lead_backbones_and_small_cpu_members():
     assert {"inception_v3", "resnet50", "xception", "densenet201", "mobilenet_v2", "tiny_cnn"} <= set(backbone_names())
+    for name in backbone_names():  # each entry is usable as registered: its own name, sizes that fit
+        spec = backbone_spec(name)
+        assert spec.name == name and 16 <= spec.min_size <= spec.native_size and callable(spec.builder)
+
+
+def test_a_backbone_registered_twice_is_refused():
+    from fashion_stack.models.backbones import register_backbone
+    with pytest.raises(BackboneError, match=r"backbone 'tiny_cnn' is registered twice"):
+        register_backbone("tiny_cnn", 32, 16, "tf", "none")(lambda shape, weights: None)
+    assert backbone_spec("tiny_cnn").top_blocks_after != "none"  # the first registration stands
 
 
 def test_unknown_backbone_error_lists_the_valid_names():
@@ -148,3 +158,42 @@ def _check_save_load(backbone: str, tmp_path):
 @pytest.mark.parametrize("backbone", sorted(MODERN))
 def test_modern_members_save_and_load_with_the_same_outputs(backbone, tmp_path):
     _check_save_load(backbone, tmp_path)
+
+
+# ---- MobileNet V1 (issue 21): a second offline ImageNet trunk -----------------------------------
+
+MOBILENET_V1_WEIGHTS = ("weights", "mobilenet_1.0_224_imagenet_notop.weights.h5")
+
+
+def test_mobilenet_v1_preprocesses_as_keras_mobilenet_preprocess_input():
+    images = np.random.default_rng(0).uniform(0, 255, size=(2, 8, 8, 3)).astype(np.float32)
+    reference = keras.applications.mobilenet.preprocess_input(images.copy())
+    ours = keras.ops.convert_to_numpy(preprocess_images(images, backbone_spec("mobilenet").preprocess_style))
+    np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-6)
+    assert ours.min() >= -1 and ours.max() <= 1
+
+
+def test_mobilenet_v1_loads_its_local_weights_at_a_portrait_size_and_keeps_batchnorm_in_inference():
+    path = shared_path(*MOBILENET_V1_WEIGHTS)
+    loaded = create_backbone("mobilenet", (64, 32), str(path))
+    random = create_backbone("mobilenet", 32, None)
+    assert loaded.output_shape == (None, 2, 1, 1024)
+    kernel = lambda model: np.asarray(model.get_layer("conv1").kernel)  # noqa: E731
+    assert not np.allclose(kernel(loaded), kernel(random))
+    with pytest.raises(BackboneError, match="does not fit"):  # V2's file is not V1's
+        create_backbone("mobilenet", 32, str(shared_path(*MOBILENET_WEIGHTS)))
+    # fine-tuning the whole pretrained trunk: BatchNorm layers stay frozen, and a training call of
+    # the member model leaves their (folded) statistics as they were
+    member = tiny_member(backbone="mobilenet", image_size=32, weights=str(path), dropout=0.0)
+    model = build_member_model(member, 4)
+    set_trainable(model, "mobilenet", "all", pretrained=True)
+    trunk = trunk_of(model)
+    norms = [layer for layer in trunk.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and not any(layer.trainable for layer in norms)
+    assert any(layer.trainable for layer in trunk.layers if layer.weights and layer not in norms)
+    before = np.asarray(norms[0].moving_mean).copy()
+    images = np.random.default_rng(1).uniform(0, 255, size=(4, 32, 32, 3)).astype(np.float32)
+    training = keras.ops.convert_to_numpy(model(images, training=True))
+    np.testing.assert_array_equal(np.asarray(norms[0].moving_mean), before)
+    # with augmentation off, a training call equals an inference call: BatchNorm used its stored statistics
+    np.testing.assert_allclose(training, keras.ops.convert_to_numpy(model(images, training=False)), atol=1e-5)

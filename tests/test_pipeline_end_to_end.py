@@ -11,6 +11,8 @@ from fashion_stack.core.config import PROJECT_ROOT
 from fashion_stack.datasets.demo import demo_cache_dir
 from fashion_stack.core.config import load_config, parse_override
 
+pytestmark = pytest.mark.integration  # runs the pipeline as a user does, in subprocesses
+
 pytest.importorskip("keras")
 
 TINY = ["demo.n_train=45", "demo.n_validation=15", "demo.n_test=12", "demo.image_size=48", "folds.k=2",
@@ -56,6 +58,6 @@ def test_demo_end_to_end_rerun_and_added_member(tmp_path, capsys):
     assert json.loads((run / "members" / "cnn_a" / "fold0" / "DONE.json").read_text()) == first_fold
     assert (run / "members" / "cnn_b" / "oof.parquet").exists()
     assert "Nothing to do" not in screen
-    stack_members = json.loads((run / "features" / "summary.json").read_text())["members"]
+    stack_members = json.loads((run / "stages" / "features" / "DONE.json").read_text())["summary"]["member_names"]
     assert stack_members == ["cnn_a", "cnn_b"]
     assert "cnn_b" in (run / "report" / "ablation.csv").read_text()
