@@ -105,7 +105,9 @@ def test_moved_run_directory_names_its_new_place(finished, tmp_path, capsys):
     data_dir, original = finished
     moved = tmp_path / "moved_run"
     shutil.copytree(original, moved)
+    before = lineage_of(moved)
     assert run(data_dir, moved) == 0
+    assert lineage_of(moved) == before  # nothing retrained for the move
     screen = capsys.readouterr().out
     assert str(original) not in screen  # was: skipped_images=<old place>/skipped_images.csv
     assert str(moved.resolve()) in screen
