@@ -91,3 +91,13 @@ def test_each_member_resolves_its_input_once_and_runs_through_its_strategy(tmp_p
     spied.clear(), dispatched.clear()
     assert run_member(ctx, ctx.config.members[0], data)["units_trained"] == 0
     assert spied == ["ft"] and dispatched == []
+
+
+def test_every_mode_the_config_accepts_has_one_registered_strategy():
+    from typing import get_args, get_type_hints
+
+    from fashion_stack.core.config import MemberConfig
+    from fashion_stack.models.plan import STRATEGY_NAMES
+    assert set(STRATEGIES) == set(STRATEGY_NAMES) == set(get_args(get_type_hints(MemberConfig)["mode"]))
+    with pytest.raises(ValueError, match="registered twice"):
+        STRATEGIES.add("frozen", STRATEGIES["frozen"])
