@@ -325,11 +325,17 @@ def release_models() -> None:
     """Drop what Keras keeps of a finished unit's model (its traced graphs and global state). Without
     it each unit's model stayed in the process: the four-member config's members stage grew by
     every backbone in turn (docs/RESULTS.md, issue 23: peak memory per stage)."""
+    import ctypes
     import gc
 
     import keras
     keras.backend.clear_session()
     gc.collect()
+    try:  # hand the freed heap back to the system (glibc keeps it otherwise; the next backbone's
+        # allocations, of other sizes, then land beside it instead of in it)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 _RESOURCES = ProcessCache("member resources", "the current member's placement and image cache, shared by its units")
