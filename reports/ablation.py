@@ -140,7 +140,7 @@ def _write(ctx: StageContext, table: pd.DataFrame, stacker_name: str, rule: dict
             f"Scores are nested-CV over the folds. delta = subset - full ensemble ({metric}-F1); "
             f"interval: 95% paired bootstrap over images resampled within folds "
             f"({ctx.config.ablation.bootstrap} resamples, seed {ctx.config.ablation.seed}).\n\n")
-    best = best_member(ctx.run, metric)
+    best = best_member(ctx.run, metric, among={m.name for m in ctx.config.members})  # the config's members
     if best is not None:  # the run's one definition; the "only <member>" rows are nested-CV through the stacker
         head += (f"Best member: **{best[0]}** ({metric}-F1@best {best[1]:.4f}), "
                  f"{BEST_MEMBER_RULE.format(metric=metric)}; its row here is `only {best[0]}`.\n\n")

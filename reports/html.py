@@ -340,7 +340,7 @@ def summary_section(inputs: _Inputs) -> str:
     member, where the submission is and what the run cost; warnings when it does not work."""
     from fashion_stack.reports.summary import headline_lines
     run, metric = inputs.run, inputs.ctx.config.decision.metric
-    lines = headline_lines(run, metric)
+    lines = headline_lines(run, metric, {m.name for m in inputs.ctx.config.members})
     if not lines:
         raise NotRun("decision/rule.json and members/*/scores.json are missing (made by --stages members,decide)")
     submission = run.submission
@@ -353,7 +353,7 @@ def summary_section(inputs: _Inputs) -> str:
         peak = max((t.get("peak_memory_mb") or 0 for t in times.values()), default=0)
         lines.append(f"Run time: {total / 60:.1f} min over {len([n for n in times if n != 'report'])} stage(s) "
                      f"(each stage's latest run), peak memory {peak / 1024:.1f} GB (stage_times.json)")
-    warnings = floor_check(run, metric)
+    warnings = floor_check(run, metric, among={m.name for m in inputs.ctx.config.members})
     items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
     alerts = "".join(f'<p class="warn">{html.escape(line)}</p>' for line in warnings)
     return f'<div class="box"><ul>{items}</ul></div>{alerts}'

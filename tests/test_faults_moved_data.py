@@ -113,7 +113,7 @@ def test_moved_run_directory_names_its_new_place(finished, tmp_path, capsys):
     assert not manifest["path"].str.startswith(str(original)).any()
 
 
-def test_renamed_member_is_what_compare_follows(finished, tmp_path):
+def test_renamed_member_is_what_compare_follows(finished, tmp_path, capsys):
     data_dir, original = finished
     run_dir = tmp_path / "run"
     shutil.copytree(original, run_dir)
@@ -121,6 +121,9 @@ def test_renamed_member_is_what_compare_follows(finished, tmp_path):
     assert run(data_dir, run_dir, renamed, stages="members,compare") == 0
     table = pd.read_csv(run_dir / "report" / "fold_scores.csv")
     assert set(table["member"]) == {"renamed"}  # was: the old member read from members/cnn on disk
+    assert (run_dir / "members" / "cnn").is_dir()  # the old folder is left alone, just not read
+    screen = capsys.readouterr().out
+    assert "Best member: renamed," in screen and "member cnn" not in screen
 
 
 def test_leftover_temporary_files_are_removed_and_listed_at_the_next_start(finished, tmp_path, caplog):
