@@ -92,14 +92,25 @@ class FoldsConfig:
     seed: int = 42
 
 
+def input_size_pair(value):
+    """A member's input_size in its one form: None, or (height, width). One number is a square;
+    a [height, width] list becomes a tuple. Anything else is returned as is, for the loader to
+    refuse by its key."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
 @dataclass
 class MemberConfig:
     name: str = ""
     backbone: str = "tiny_cnn"
-    image_size: Optional[int] = None  # None: the backbone's native input size (the width when image_height is set)
-    # non-square inputs (height x width = image_height x image_size, e.g. 320 x 224 for portrait
-    # photos); None: square
-    image_height: Optional[Annotated[int, Ge(16)]] = None
+    # ---- input: what the trunk sees. [height, width] in pixels (e.g. [320, 224] for portrait
+    # photos), one number for a square, null for the backbone's native size. (Older configs'
+    # image_size / image_height are read as this: see upgrade_input_size)
+    input_size: Optional[tuple[Annotated[int, Ge(16)], ...]] = None
     weights: Optional[str] = None  # "imagenet", a local .h5 / .weights.h5 path, or None
     # "finetune" (two phases), "frozen" (embeddings once, heads per fold) or "probe" (per-label
     # logistic regression on other frozen members' embeddings; see probe_of)
@@ -183,6 +194,10 @@ class MemberConfig:
     unit_cpus: Annotated[float, Gt(0)] = 1.0
     unit_gpus: Annotated[float, Ge(0)] = 1.0
     seed: int = 0
+
+    def __post_init__(self):
+        # code that builds a member by hand may write input_size=64 or [320, 224]: one form, (h, w)
+        self.input_size = input_size_pair(self.input_size)
 
 
 @dataclass
@@ -566,8 +581,66 @@ MOVED_MEMBER_KEYS = {
 }
 
 
+OLD_INPUT_KEYS = ("image_size", "image_height")  # the input's older spelling: image_size the width
+
+
+def upgrade_input_size(member, base=None):
+    """A member's input in its one form, `input_size: [height, width]`: one number becomes a
+    square, and the older keys become it (image_size the width, and the height too unless
+    image_height is set). `base`: the settings these are merged over (a --set or an overlay's
+    every_member over a member), whose input a lone image_size or image_height changes one side of."""
+    if not isinstance(member, dict):
+        return member
+    member = dict(member)
+    if "input_size" in member:
+        if set(member) & set(OLD_INPUT_KEYS):
+            raise ConfigError(f"input_size and {', '.join(k for k in OLD_INPUT_KEYS if k in member)} are both set; "
+                              "image_size / image_height are input_size's older spelling: keep input_size "
+                              "([height, width]) alone")
+        member["input_size"] = input_size_pair(member["input_size"])
+        return member
+    if not set(member) & set(OLD_INPUT_KEYS):
+        return member
+    before = _input_sides(base) if isinstance(base, dict) else None
+    has_width, has_height = "image_size" in member, "image_height" in member
+    width, height = member.pop("image_size", None), member.pop("image_height", None)
+    if not has_width:  # image_height alone changes the height of the input it is merged over
+        width = before[1] if before else None
+    if not has_height:  # image_size alone: the width, and the height unless the input was not square
+        height = before[0] if before and before[0] != before[1] else width
+    elif height is None:  # image_height null: square
+        height = width
+    if width is None and height is not None:
+        raise ConfigError(f"image_height {height} without image_size: the width is the backbone's native one, "
+                          f"which the config cannot know; write input_size: [{height}, WIDTH]")
+    member["input_size"] = None if width is None else [height, width]
+    return member
+
+
+def _input_sides(settings: dict):
+    """(height, width) of settings in either spelling, leniently (a side may be None), or None."""
+    if "input_size" in settings:
+        pair = input_size_pair(settings["input_size"])
+        return pair if isinstance(pair, tuple) and len(pair) == 2 else None
+    if not set(settings) & set(OLD_INPUT_KEYS):
+        return None
+    width = settings.get("image_size")
+    return (settings["image_height"] if "image_height" in settings else width), width
+
+
+def _member_over_defaults(defaults: dict, member: dict) -> dict:
+    """member_defaults under one member; a member that sets its input (either spelling) sets it
+    over the defaults' input, side by side as the older keys always did."""
+    if not set(member) & {"input_size", *OLD_INPUT_KEYS}:
+        return _merge(defaults, member)
+    rest = {k: v for k, v in defaults.items() if k not in ("input_size", *OLD_INPUT_KEYS)}
+    return _merge(rest, upgrade_input_size(member, defaults))
+
+
 def upgrade_member(member):
-    """A member's settings in the current form: MOVED_MEMBER_KEYS folded into their plug-in."""
+    """A member's settings in the current form: MOVED_MEMBER_KEYS folded into their plug-in, the
+    input as input_size (upgrade_input_size)."""
+    member = upgrade_input_size(member)
     if not isinstance(member, dict) or not set(member) & set(MOVED_MEMBER_KEYS):
         return member
     member = dict(member)
@@ -595,8 +668,8 @@ def apply_member_defaults(values: dict, choices: dict) -> dict:
         raise ConfigError("member_defaults.name: every member names itself; remove name from member_defaults")
     _build(MemberConfig, upgrade_member(defaults), "member_defaults", choices)  # its own typos are named as its own
     members = values.get("members")
-    if defaults and isinstance(members, list):
-        members = [_merge(defaults, m) if isinstance(m, dict) else m for m in members]
+    if defaults and isinstance(members, list):  # a member's own input (either spelling) wins over the defaults'
+        members = [_member_over_defaults(defaults, m) if isinstance(m, dict) else m for m in members]
     if isinstance(members, list):
         values["members"] = [upgrade_member(m) for m in members]
     return values
@@ -610,6 +683,11 @@ def merge_override(values: dict, override: dict) -> dict:
         # applied now, so a later --set (members.NAME.key=...) still wins over an overlay's forcing
         override = dict(override)
         values = apply_every_member({**values, "every_member": override.pop("every_member")}, {})
+    if isinstance(override, dict) and isinstance(override.get("member_defaults"), dict) \
+            and isinstance(values.get("member_defaults"), dict):  # --set member_defaults.image_size=...
+        values = {**values, "member_defaults": _member_over_defaults(values["member_defaults"],
+                                                                     override["member_defaults"])}
+        override = {k: v for k, v in override.items() if k != "member_defaults"}
     members = override.get("members") if isinstance(override, dict) else None
     if not isinstance(members, dict):
         return _merge(values, override)
@@ -632,7 +710,7 @@ def merge_override(values: dict, override: dict) -> dict:
             raise ConfigError(f"members.{key}: no member named {key!r}; configured: {', '.join(map(str, names))}")
         if not isinstance(change, dict):
             raise ConfigError(f"members.{key}: give a member setting, e.g. members.{key}.batch_size=16")
-        current[position] = _merge(current[position], change)
+        current[position] = _member_over_defaults(current[position], change)
     rest = {k: v for k, v in override.items() if k != "members"}
     return _merge({**values, "members": current}, rest)
 
@@ -647,11 +725,10 @@ def apply_every_member(values: dict, choices: dict) -> dict:
         raise ConfigError(f"every_member: expected a mapping of member settings, got {_shown(forced)}")
     if "name" in forced:
         raise ConfigError("every_member.name: every member names itself; remove name from every_member")
-    forced = upgrade_member(forced)
-    _build(MemberConfig, forced, "every_member", choices)
+    _build(MemberConfig, upgrade_member(forced), "every_member", choices)
     if forced and isinstance(values.get("members"), list):
-        values["members"] = [upgrade_member(_merge(upgrade_member(m), forced)) if isinstance(m, dict) else m
-                             for m in values["members"]]
+        values["members"] = [upgrade_member(_member_over_defaults(upgrade_member(m), forced))
+                             if isinstance(m, dict) else m for m in values["members"]]
     return values
 
 
@@ -738,6 +815,9 @@ def validate(config: PipelineConfig) -> None:
         elif member.probe_of:
             raise ConfigError(f"members[{position}] ({member.name}): probe_of is set but mode is {member.mode!r}; "
                               "set mode: probe or remove probe_of")
+        if member.input_size is not None and len(member.input_size) != 2:
+            raise ConfigError(f"members[{position}] ({member.name}).input_size is {list(member.input_size)}; write "
+                              "[height, width], one number for a square, or null for the backbone's native size")
         if member.ema_decay > 0 and member.epoch_selection == "inner_split":
             raise ConfigError(f"members[{position}] ({member.name}): ema_decay with epoch_selection inner_split "
                               "is not supported (the inner split scores the raw weights); use one of them")
@@ -762,11 +842,10 @@ def check_member_inputs(config: PipelineConfig, min_sizes: Optional[dict]) -> No
     for position, member in enumerate(config.members):
         where = f"members[{position}] ({member.name})"
         smallest = min_sizes.get(member.backbone)
-        for key in ("image_size", "image_height"):
-            size = getattr(member, key, None)
-            if smallest is not None and size is not None and size < smallest:
-                raise ConfigError(f"{where}.{key} is {size}; backbone {member.backbone} takes at least {smallest} "
-                                  f"(set members.{member.name}.{key}={smallest} or more, or null for its native size)")
+        if smallest is not None and member.input_size is not None and min(member.input_size) < smallest:
+            raise ConfigError(f"{where}.input_size is {list(member.input_size)}; backbone {member.backbone} takes at "
+                              f"least {smallest} per side (set members.{member.name}.input_size={smallest} or more, "
+                              "or null for its native size)")
         weights = member.weights
         if weights not in (None, "imagenet") and not Path(weights).expanduser().is_file():
             raise ConfigError(f"{where}.weights: file {weights} not found (relative paths start at the working "

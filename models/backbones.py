@@ -65,13 +65,13 @@ def backbone_spec(name: str) -> BackboneSpec:
         raise BackboneError(str(err)) from None
 
 
-def resolve_size(name: str, image_size: Optional[int]) -> int:
-    """The configured size, or the backbone's native one; below its minimum is an error."""
+def resolve_size(name: str, size: Optional[int]) -> int:
+    """One side of the configured input, or the backbone's native size; below its minimum is an error."""
     spec = backbone_spec(name)
-    size = spec.native_size if image_size is None else int(image_size)
+    size = spec.native_size if size is None else int(size)
     if size < spec.min_size:
-        raise BackboneError(f"backbone {name!r} needs image_size >= {spec.min_size}, got {size}; "
-                            f"raise the member's image_size (native: {spec.native_size})")
+        raise BackboneError(f"backbone {name!r} needs input_size >= {spec.min_size} per side, got {size}; "
+                            f"raise the member's input_size (native: {spec.native_size})")
     return size
 
 
@@ -101,13 +101,13 @@ class InputSpec:
 
 
 def resolve_input_spec(member) -> InputSpec:
-    """The one place a member's input size, resize policy and preprocessing are worked out.
-    `image_size` is the width, and the height too unless `image_height` is set (non-square
-    inputs: tall photos keep their aspect, e.g. 320 x 224, in a fully convolutional trunk)."""
-    width = resolve_size(member.backbone, member.image_size)
-    height_setting = getattr(member, "image_height", None)
-    height = width if height_setting is None else resolve_size(member.backbone, height_setting)
-    return InputSpec(height, width, member.resize, backbone_spec(member.backbone).preprocess_style)
+    """The one place a member's input size, resize policy and preprocessing are worked out (once
+    per member: models.plan.MemberPlan carries it). `input_size` is (height, width), or None for
+    the backbone's native square (non-square inputs: tall photos keep their aspect, e.g. 320 x 224,
+    in a fully convolutional trunk)."""
+    height, width = member.input_size if member.input_size is not None else (None, None)
+    return InputSpec(resolve_size(member.backbone, height), resolve_size(member.backbone, width), member.resize,
+                     backbone_spec(member.backbone).preprocess_style)
 
 
 def input_spec_of(model: keras.Model) -> InputSpec:

@@ -22,14 +22,14 @@ from fashion_stack.core.config import MemberConfig, as_plugin_spec
 from fashion_stack.core.lineage import HASH_CHARS, digest
 from fashion_stack.core.log import get_logger, progress
 from fashion_stack.core.rundir import DONE, mark_done, read_done
-from fashion_stack.models.backbones import input_spec_of
+from fashion_stack.models.backbones import InputSpec, input_spec_of
 from fashion_stack.models.devices import resolve_placement
 from fashion_stack.models.heads import build_embedding_model, pooling_layer_name, pooling_of
 from fashion_stack.models.inputs import prediction_batches
 
 log = get_logger("members")
 # The member fields that change the embeddings; head fields (dropout, loss...) do not.
-EMBEDDING_FIELDS = ("backbone", "image_size", "image_height", "weights", "resize", "pooling",
+EMBEDDING_FIELDS = ("backbone", "input_size", "weights", "resize", "pooling",
                     "mixed_precision", "tta_flip")
 # (the image cache is not used here: each image passes through the trunk once)
 
@@ -60,7 +60,8 @@ def embedding_hash(member: MemberConfig) -> str:
 
 
 def member_embeddings(member: MemberConfig, image_ids: Sequence[str], paths: Sequence[str],
-                      cache_dir: Path, redo: bool = False, content: Optional[str] = None) -> EmbeddingTable:
+                      cache_dir: Path, redo: bool = False, content: Optional[str] = None,
+                      spec: Optional[InputSpec] = None) -> EmbeddingTable:
     """Embeddings of these images, from the cache when it was made for the same trunk settings
     and the same ids; otherwise computed (all at once) and cached. `content`: a digest of the
     images' contents (the manifest's content hashes), so a moved or touched data directory keeps
@@ -73,7 +74,7 @@ def member_embeddings(member: MemberConfig, image_ids: Sequence[str], paths: Seq
     if not redo and _cache_matches(cache_dir, wanted, image_ids):
         return _read(cache_dir, image_ids, member.tta_flip)
     shutil.rmtree(cache_dir, ignore_errors=True)
-    features, mirrored = compute_embeddings(member, paths)
+    features, mirrored = compute_embeddings(member, paths, spec)
     atomic.write_csv(cache_dir / "image_ids.csv", pd.DataFrame({"imageId": image_ids}))
     _write_array(cache_dir / "features.npy", features)
     if mirrored is not None:
@@ -82,10 +83,11 @@ def member_embeddings(member: MemberConfig, image_ids: Sequence[str], paths: Seq
     return EmbeddingTable(image_ids, features, mirrored)
 
 
-def compute_embeddings(member: MemberConfig, paths: Sequence[str]) -> tuple:
+def compute_embeddings(member: MemberConfig, paths: Sequence[str], spec: Optional[InputSpec] = None) -> tuple:
     """(features, mirrored features or None), one row per path, in order: float32 vectors, or
-    float16 feature maps for a head that reads the map."""
-    model = build_embedding_model(member, precision=resolve_placement(member).precision_policy)
+    float16 feature maps for a head that reads the map. `spec`: the member's InputSpec as its plan
+    resolved it (models.plan); None resolves it when the model is built."""
+    model = build_embedding_model(member, precision=resolve_placement(member).precision_policy, spec=spec)
     spec = input_spec_of(model)
     dtype = np.float16 if pooling_of(member).reads_map else np.float32
     batches = prediction_batches(paths, spec.size, spec.resize, member.batch_size, reader=member.reader,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Optional
 
 import keras
 import numpy as np
@@ -13,7 +13,7 @@ from keras import layers, ops
 
 from fashion_stack.core.config import MemberConfig, as_plugin_spec
 from fashion_stack.core.registry import Registry
-from fashion_stack.models.backbones import ImagePreprocess, backbone_spec, create_backbone, is_pretrained, resolve_input_spec
+from fashion_stack.models.backbones import ImagePreprocess, InputSpec, backbone_spec, create_backbone, is_pretrained, resolve_input_spec
 from fashion_stack.models.inputs import augmentation_layers
 
 PHASES = ("head", "top", "all")
@@ -190,15 +190,17 @@ def trunk_of(model: keras.Model) -> keras.Model:
     return trunks[0]
 
 
-def build_member_model(member: MemberConfig, n_labels: int, precision: str = "float32") -> keras.Model:
+def build_member_model(member: MemberConfig, n_labels: int, precision: str = "float32",
+                       spec: Optional[InputSpec] = None) -> keras.Model:
     """Image (0..255, the member's height x width) -> per-label probabilities, augmentation
     inside. The model carries its InputSpec (size, resize policy, preprocessing) for prediction.
 
     A pretrained trunk runs with BatchNorm in inference mode in every phase (the statistics of
     its training set are kept; with small batches they would otherwise be overwritten by noise).
-    `precision` is a Keras dtype policy (models.devices.resolve_precision).
+    `precision` is a Keras dtype policy (models.devices.resolve_precision). `spec`: the member's
+    InputSpec as its plan resolved it (models.plan); None resolves it here.
     """
-    spec = resolve_input_spec(member)
+    spec = spec or resolve_input_spec(member)
     with precision_policy(precision):
         trunk = create_backbone(member.backbone, spec.size, member.weights)
         inputs = keras.Input(spec.shape, name="image")
@@ -212,11 +214,12 @@ def build_member_model(member: MemberConfig, n_labels: int, precision: str = "fl
         return keras.Model(inputs, outputs, name=f"member_{member.name or member.backbone}")
 
 
-def build_embedding_model(member: MemberConfig, precision: str = "float32") -> keras.Model:
+def build_embedding_model(member: MemberConfig, precision: str = "float32",
+                          spec: Optional[InputSpec] = None) -> keras.Model:
     """Image -> what the frozen path caches (carries its InputSpec too): the pooled trunk
     features (float32), or for a head that reads the map the feature map itself (float16: a
-    7 x 7 x 1280 map is 49 times a pooled vector)."""
-    spec = resolve_input_spec(member)
+    7 x 7 x 1280 map is 49 times a pooled vector). `spec` as for build_member_model."""
+    spec = spec or resolve_input_spec(member)
     with precision_policy(precision):
         trunk = create_backbone(member.backbone, spec.size, member.weights)
         inputs = keras.Input(spec.shape, name="image")

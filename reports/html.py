@@ -127,7 +127,7 @@ def config_section(inputs: _Inputs) -> str:
     text = path.read_text(encoding="utf-8") if path.exists() else dump_config(config)
     source = "config.yaml of the run" if path.exists() else "resolved config (config.yaml not saved yet)"
     facts = pd.DataFrame([
-        ("members", ", ".join(f"{m.name} ({m.backbone}, {m.image_size or 'native'} px, {m.mode})"
+        ("members", ", ".join(f"{m.name} ({m.backbone}, {_input_text(m.input_size)} px, {m.mode})"
                               for m in config.members) or "none"),
         ("data", f"{config.data.dir or 'built-in demo'}; pool {config.data.pool}; label map {config.data.label_map}"),
         ("folds", f"k = {config.folds.k}, seed {config.folds.seed}"),
@@ -397,3 +397,11 @@ def _page(ctx: StageContext, parts: list) -> str:
             f"<p class='meta'>Run directory <code>{html.escape(ctx.run.root.name)}</code>. "
             f"Static page, no external resources; plots are the PNG files beside it.</p>"
             f"<nav>{nav}</nav>{''.join(parts)}</body></html>\n")
+
+
+def _input_text(input_size) -> str:
+    """"224" for a square input, "320x224" (height x width) otherwise, "native" for the backbone's."""
+    if input_size is None:
+        return "native"
+    height, width = input_size
+    return str(width) if height == width else f"{height}x{width}"

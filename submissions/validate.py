@@ -244,7 +244,7 @@ def main(argv: Optional[list] = None, prog: Optional[str] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"checking {submission} against {len(test_ids)} test ids in {test} and {len(label_ids)} labels in "
-          f"{label_map}" + "".join(f"; {what} {where}" for what, where in sources.items()))
+          f"{label_map}" + "".join(f"; {what}: {where}" for what, where in sources.items()))
     problems = validate_submission(submission, test_ids, label_ids, args.min_labels, args.max_labels)
     if not problems:
         print(f"valid: {len(test_ids)} rows")

@@ -439,6 +439,13 @@ def test_run_decide_on_a_tiny_run(tmp_path):
     assert honest == atomic.read_json(out / "selection.json") and honest["n_candidates"] == len(scores)
     assert [c["fold"] for c in honest["per_fold"]] == [0, 1, 2]
     assert 0 < honest["micro_f1"] <= 1 and summary["honest_micro_f1"] == honest["micro_f1"]
+    # beside vs_mean.csv: the honest headline against the best member's best nested score
+    versus = pd.read_csv(out / "vs_best_member.csv").iloc[0]
+    member_rows = scores[scores["kind"] == "member"]
+    assert versus["best_member_nested"] == pytest.approx(member_rows["micro_f1"].max())
+    assert versus["headline"] == pytest.approx(honest["micro_f1"])
+    assert versus["delta_micro_f1"] == pytest.approx(honest["micro_f1"] - member_rows["micro_f1"].max())
+    assert honest["vs_best_member"]["best_member"] == versus["best_member"] == "m1"
     # a rerun skips; a redo recomputes: new files and a new DONE record, not only a DONE.json
     stamps = {name: (out / name).stat().st_mtime_ns for name in ("scores.csv", "rule.json", "selection.json")}
     finished = atomic.read_json(out / "DONE.json")["finished_at"]

@@ -127,7 +127,7 @@ def test_set_that_does_not_parse_is_a_one_line_error(text, message):
 def test_good_values_pass_and_ints_become_floats():
     config = load(MEMBER % ", learning_rate: 1, dropout: 0")
     assert config.members[0].learning_rate == 1.0 and isinstance(config.members[0].learning_rate, float)
-    assert config.members[0].image_size is None  # Optional stays None
+    assert config.members[0].input_size is None  # Optional stays None
 
 
 def test_every_literal_field_is_checked_generically():

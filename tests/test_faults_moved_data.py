@@ -17,7 +17,7 @@ from fashion_stack.core.config import DemoConfig  # noqa: E402
 from fashion_stack.datasets.demo import generate_demo  # noqa: E402
 
 STAGES = "prepare,folds,members"
-MEMBER = ("members=[{name: cnn, backbone: tiny_cnn, image_size: 32, weights: null, head_epochs: 0, "
+MEMBER = ("members=[{name: cnn, backbone: tiny_cnn, input_size: 32, weights: null, head_epochs: 0, "
           "finetune_epochs: 1, batch_size: 16}]")
 SETTINGS = ["folds.k=2", MEMBER]
 

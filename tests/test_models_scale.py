@@ -74,7 +74,7 @@ def test_speed_settings_do_not_make_finished_folds_stale():
 
 
 def test_a_saved_model_carries_its_input_spec_and_prediction_uses_it(tmp_path):
-    member = tiny_member(resize="crop", image_size=20)
+    member = tiny_member(resize="crop", input_size=20)
     model = build_member_model(member, 3)
     path = tmp_path / "model.keras"
     trainer.save_model(model, path)
