@@ -27,7 +27,7 @@ import yaml
 from benchmarks import compare_members
 from benchmarks.ablate_heads import input_name, parse_inputs
 from fashion_stack.core import atomic
-from fashion_stack.core.config import config_path, read_config_file
+from fashion_stack.core.config import config_path, read_config_file, upgrade_input_size
 
 # Cheapest first, so an interrupted grid still holds whole sizes: 3 policies x 3 sizes.
 DEFAULT_INPUTS = ("stretch:192,pad:192,crop:192,stretch:288x192,pad:288x192,crop:288x192,"
@@ -40,10 +40,9 @@ def grid_members(member: dict, inputs: list) -> list:
     rows = []
     for policy, width, height in inputs:
         row = {**member, "name": f"{member['name']}_{policy}_{input_name(width, height)}",
-               "resize": policy, "image_size": width}
-        row.pop("image_height", None)
-        if height is not None:
-            row["image_height"] = height
+               "resize": policy, "input_size": [width if height is None else height, width]}
+        for old in ("image_size", "image_height"):  # the input's older spelling, if the config still has it
+            row.pop(old, None)
         rows.append(row)
     return rows
 
@@ -58,10 +57,12 @@ def write_overlay(config: str, member_name: str, inputs: list, run_dir: Path, ba
     member = next((m for m in members if isinstance(m, dict) and m.get("name") == member_name), None)
     if member is None:
         raise SystemExit(f"{config}: no member {member_name!r} (members: {[m.get('name') for m in members]})")
-    if member.get("image_size") is None:
-        raise SystemExit(f"{config}: member {member_name!r} has no image_size; the grid varies it from a set value")
+    member = upgrade_input_size(member)
+    if member.get("input_size") is None:
+        raise SystemExit(f"{config}: member {member_name!r} has no input_size; the grid varies it from a set value")
     grid = grid_members(member, inputs)
-    own = (member.get("resize", "pad"), member["image_size"], member.get("image_height"))
+    height, width = member["input_size"]
+    own = (member.get("resize", "pad"), width, None if height == width else height)
     baseline_row = grid_members(member, parse_inputs(baseline_input) if baseline_input else [own])[0]
     baseline = baseline_row["name"]
     if baseline not in {m["name"] for m in grid}:

@@ -15,6 +15,12 @@ parts of it that grow with the image count:
 The last column is the per-file stat against the folder-mtime baseline of the same size (what the
 finer check costs more); the no-op prepare column is the whole stage, every check included. `--keep DIR` leaves the generated
 folders there (e.g. to time `run_pipeline.py --stages prepare,folds` on them).
+
+A second table (issue 24) times the reruns after the data directory changes without a byte of it
+changing, and says whether what the member units record (the unit lineage digests) still holds,
+i.e. whether any member would retrain:
+  touched           every image's mtime changed (a copy without -p, a sync tool)
+  moved             the data directory renamed (mtimes kept) and given by its new path
 """
 from __future__ import annotations
 
@@ -99,6 +105,41 @@ def measure(n_images: int, scratch: Path, repeats: int) -> dict:
             "unit lineage": best(unit_lineage, repeats)}
 
 
+def _lineage(ctx: StageContext) -> tuple:
+    manifest = read_manifest(ctx.run.manifest)
+    train = list(manifest.loc[manifest["split"] == "train", "imageId"])
+    return ManifestDigests(manifest).labels_and_images(train, ("train",))
+
+
+def _timed_prepare(ctx: StageContext) -> str:
+    started = time.perf_counter()
+    try:
+        run_prepare(ctx)
+    except Exception as err:  # noqa: BLE001 (the earlier rule refused a moved directory)
+        return f"error: {type(err).__name__}"
+    return f"{time.perf_counter() - started:.3f}s"
+
+
+def measure_changes(n_images: int, scratch: Path) -> dict:
+    """Rerun costs after a touch and after a move of the data directory prepared by measure()."""
+    import os
+    data_dir = scratch / f"data-{n_images}"
+    ctx = context(data_dir, scratch / f"run-{n_images}")
+    recorded = _lineage(ctx)
+    later = time.time() + 60
+    for image in (data_dir / "images").iterdir():
+        os.utime(image, (later, later))
+    touched = _timed_prepare(ctx)
+    touched_same = _lineage(ctx) == recorded
+    moved_dir = scratch / f"moved-{n_images}"
+    os.rename(data_dir, moved_dir)
+    ctx = context(moved_dir, scratch / f"run-{n_images}")
+    moved = _timed_prepare(ctx)
+    moved_same = _lineage(ctx) == recorded if not moved.startswith("error") else False
+    return {"files": n_images, "touched": touched, "touched: members kept": touched_same,
+            "moved": moved, "moved: members kept": moved_same}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000])
@@ -117,6 +158,12 @@ def main() -> int:
             cells = [f"{row['files']:>15,}"] + [f"{row[c]:>14.3f}s" for c in columns[1:]]
             print(" | ".join(cells) + f" | {row['stat every file'] / n_images * 1e6:>14.2f} | "
                   f"{row['stat every file'] / max(row['folder mtimes'], 1e-9):>10,.0f}x", flush=True)
+        print()
+        names = ["files", "touched", "touched: members kept", "moved", "moved: members kept"]
+        print(" | ".join(f"{c:>22}" for c in names))
+        for n_images in args.sizes:
+            row = measure_changes(n_images, scratch)
+            print(" | ".join(f"{str(row[c]):>22}" for c in names), flush=True)
     return 0
 
 

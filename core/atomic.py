@@ -15,8 +15,47 @@ from typing import Any, Iterator
 import pandas as pd
 
 
-_UMASK = os.umask(0)
+_UMASK = os.umask(0)  # at import; _umask() reads the current one where the system tells it
 os.umask(_UMASK)
+
+
+def _umask() -> int:
+    """The process's umask now. Linux reports it in /proc/self/status (reading it there does not
+    set it, which other threads could observe); elsewhere the one read at import."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return _UMASK
+
+
+# In every temporary's name: what a write killed before its rename leaves behind is recognisable
+# (remove_leftovers), and no artifact's own name contains it.
+PARTIAL = ".partial."
+
+
+def leftover_files(root: str | os.PathLike) -> list:
+    """Temporaries of atomic writes under `root` that were never renamed (the writer was killed)."""
+    found = []
+    for folder, _, names in os.walk(root):
+        found += [Path(folder) / name for name in names if name.startswith(".") and PARTIAL in name]
+    return sorted(found)
+
+
+def remove_leftovers(root: str | os.PathLike) -> list:
+    """Remove leftover temporaries under `root` and return their paths. Only safe while no writer
+    works under root: the pipeline calls it at the start of a run, holding the run lock."""
+    removed = []
+    for path in leftover_files(root):
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:  # gone meanwhile, or not ours to remove: left in place
+            continue
+    return removed
 
 
 @contextmanager
@@ -27,10 +66,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     to names ending in .keras or .weights.h5)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{PARTIAL}", suffix=suffix, dir=path.parent)
     os.close(fd)
     # mkstemp creates 0600; artifacts should get the same mode as any new file (0666 & ~umask)
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.chmod(tmp, 0o666 & ~_umask())
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -30,6 +30,19 @@ class StageContext:
             self.executor = LocalExecutor(self.run.root)
         return self.executor.map(list(tasks))
 
+    def plan_units(self, stage: str, total: int) -> None:
+        """The stage's unit count across all its calls to run_units (progress: done / total, ETA)."""
+        self.run_units([])  # makes the executor
+        progress = getattr(self.executor, "progress", None)
+        if progress is not None:
+            progress.plan(stage, total)
+
+    def unit_skipped(self, stage: str) -> None:
+        """A planned unit that is already done counts as done without running."""
+        progress = getattr(self.executor, "progress", None)
+        if progress is not None:
+            progress.skipped(stage)
+
     def redo_stage(self, stage: str) -> bool:
         return "all" in self.redo or stage in self.redo
 
@@ -49,8 +62,11 @@ class StageContext:
         `sections` and `extra` add what a later stage also depends on (folds: the folds section and
         the pool). The files themselves are inputs, not settings: see competition_files."""
         config, data = self.config, self.config.data
+        # not data.dir: where the data lies is no setting (a moved or copied data directory, or the
+        # same one given by a relative path, holds the same inputs); prepare records its content
         shape = {key: getattr(data, key) for key in
-                 ("dir", "label_map", "train", "validation", "test", "image_layout", "allow_missing_test_images")}
+                 ("label_map", "train", "validation", "test", "image_layout", "allow_missing_test_images")}
+        shape["generated"] = data.dir is None
         if data.dir is None:
             shape["demo"] = dataclasses.asdict(config.demo)
         full = config.to_dict()

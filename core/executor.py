@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from fashion_stack.core.log import LOGGER_NAME, get_logger
+from fashion_stack.core.log import LOGGER_NAME, format_seconds, get_logger
 
 log = get_logger("executor")
 ENGINES = ("local", "ray")
@@ -85,19 +85,52 @@ def _count_attempt(attempt_file: Optional[str]) -> int:
     return count
 
 
+class StageProgress:
+    """Units done / total across a whole stage (every member's folds, not one member's), with an
+    ETA from the units this run has finished. A stage announces its total with plan() and the
+    units it skips (already done) with skipped(); each map() call's units then count towards it."""
+
+    def __init__(self):
+        self.plans: dict = {}  # stage -> {"total", "done", "seconds" (of units run now), "run"}
+
+    def plan(self, stage: str, total: int) -> None:
+        self.plans[stage] = {"total": int(total), "done": 0, "seconds": 0.0, "run": 0}
+
+    def skipped(self, stage: str, count: int = 1) -> None:
+        if stage in self.plans:
+            self.plans[stage]["done"] += count
+
+    def finished(self, task: "Task", seconds: float, where: str = "", batch=None) -> str:
+        """The log line for a finished unit. `batch` = (number, count) within this map call,
+        the fallback when the stage announced no plan."""
+        plan = self.plans.get(task.stage)
+        if plan is None:
+            number, count = batch or (1, 1)
+            return f"{task.stage}: unit {number}/{count} {task.key} done{where} in {seconds:.0f} s"
+        plan["done"] += 1
+        plan["run"] += 1
+        plan["seconds"] += seconds
+        plan["total"] = max(plan["total"], plan["done"])
+        left = plan["total"] - plan["done"]
+        eta = f"; {left} left, ETA {format_seconds(left * plan['seconds'] / plan['run'])}" if left else "; stage done"
+        return (f"{task.stage}: {plan['done']}/{plan['total']} units done ({task.key}{where} in {seconds:.0f} s)"
+                f"{eta}")
+
+
 class LocalExecutor:
     """Today's loop: each unit in this process, in order."""
     name = "local"
 
     def __init__(self, run_root: Optional[Path] = None):
         self.run_root = Path(run_root) if run_root else None
+        self.progress = StageProgress()
 
     def map(self, tasks: Sequence[Task]) -> list:
         results = []
         for number, task in enumerate(tasks, start=1):
             outcome = run_task(task)
             _record(self.run_root, task, self.name, outcome, "done")
-            log.info("%s: unit %d/%d %s done in %.0f s", task.stage, number, len(tasks), task.key, outcome["seconds"])
+            log.info("%s", self.progress.finished(task, outcome["seconds"], batch=(number, len(tasks))))
             results.append(outcome["result"])
         return results
 
@@ -111,6 +144,7 @@ class RayExecutor:
                  runtime_env: Optional[dict] = None):
         self.run_root, self.address, self.max_retries = Path(run_root), address, int(max_retries)
         self.runtime_env = runtime_env
+        self.progress = StageProgress()
 
     def _ray(self):
         import ray
@@ -159,8 +193,9 @@ class RayExecutor:
             finished += 1
             results[number] = outcome["result"]
             _record(self.run_root, task, self.name, outcome, "done")
-            log.info("%s: unit %d/%d %s done on %s in %.0f s (attempt %d)", task.stage, finished, len(tasks),
-                     task.key, outcome["node"], outcome["seconds"], outcome["attempt"])
+            log.info("%s", self.progress.finished(
+                task, outcome["seconds"], f" on {outcome['node']}, attempt {outcome['attempt']}",
+                batch=(finished, len(tasks))))
         if failure:
             task, err = failure
             raise UnitFailed(f"{task.stage} unit {task.key} failed on Ray after up to {self.max_retries} retries: "

@@ -73,9 +73,16 @@ class LabelSpace:
         return [list(ids[row.astype(bool)]) for row in matrix]
 
 
+MAX_LABEL_MAP_BYTES = 16 * 2**20
+
+
 def _read_label_map(path: Path) -> pd.DataFrame:
     expected = "a header labelId,labelName[,taskId,taskName] and one row per label"
     try:
+        size = path.stat().st_size
+        if size > MAX_LABEL_MAP_BYTES:  # a label map is a few kB; a wrong file is not read whole
+            raise LabelError(f"{path}: {size:,} bytes, far more than a label map has (at most "
+                             f"{MAX_LABEL_MAP_BYTES:,}); check data.label_map")
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except FileNotFoundError:
         raise LabelError(f"{path}: label map not found (config data.label_map)") from None
@@ -84,7 +91,10 @@ def _read_label_map(path: Path) -> pd.DataFrame:
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
         raise LabelError(f"{path}: cannot read the label map ({err}); expected {expected}") from None
     if not {"labelId", "labelName"} <= set(frame.columns):
-        raise LabelError(f"{path}: label map needs labelId and labelName columns, has {list(frame.columns)}")
+        # the columns are the file's first line: not shown, since a wrong file (a key file, a
+        # config) would have its first line printed
+        raise LabelError(f"{path}: not a label map: its first line is not a header with labelId and labelName "
+                         f"columns ({len(frame.columns)} column(s)); expected {expected}")
     if frame.empty:
         raise LabelError(f"{path}: the label map has a header but no labels; expected {expected}")
     frame = frame.apply(lambda column: column.str.strip())
@@ -93,6 +103,10 @@ def _read_label_map(path: Path) -> pd.DataFrame:
         empty = line[frame[column] == ""]
         if len(empty):
             raise LabelError(f"{path}: empty {column} on line(s) {list(empty[:10])}; every label needs one")
+    spaced = line[frame["labelId"].str.contains(r"[\s\x00-\x1f\x7f]", regex=True)]
+    if len(spaced):
+        raise LabelError(f"{path}: labelId with whitespace or a control character on line(s) {list(spaced[:10])}; "
+                         "label ids are written space-separated, so such an id would become two labels")
     repeated = frame["labelId"].duplicated(keep=False)
     if repeated.any():
         first = frame.loc[repeated, "labelId"].iloc[0]

@@ -6,8 +6,11 @@ writes its DONE.json last (core.rundir.mark_done). The record holds
   config_hash  the unit's own settings               changed: StaleArtifactError until --redo STAGE
   folds_hash   the fold assignment it was made under  changed: the same
   inputs_hash  one digest per input it actually read: the labels of the ids it trained on, the
-               size and mtime of every image file it decoded, the upstream units' own recorded
+               content hash of every image file it decoded, the upstream units' own recorded
                hashes. Changed: recomputed without asking; the log names the inputs that changed.
+               Data enters by its place inside the data directory and its content, never by an
+               absolute path or an mtime: a moved, copied or touched dataset is the same input
+               (stamps only decide when a file must be re-read to learn its content hash).
   artifacts    every file it wrote, with size, mtime, sha256 and, for tables, rows and columns,
                taken right after writing.
 
@@ -74,6 +77,35 @@ def stamps_digest(paths: Iterable) -> str:
     rewrite always changes the mtime)."""
     parts = [f"{path}:{size}:{mtime}" for path in sorted(map(str, paths)) for size, mtime in [file_stamp(path)]]
     return short_hash("|".join(parts).encode())
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Short content hash of a file (read in blocks)."""
+    return file_sha256(path)[:HASH_CHARS]
+
+
+def content_digests(root: str | os.PathLike, paths: Sequence, known: Optional[dict] = None) -> dict:
+    """{name relative to root: [size, mtime_ns, content hash]} for files under `root`. A file whose
+    name, size and mtime match `known` (the table recorded last time) keeps its recorded hash;
+    any other is read and hashed. So a rerun costs a stat per file, and a touched or copied file
+    (same bytes, new mtime) a re-read: the hashes, keyed by the place inside root, are the input
+    a unit records, not absolute paths or mtimes."""
+    known = known or {}
+    table = {}
+    for path in paths:
+        name = os.path.relpath(path, root)
+        size, mtime = file_stamp(path)
+        recorded = known.get(name)
+        if recorded and list(recorded[:2]) == [size, mtime]:
+            table[name] = [size, mtime, recorded[2]]
+        else:
+            table[name] = [size, mtime, file_digest(path)]
+    return table
+
+
+def content_digest(table: dict) -> str:
+    """The input digest of a content_digests table: names and contents, not stamps."""
+    return digest(sorted((name, entry[2]) for name, entry in table.items()))
 
 
 class RowDigests:

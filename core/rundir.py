@@ -21,6 +21,7 @@ from typing import Iterator, Optional
 
 from fashion_stack.core import atomic, lineage
 from fashion_stack.core.log import get_logger
+from fashion_stack.core.names import check_name
 
 DONE = "DONE.json"
 
@@ -37,7 +38,7 @@ class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    # Fixed places, as DESIGN.md lays them out.
+    # Fixed places (docs/CONTRACTS.md lists every artifact and its format).
     @property
     def manifest(self) -> Path:
         return self.root / "manifest.parquet"
@@ -51,13 +52,13 @@ class RunDir:
         return self.root / "submission.csv"
 
     def member_dir(self, member: str) -> Path:
-        return self.root / "members" / member
+        return self.root / "members" / check_name(member, "member name")
 
     def fold_dir(self, member: str, fold: int) -> Path:
         return self.member_dir(member) / f"fold{fold}"
 
     def stacker_dir(self, stacker: str) -> Path:
-        return self.root / "ensemble" / stacker
+        return self.root / "ensemble" / check_name(stacker, "stacker name")
 
     @property
     def decision_dir(self) -> Path:
@@ -117,8 +118,35 @@ def mark_done(unit_dir: Path, config_hash: str, folds_hash: Optional[str], input
     unit_dir = Path(unit_dir)
     records = [lineage.record_artifact(unit_dir, rel) for rel in lineage.artifact_files(unit_dir, artifacts)]
     record = {"config_hash": config_hash, "folds_hash": folds_hash, "inputs_hash": inputs_hash,
-              "artifacts": records, "finished_at": time.time(), **info}
+              "artifacts": records, "finished_at": time.time(), "written_in": str(unit_dir.absolute()), **info}
     atomic.write_json(unit_dir / DONE, record)
+
+
+def read_summary(unit_dir: Path) -> dict:
+    """The summary a finished unit recorded, with the paths in it moved to where the unit is now: a
+    run directory can move, and its last screen must name the files at their new place."""
+    unit_dir = Path(unit_dir)
+    record = read_done(unit_dir)
+    summary = record.get("summary") or {}
+    old, new = record.get("written_in"), str(unit_dir.absolute())
+    if not old or old == new:
+        return summary
+    # the longest common tail of the two unit paths is the part inside the run; what precedes it moved
+    old_parts, new_parts = Path(old).parts, Path(new).parts
+    shared = 0
+    while shared < min(len(old_parts), len(new_parts)) and old_parts[-1 - shared] == new_parts[-1 - shared]:
+        shared += 1
+    old_root, new_root = str(Path(*old_parts[:len(old_parts) - shared])), str(Path(*new_parts[:len(new_parts) - shared]))
+
+    def moved(value):
+        if isinstance(value, str) and (value == old_root or value.startswith(old_root + os.sep)):
+            return new_root + value[len(old_root):]
+        if isinstance(value, dict):
+            return {key: moved(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [moved(item) for item in value]
+        return value
+    return moved(summary)
 
 
 def damaged_artifacts(unit_dir: Path, record: dict) -> list:
@@ -144,7 +172,7 @@ def upstream_digest(unit_dir: Path, stage: str) -> str:
         raise UnfinishedUnitError(f"{'; '.join(damage)}; run --stages {stage} again: it rebuilds the unit")
     if record.get("artifacts"):
         return lineage.artifacts_digest(record["artifacts"])
-    return lineage.digest({k: v for k, v in record.items() if k != "finished_at"})
+    return lineage.digest({k: v for k, v in record.items() if k not in ("finished_at", "written_in")})  # not where or when
 
 
 def is_finished(unit_dir: Path) -> bool:
@@ -189,8 +217,7 @@ def run_lock(root: str | Path) -> Iterator[Path]:
         root.mkdir(parents=True, exist_ok=True)
         handle = open(root / LOCK, "a+", encoding="utf-8")
     except OSError as err:
-        raise RunDirError(f"run directory {root} is not writable ({err.strerror or err}); "
-                          "fix its permissions or choose another --run-dir") from err
+        raise unwritable(root, err) from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -204,13 +231,28 @@ def run_lock(root: str | Path) -> Iterator[Path]:
             get_logger("rundir").warning(
                 "run directory %s: taking over the lock of process %s (since %s), which ended without "
                 "releasing it (killed?)", root, previous.get("pid", "?"), previous.get("since", "?"))
-        _write_holder(handle, {"pid": os.getpid(), "host": platform.node(),
-                               "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        try:
+            _write_holder(handle, {"pid": os.getpid(), "host": platform.node(),
+                                   "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        except OSError as err:  # a full disk: the lock is held all the same (flock), say so in one line
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            raise unwritable(root, err) from None
         try:
             yield root
         finally:
-            _write_holder(handle, None)
+            try:
+                _write_holder(handle, None)
+            except OSError:
+                pass  # the kernel's lock is what counts; it is released below either way
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def unwritable(root: Path, err: OSError) -> RunDirError:
+    """One line for a run directory that cannot be written, with the fix for the cause."""
+    import errno
+    fix = ("free some space on its disk or choose another --run-dir" if err.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "fix its permissions or choose another --run-dir")
+    return RunDirError(f"run directory {root} is not writable ({err.strerror or err}); {fix}")
 
 
 def _lock_holder(handle) -> dict:
@@ -277,7 +319,7 @@ def derived_stage(name: str, inputs, outputs, config_sections=(), upstream=None)
                 inputs_hash[f"{stage} {Path(unit_dir).name}"] = upstream_digest(unit_dir, stage)
             # folds are an input like any other here (folds.csv is listed where it matters)
             if is_done(unit, name, None, redo=ctx.redo_stage(name), inputs_hash=inputs_hash):
-                return {**read_done(unit).get("summary", {}), "up_to_date": True}
+                return {**read_summary(unit), "up_to_date": True}
             summary = entry(ctx)
             unit.mkdir(parents=True, exist_ok=True)
             mark_done(unit, name, None, inputs_hash=inputs_hash, artifacts=outputs(ctx),

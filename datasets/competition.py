@@ -54,6 +54,28 @@ def resolve_path(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path} not found (nor {zipped.name}); check data.dir and the file names in the config")
 
 
+# Bounds on what a competition file may hold once read: the real train.json is about 200 MB. A
+# zipped one may expand at most MAX_ZIP_RATIO times its compressed size (JSON compresses 5 to 20
+# times; a zip bomb a thousand times and more). Checked while reading, not from the zip's header.
+MAX_JSON_BYTES = 2 * 2**30
+MAX_ZIP_RATIO = 100
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicate_keys(pairs: list) -> dict:
+    """json object_pairs_hook: a key given twice in one object is refused (json would keep the last
+    one silently, e.g. a second "annotations" list replacing the first)."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
 def load_json(path: Path) -> dict:
     try:
         if path.suffix == ".zip":
@@ -61,10 +83,29 @@ def load_json(path: Path) -> dict:
                 members = [n for n in archive.namelist() if n.endswith(".json")]
                 if len(members) != 1:
                     raise CompetitionDataError(f"{path}: expected one .json inside, found {members}")
-                return json.loads(archive.read(members[0]))
-        return json.loads(path.read_text(encoding="utf-8"))
+                info = archive.getinfo(members[0])
+                limit = min(MAX_JSON_BYTES, max(info.compress_size, 1) * MAX_ZIP_RATIO)
+                with archive.open(info) as member:
+                    data = member.read(limit + 1)
+                if len(data) > limit:
+                    raise CompetitionDataError(
+                        f"{path}: {members[0]} expands beyond {limit:,} bytes ({MAX_ZIP_RATIO} times its "
+                        f"compressed {info.compress_size:,}, at most {MAX_JSON_BYTES:,}); not a competition file "
+                        "(a zip bomb?): unzip it yourself if it is genuine")
+        else:
+            size = path.stat().st_size
+            if size > MAX_JSON_BYTES:
+                raise CompetitionDataError(f"{path}: {size:,} bytes, more than the {MAX_JSON_BYTES:,} a competition "
+                                           "file may have (competition.MAX_JSON_BYTES); not read")
+            data = path.read_bytes()
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)
+    except _DuplicateKey as err:
+        raise CompetitionDataError(f"{path}: the key {str(err)!r} appears twice in one object; JSON readers keep "
+                                   "only one of them, so the file is ambiguous: remove or merge the duplicate") from None
     except (json.JSONDecodeError, UnicodeDecodeError, zipfile.BadZipFile) as err:
         raise CompetitionDataError(f"{path}: not valid JSON ({err})") from err
+    except RecursionError:
+        raise CompetitionDataError(f"{path}: nested too deeply to be a competition file") from None
 
 
 def example_ids(ids, limit: int = 10) -> str:
@@ -113,7 +154,12 @@ def image_id_problem(image_id: str) -> str:
         return "contains '..'"
     if _CONTROL_CHARACTERS.search(image_id):
         return "contains a control character"
+    if len(image_id.encode("utf-8")) > MAX_ID_BYTES:
+        return f"is longer than {MAX_ID_BYTES} bytes (the file name <imageId>.jpg must fit a file system's 255)"
     return ""
+
+
+MAX_ID_BYTES = 200
 
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -140,7 +186,22 @@ def _checked_label_ids(raw, path: Path, where: str) -> list:
     if bad:
         raise CompetitionDataError(f"{path}: {where}: labelId entries must be non-empty strings or integers; "
                                    f"got {bad[:5]!r}")
-    return [str(label).strip() for label in raw]
+    labels = [str(label).strip() for label in raw]
+    spaced = [label for label in labels if label_id_problem(label)]
+    if spaced:
+        raise CompetitionDataError(f"{path}: {where}: labelId {spaced[0]!r} {label_id_problem(spaced[0])}; "
+                                   "list several labels as separate entries, e.g. [\"1\", \"2\"]")
+    return labels
+
+
+def label_id_problem(label_id: str) -> str:
+    """'' for a usable labelId; else what is wrong. Label ids are written space-separated (the
+    manifest, the submission), so one with whitespace inside would be read back as two."""
+    if re.search(r"\s", label_id):
+        return "contains whitespace (label ids are written space-separated, so it would become two labels)"
+    if _CONTROL_CHARACTERS.search(label_id):
+        return "contains a control character"
+    return ""
 
 
 def _read_images(records, path: Path) -> pd.DataFrame:

@@ -194,7 +194,7 @@ def _get_once(url: str, cfg: DownloadConfig, session: requests.Session) -> tuple
                 raise _Transient(f"HTTP {response.status_code}")
             if response.status_code != 200:
                 raise FetchFailed(f"HTTP {response.status_code}")
-            body = response.content
+            body = _bounded_body(response)
             content_type = response.headers.get("Content-Type", "")
     except requests.exceptions.ChunkedEncodingError as err:
         # urllib3 2 enforces Content-Length, so a body that ends early lands here
@@ -210,6 +210,24 @@ def _get_once(url: str, cfg: DownloadConfig, session: requests.Session) -> tuple
     if not body:
         raise FetchFailed("empty body")
     return body, content_type
+
+
+def _bounded_body(response, limit: int = None) -> bytes:
+    """The body, streamed, refused (FetchFailed) as soon as it passes `limit` bytes (default
+    imageops.MAX_IMAGE_BYTES), or at once when Content-Length announces more: a server sending
+    a huge body never has it held in memory whole."""
+    limit = imageops.MAX_IMAGE_BYTES if limit is None else limit
+    announced = response.headers.get("Content-Length", "")
+    too_large = f"body larger than {limit:,} bytes, the most an image may have (imageops.MAX_IMAGE_BYTES); not stored"
+    if announced.isdigit() and int(announced) > limit:
+        raise FetchFailed(f"{too_large} (Content-Length {int(announced):,})")
+    chunks, received = [], 0
+    for chunk in response.iter_content(chunk_size=1 << 16):
+        received += len(chunk)
+        if received > limit:
+            raise FetchFailed(too_large)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _incomplete_read(err: Exception) -> str:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Union
 
@@ -17,6 +18,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 BACKGROUND = (255, 255, 255)  # product photos sit on white; alpha is composited on it
 MAX_PIXELS = 64_000_000  # about 8k x 8k; larger images are treated as decompression bombs
+# An image file or download body larger than this is refused before it is read whole: a
+# competition photo is a few MB, and a 64-megapixel JPEG stays well under it.
+MAX_IMAGE_BYTES = 64 * 2**20
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
@@ -34,9 +38,7 @@ def open_image(source: Union[str, Path, bytes]) -> Image.Image:
         path = Path(source)
         if not path.exists():
             raise UnreadableImage("missing file")
-        if path.stat().st_size == 0:
-            raise UnreadableImage("empty file")
-        stream = io.BytesIO(path.read_bytes())
+        stream = io.BytesIO(read_image_bytes(path))
     try:
         image = Image.open(stream)  # reads the header only
         _refuse_bomb(image)
@@ -49,6 +51,25 @@ def open_image(source: Union[str, Path, bytes]) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as err:
         raise UnreadableImage(f"cannot decode: {err}") from err
     return image
+
+
+def read_image_bytes(path: Union[str, Path], size: int = None) -> bytes:
+    """The bytes of an image file, refused (UnreadableImage) before reading when the file is empty,
+    larger than MAX_IMAGE_BYTES, or cannot be read (permissions): never a whole huge file in memory."""
+    try:
+        size = os.stat(path).st_size if size is None else size
+        if size == 0:
+            raise UnreadableImage("empty file")
+        if size > MAX_IMAGE_BYTES:
+            raise UnreadableImage(f"file of {size:,} bytes is larger than the {MAX_IMAGE_BYTES:,} an image may have "
+                                  "(imageops.MAX_IMAGE_BYTES); not read")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_IMAGE_BYTES + 1)
+    except OSError as err:
+        raise UnreadableImage(f"cannot read: {err.strerror or err}") from None
+    if len(data) > MAX_IMAGE_BYTES:  # grew since the stat
+        raise UnreadableImage(f"file is larger than the {MAX_IMAGE_BYTES:,} bytes an image may have; not read")
+    return data
 
 
 def _refuse_bomb(image: Image.Image) -> None:

@@ -14,12 +14,18 @@ from fashion_stack.datasets.competition import example_ids
 from fashion_stack.datasets.images import STATUSES, USABLE_STATUSES
 
 # bytes, mtime_ns: the original file's size and modification time when it was inspected (0, 0 when
-# missing): the per-file stamps that tell prepare, on a rerun, which images changed
-COLUMNS = ("imageId", "split", "labels", "path", "width", "height", "mode", "bytes", "mtime_ns", "status", "reason")
+# missing): the per-file stamps that tell prepare, on a rerun, which images to look at again.
+# sha256: the original's content hash (short): what later units record, so the same bytes at
+# another place or under another mtime are the same input ("" when the file could not be read)
+COLUMNS = ("imageId", "split", "labels", "path", "width", "height", "mode", "bytes", "mtime_ns", "sha256", "status",
+           "reason")
+# added after the first manifests were written: an earlier manifest reads with it empty (prepare
+# then hashes those files once, without decoding them)
+_ADDED_COLUMNS = {"sha256": ""}
 SPLITS = ("train", "validation", "test")
 LABELLED_SPLITS = ("train", "validation")
 POOLS = {"train+validation": ("train", "validation"), "train": ("train",), "validation": ("validation",)}
-_STRING_COLUMNS = ("imageId", "split", "labels", "path", "mode", "status", "reason")
+_STRING_COLUMNS = ("imageId", "split", "labels", "path", "mode", "sha256", "status", "reason")
 _INT_COLUMNS = ("width", "height", "bytes", "mtime_ns")
 
 
@@ -31,7 +37,7 @@ def make_manifest(rows: list) -> pd.DataFrame:
     """Rows (dicts with the manifest columns) -> a manifest with the contract's column order and
     dtypes. A row without mtime_ns gets 0 (unknown: prepare re-inspects such an image on a rerun)."""
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    return _typed(frame.fillna({"mtime_ns": 0}))
+    return _typed(frame.fillna({"mtime_ns": 0, "sha256": ""}))
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -46,6 +52,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         frame = pd.read_parquet(path)
     except (OSError, ValueError) as err:  # truncated or not parquet (pyarrow's ArrowInvalid is a ValueError)
         raise ManifestError(f"{path}: unreadable ({err}); run --stages prepare, which rebuilds it") from None
+    frame = frame.assign(**{c: v for c, v in _ADDED_COLUMNS.items() if c not in frame.columns})
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(f"{path}: manifest lacks column(s) {missing}; rerun the prepare stage (--redo prepare)")
@@ -132,12 +139,13 @@ def label_frequencies(manifest: pd.DataFrame, label_space: LabelSpace) -> pd.Ser
 
 class ManifestDigests:
     """What a unit reads from the manifest, as digests (core.lineage): the labels of a list of ids,
-    and the image files (path, size, mtime, status) that stand for them, looked up among the usable
-    rows of the given splits. Cells are hashed once per splits; a unit's digest then costs a lookup
-    per id."""
+    and the content of the image files that stand for them (content hash and status: ok, or
+    repaired into a copy), looked up among the usable rows of the given splits. Not their paths
+    or mtimes: a moved, copied or touched data directory holds the same inputs. Cells are hashed
+    once per splits; a unit's digest then costs a lookup per id."""
 
     LABEL_COLUMNS = ("labels",)
-    IMAGE_COLUMNS = ("path", "bytes", "mtime_ns", "status")
+    IMAGE_COLUMNS = ("sha256", "status")
 
     def __init__(self, manifest: pd.DataFrame):
         self._rows = usable(manifest)

@@ -20,9 +20,9 @@ import pandas as pd
 
 from fashion_stack.core import atomic
 from fashion_stack.core.context import StageContext
-from fashion_stack.core.lineage import file_stamp, file_stamps, short_hash, stamps_digest
+from fashion_stack.core.lineage import content_digest, content_digests, digest, file_digest, file_stamp, file_stamps, short_hash
 from fashion_stack.core.log import get_logger, progress
-from fashion_stack.core.rundir import is_done, mark_done, read_done
+from fashion_stack.core.rundir import is_done, mark_done, read_done, read_summary
 from fashion_stack.datasets.competition import CompetitionDataError, Split, example_ids, read_competition
 from fashion_stack.datasets.competition import images_dir as split_images_dir
 from fashion_stack.datasets.images import REPAIRED, STATUSES, USABLE_STATUSES, inspect_image
@@ -45,10 +45,12 @@ def build_manifest(splits: dict, images_dir: str | Path | Mapping[str, str | Pat
     `images_dir[split]` when it maps each split to its folder (data.image_layout per_split).
     Repaired copies go to <repaired_dir>/<split>/X.jpg: the real splits reuse imageIds.
 
-    `previous`: an earlier manifest of the same folders. A row whose original file still has the
-    size and mtime recorded there (and whose repaired copy still exists) is taken over with the new
-    labels instead of decoding the image again, so a label edit or a few replaced images cost a
-    stat per image, not a decode."""
+    `previous`: an earlier manifest of the same data (the folders may have moved since). A row
+    whose original file still has the size and mtime recorded there (and whose repaired copy still
+    exists) is taken over with the new labels and the current paths instead of decoding the image
+    again; a file with another mtime but the recorded content hash (touched, copied without -p)
+    costs a re-read, not a decode. So a label edit, a move or a copy costs a stat or a read per
+    image; only images whose bytes changed are decoded again."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers} (config data.validate_workers)")
     unknown = sorted(set(splits) - set(SPLITS))
@@ -57,23 +59,31 @@ def build_manifest(splits: dict, images_dir: str | Path | Mapping[str, str | Pat
     ordered = [splits[name] for name in SPLITS if name in splits]
     folders = _split_folders(images_dir, ordered)
     _refuse_shared_labelled_ids(ordered, folders)
+    _refuse_ids_with_two_photos(ordered, folders)
     repaired_dir = Path(repaired_dir).resolve()
     entries = [(split, image_id, labels) for split in ordered for image_id, labels in _split_entries(split)]
     reusable = _reusable_rows(previous)
 
+    def look(entry, rehash: bool) -> Optional[dict]:
+        split, image_id, _ = entry
+        return _still_valid(reusable.get((split.name, image_id)), folders[split.name] / f"{image_id}.jpg",
+                            repaired_dir / split.name / f"{image_id}.jpg", rehash=rehash)
+
     def inspect(entry) -> dict:
-        split, image_id, labels = entry
-        original = folders[split.name] / f"{image_id}.jpg"
-        fields = _still_valid(reusable.get((split.name, image_id)), original)
-        if fields is None:
-            fields = inspect_image(original, repaired_dir / split.name / f"{image_id}.jpg")
-        return {"imageId": image_id, "split": split.name, "labels": labels, **fields}
+        split, image_id, _ = entry
+        fields = look(entry, rehash=True)  # touched or copied: a re-read, then a decode only if the bytes differ
+        return fields or inspect_image(folders[split.name] / f"{image_id}.jpg", repaired_dir / split.name / f"{image_id}.jpg")
 
-    rows = _ordered_map(inspect, entries, workers)
-    return make_manifest(list(progress(rows, total=len(entries), desc="validate images", unit="img")))
+    # unchanged files (same stamp) in this thread, a stat each; only the rest go to the pool
+    known = [look(entry, rehash=False) for entry in entries] if reusable else [None] * len(entries)
+    todo = [entry for entry, fields in zip(entries, known) if fields is None]
+    fresh = iter(progress(_ordered_map(inspect, todo, workers), total=len(todo), desc="validate images", unit="img"))
+    return make_manifest([{"imageId": image_id, "split": split.name, "labels": labels,
+                           **(fields if fields is not None else next(fresh))}
+                          for (split, image_id, labels), fields in zip(entries, known)])
 
 
-_FIELDS = ("path", "width", "height", "mode", "bytes", "mtime_ns", "status", "reason")
+_FIELDS = ("path", "width", "height", "mode", "bytes", "mtime_ns", "sha256", "status", "reason")
 
 
 def _reusable_rows(previous: Optional[pd.DataFrame]) -> dict:
@@ -83,16 +93,33 @@ def _reusable_rows(previous: Optional[pd.DataFrame]) -> dict:
     return dict(zip(keys, previous[list(_FIELDS)].itertuples(index=False, name=None)))
 
 
-def _still_valid(row: Optional[tuple], original: Path) -> Optional[dict]:
-    """The previous manifest fields of this image if its file is unchanged, else None."""
+def _still_valid(row: Optional[tuple], original: Path, repaired: Path, rehash: bool = True) -> Optional[dict]:
+    """The previous manifest fields of this image, at its current paths, if its file holds the same
+    bytes; else None (decode it again). Same size and mtime: taken as unchanged (one stat). Another
+    mtime, or no content hash recorded yet: the file is read and hashed, and kept when the hash
+    matches (or fills the missing one)."""
     if row is None:
         return None
     fields = dict(zip(_FIELDS, row))
-    if file_stamp(original) != (fields["bytes"], fields["mtime_ns"]) or fields["mtime_ns"] == 0 and fields["bytes"]:
+    if fields["status"] == REPAIRED:
+        if not repaired.is_file():
+            return None
+        fields["path"] = str(repaired)
+    else:
+        fields["path"] = str(original)
+    stamp = file_stamp(original)
+    unchanged = stamp == (fields["bytes"], fields["mtime_ns"]) and not (fields["mtime_ns"] == 0 and fields["bytes"])
+    if unchanged and (fields["sha256"] or fields["status"] not in USABLE_STATUSES):
+        return fields
+    if not rehash or fields["status"] not in USABLE_STATUSES or stamp[0] != fields["bytes"] or stamp == (0, 0):
         return None
-    if fields["status"] == REPAIRED and not Path(fields["path"]).is_file():
+    try:
+        content = file_digest(original)
+    except OSError:
         return None
-    return fields
+    if fields["sha256"] and content != fields["sha256"]:
+        return None
+    return {**fields, "mtime_ns": stamp[1], "sha256": content}
 
 
 def image_files_digest(manifest: pd.DataFrame, folders: Mapping[str, Path], on_disk: bool = True) -> str:
@@ -143,6 +170,23 @@ def _refuse_shared_labelled_ids(splits: list, folders: dict) -> None:
             "set data.image_layout: per_split (images/train/, images/validation/) or renumber one split")
 
 
+def _refuse_ids_with_two_photos(splits: list, folders: dict) -> None:
+    # One folder for several splits and an imageId in two of them with different urls: the two
+    # photos would need one file, images/<imageId>.jpg, and one split would be predicted from the
+    # other's photo. The download stage refuses the same data (datasets.download); same url, same photo.
+    for position, first in enumerate(splits):
+        for second in splits[position + 1:]:
+            if folders[first.name] != folders[second.name]:
+                continue
+            both = first.images.merge(second.images, on="imageId", suffixes=("_a", "_b"))
+            differ = both.loc[both["url_a"].astype(str) != both["url_b"].astype(str), "imageId"]
+            if len(differ):
+                raise CompetitionDataError(
+                    f"{first.path} and {second.path}: imageId(s) {example_ids(sorted(differ, key=_numeric_first))} "
+                    f"have different urls in the two files but one images folder ({folders[first.name]}) holds "
+                    "one <imageId>.jpg for both: set data.image_layout: per_split (images/<split>/)")
+
+
 def _numeric_first(image_id: str) -> tuple:
     return (0, int(image_id), "") if image_id.isdigit() else (1, 0, image_id)
 
@@ -171,13 +215,21 @@ def run_prepare(ctx: StageContext) -> dict:
     data = ctx.config.data
     folders = {name: split_images_dir(ctx.data_dir, name, data.image_layout) for name in SPLITS}
     previous = _previous_manifest(ctx.run.manifest)
-    files_digest = stamps_digest(ctx.competition_files())
-    inputs = {"competition files": files_digest,
+    recorded = _previous_record(unit_dir)
+    # the competition files by their place in the data directory and their content; the images by
+    # the stamps the manifest recorded (any difference: prepare looks again, hashing, not decoding,
+    # what only moved or was touched). "location": where the manifest's paths point (the data and
+    # run directories): a move rewrites the manifest's paths, and nothing after prepare reads them
+    # as an input, so no later unit recomputes.
+    competition_files = content_digests(ctx.data_dir, ctx.competition_files(), recorded.get("competition_files"))
+    location = digest({"images": {name: str(Path(folder).absolute()) for name, folder in folders.items()},
+                       "run": str(ctx.run.root.absolute())})
+    inputs = {"competition files": content_digest(competition_files), "location": location,
               "images": image_files_digest(previous, folders) if previous is not None else "unknown"}
     redo = ctx.redo_stage("prepare")
     if is_done(unit_dir, config_hash, None, redo=redo, inputs_hash=inputs):
         log.info("prepare: manifest is up to date (%s), skipped", ctx.run.manifest)
-        return {**read_done(unit_dir)["summary"], "up_to_date": True}
+        return {**read_summary(unit_dir), "up_to_date": True}
     started = time.perf_counter()
     splits = read_competition(ctx.data_dir, {"train": data.train, "validation": data.validation,
                                              "test": data.test}, ctx.label_space())
@@ -192,10 +244,19 @@ def run_prepare(ctx: StageContext) -> dict:
                     example_ids([f"{r.split}/{r.imageId} ({r.reason})" for r in skipped.itertuples()], 5))
     atomic.write_parquet(ctx.run.manifest, manifest)
     summary = summarise(manifest, skipped_path)
-    inputs = {"competition files": files_digest, "images": image_files_digest(manifest, folders, on_disk=False)}
+    inputs = {**inputs, "images": image_files_digest(manifest, folders, on_disk=False)}
     mark_done(unit_dir, config_hash, None, inputs_hash=inputs, artifacts=[ctx.run.manifest, skipped_path],
-              summary=summary, data_dir=str(ctx.data_dir), seconds=round(time.perf_counter() - started, 3))
+              summary=summary, data_dir=str(ctx.data_dir), competition_files=competition_files,
+              seconds=round(time.perf_counter() - started, 3))
     return summary
+
+
+def _previous_record(unit_dir: Path) -> dict:
+    try:
+        record = read_done(unit_dir)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _previous_manifest(path: Path) -> Optional[pd.DataFrame]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from fashion_stack.core.metrics import sample_f1s
+from fashion_stack.core.rundir import RunDir
 
 CHUNK = 100  # bootstrap resamples drawn at once; bounds memory at CHUNK x images weights
 
@@ -87,3 +88,32 @@ def fold_paired(diffs: list) -> tuple:
         return mean, float("nan"), float("nan")
     half = float(stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs)))
     return mean, mean - half, mean + half
+
+
+# ---- the best member: one definition, shared by decide, the last screen, compare, ablate, report --
+
+BEST_MEMBER_RULE = ("the member with the highest pooled out-of-fold {metric}-F1 at its best global threshold "
+                    "(members/<m>/scores.json; the threshold is tuned on the scored rows, so optimistic)")
+
+
+def member_scores(run: RunDir, metric: str = "micro", among=None) -> dict:
+    """{member: pooled OOF `metric`-F1 at its best threshold}, from members/*/scores.json (only the
+    members in `among`, the run's config, when given: a renamed member's old folder stays on disk)."""
+    from fashion_stack.core import atomic
+    scores = {}
+    for path in sorted((run.root / "members").glob("*/scores.json")):
+        record = atomic.read_json(path)
+        value = (record.get("oof") or {}).get(f"{metric}_f1@best")
+        if value is not None and (among is None or path.parent.name in among):
+            scores[path.parent.name] = float(value)  # the folder is the name (a copied folder keeps an old "member")
+    return scores
+
+
+def best_member(run: RunDir, metric: str = "micro", among=None):
+    """(name, score) of the best member by BEST_MEMBER_RULE (among `among` if given), or None.
+    Ties go to the name first in sorted order, so every reader names the same member."""
+    scores = member_scores(run, metric, among)
+    if not scores:
+        return None
+    name = min(scores, key=lambda m: (-scores[m], m))
+    return name, scores[name]

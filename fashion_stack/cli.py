@@ -2,7 +2,7 @@
 
     fashion-stack run [flags]        the pipeline: exactly run_pipeline.py's flags (fashion-stack run --help)
     fashion-stack configs            the configs shipped with the package, usable by name (--config ccp)
-    fashion-stack validate FILE ...  check a submission CSV (python -m fashion_stack.submissions.validate's flags)
+    fashion-stack validate RUN|FILE  check a submission CSV: a run directory finds its own test list and label map
 
 Run directories (runs/<name>) and the demo's generated data (.cache/) go under the working directory.
 """
@@ -53,6 +53,6 @@ def main(argv: Optional[list] = None) -> int:
     if command == "validate":
         from fashion_stack.submissions import validate
 
-        return validate.main(rest)
+        return validate.main(rest, prog="fashion-stack validate")
     _parser().parse_args(argv)
     return list_configs()

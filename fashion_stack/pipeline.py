@@ -20,10 +20,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's start-up notes would bury a one-line error
 
 from fashion_stack.core import atomic  # noqa: E402 (after the environment it reads)
-from fashion_stack.core.config import ConfigError, dump_config, load_config, parse_override
+from fashion_stack.core.config import ConfigError, dump_config, load_config, overlay_values, parse_override
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.log import setup_logging
-from fashion_stack.core.rundir import RunDir, RunDirError, StaleArtifactError, environment_record, run_lock
+from fashion_stack.core.rundir import RunDir, RunDirError, StaleArtifactError, environment_record, run_lock, unwritable
 
 # name -> (entry point, what it writes). Order is the order of the pipeline.
 STAGES = {
@@ -31,7 +31,7 @@ STAGES = {
     "prepare": ("fashion_stack.datasets.prepare:run_prepare", "decode every image once: manifest.parquet, skipped_images.csv, repaired/"),
     "folds": ("fashion_stack.datasets.folds:run_folds", "multilabel-stratified folds over the pool: folds.csv (+ .sha256), fold_label_counts.csv"),
     "members": ("fashion_stack.models.stage:run_members", "k-fold CNNs: members/<m>/fold<k>/..., members/<m>/{oof,test}.parquet, scores.json"),
-    "features": ("fashion_stack.features.stage:run_features", "check and summarise the stacker inputs: features/summary.json"),
+    "features": ("fashion_stack.features.stage:run_features", "check that the members' predictions can be stacked (same ids, labels, folds)"),
     "stack": ("fashion_stack.ensemble.stage:run_stack", "stackers with second-level OOF: ensemble/<s>/{oof,test}.parquet, model/, scores.json"),
     "decide": ("fashion_stack.ensemble.decide_stage:run_decide", "label-set rules chosen by nested CV: decision/{rule.json,scores.csv,test_labels.csv}"),
     "submit": ("fashion_stack.submissions.stage:run_submit", "submission.csv, validated"),
@@ -66,8 +66,12 @@ def parse_args(argv, prog=None):
                         help="with --engine ray: 'auto' (the cluster this machine joined), HOST:PORT, or unset "
                              "for a Ray started here")
     parser.add_argument("--ray-retries", type=int, default=2, help="retries of a unit whose Ray worker died")
+    parser.add_argument("--overlay", dest="overlays", action="append", default=[], metavar="NAME",
+                        help="a partial config merged over --config, before --set: a shipped overlay by name "
+                             "(smoke: any config shrunk to a minutes-long rehearsal) or a YAML file (repeatable)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. --set folds.k=5 (repeatable)")
+                        help="config override, e.g. --set folds.k=5, or one member by name: "
+                             "--set members.densenet201.batch_size=16 (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -80,30 +84,42 @@ def split_names(text: str, valid, what: str) -> list:
 
 
 def registered_choices(stages=None) -> dict:
-    """The vocabularies that live in registries above core (stackers, decision rules, backbones),
-    handed to the config check so that a bad name is refused before any work. Only those the
-    requested stages use (None: all of them): importing the registries imports Keras."""
+    """The plug-in registries above core (backbones, heads, losses, stackers, decision rules),
+    keyed by the config path that names them: the config check refuses a bad name, or a bad
+    setting of a plug-in (its declared params), before any work. Only those the requested stages
+    use (None: all of them): importing the model registries imports Keras."""
     wanted = set(STAGES) if stages is None else set(stages)
     choices = {}
     if wanted & {"members"}:
-        from fashion_stack.models.backbones import backbone_names
-        choices["members.backbone"] = backbone_names()
+        from fashion_stack.core.config import BACKBONE_MIN_SIZES
+        from fashion_stack.models.backbones import BACKBONES
+        from fashion_stack.models.heads import POOLINGS
+        from fashion_stack.models.losses import LOSSES
+        choices.update({"members.backbone": BACKBONES, "members.pooling": POOLINGS, "members.loss": LOSSES})
+        choices[BACKBONE_MIN_SIZES] = {name: spec.min_size for name, spec in BACKBONES.items()}
     if wanted & {"features", "stack", "decide", "ablate", "report"}:
         from fashion_stack.ensemble.stackers import STACKERS
-        choices["stack.stackers"] = sorted(STACKERS)
+        choices["stack.stackers"] = STACKERS
+        choices["ablation.stacker"] = sorted(STACKERS) + ["chosen"]
     if wanted & {"decide", "ablate", "report"}:
         from fashion_stack.ensemble.decision import RULES
-        choices["decision.rules"] = sorted(RULES)
+        choices["decision.rules"] = RULES
     return choices
 
 
 def chosen_stages(text: str) -> list:
-    """--stages: "all" is every stage but the opt-in ones, which run only when named."""
-    return [s for s in STAGES if s not in OPT_IN] if text == "all" else split_names(text, STAGES, "stage(s)")
+    """--stages: "all" is every stage but the opt-in ones, which run only when named. Named stages
+    run in pipeline order whatever order they are given in (each reads what the earlier ones make)."""
+    if text.strip() == "all":
+        return [s for s in STAGES if s not in OPT_IN]
+    named = split_names(text, STAGES, "stage(s)")
+    if not named:
+        raise ConfigError(f"--stages {text!r} names no stage; give some of: all, {', '.join(STAGES)}")
+    return [s for s in STAGES if s in named]
 
 
 def build_context(args, stages=None) -> StageContext:
-    overrides = [parse_override(text) for text in args.overrides]
+    overrides = [overlay_values(name) for name in args.overlays] + [parse_override(text) for text in args.overrides]
     if args.data_dir is not None:
         overrides.append({"data": {"dir": str(args.data_dir)}})
     config = load_config(args.config, overrides, choices=registered_choices(stages))
@@ -127,15 +143,55 @@ def build_context(args, stages=None) -> StageContext:
                         executor=executor)
 
 
+STAGE_TIMES = "stage_times.json"  # each stage's latest wall time and peak memory, for the report's summary
+
+
 def run_stage(name: str, ctx: StageContext, log) -> dict:
     module_name, function_name = STAGES[name][0].split(":")
     entry = getattr(importlib.import_module(module_name), function_name)
     started = time.time()
     log.info("stage %s: starting", name)
+    reset_peak_memory()
     summary = entry(ctx) or {}
     summary["seconds"] = round(time.time() - started, 1)
-    log.info("stage %s: done in %.1f s", name, summary["seconds"])
+    peak = peak_memory_mb()
+    log.info("stage %s: done in %.1f s%s", name, summary["seconds"],
+             f", peak memory {peak:.0f} MB" if peak is not None else "")
+    _record_stage(ctx, name, summary["seconds"], peak)
     return summary
+
+
+def reset_peak_memory() -> None:
+    """Starts this process's peak-RSS count afresh (Linux: 5 > /proc/self/clear_refs), so each
+    stage's peak is its own, not the largest of the stages before it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb():
+    """This process's peak resident memory since the last reset_peak_memory (VmHWM), in MB."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _record_stage(ctx: StageContext, name: str, seconds: float, peak_mb) -> None:
+    path = ctx.run.root / STAGE_TIMES
+    try:
+        record = atomic.read_json(path) if path.exists() else {}
+    except (OSError, ValueError):
+        record = {}
+    record[name] = {"seconds": seconds, "peak_memory_mb": None if peak_mb is None else round(peak_mb),
+                    "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    atomic.write_json(path, record)
 
 
 def main(argv=None, prog=None) -> int:
@@ -156,9 +212,13 @@ def run_stages(ctx: StageContext, stages: list, log) -> int:
         atomic.write_text(ctx.run.root / "config.yaml", dump_config(ctx.config))
         atomic.write_json(ctx.run.root / "env.json", {**environment_record(), "data_dir": str(ctx.data_dir)})
     except OSError as err:
-        raise RunDirError(f"run directory {ctx.run.root} is not writable ({err.strerror or err}); "
-                          "fix its permissions or choose another --run-dir") from err
-    log.info("run directory %s, data %s, stages %s", ctx.run.root, ctx.data_dir, ",".join(stages))
+        raise unwritable(ctx.run.root, err) from None
+    removed = atomic.remove_leftovers(ctx.run.root)
+    if removed:
+        log.warning("removed %d temporary file(s) left by interrupted writes: %s", len(removed),
+                    ", ".join(os.path.relpath(path, ctx.run.root) for path in removed[:10])
+                    + (f" (and {len(removed) - 10} more)" if len(removed) > 10 else ""))
+    log.info("run directory %s, data %s, stages %s (in pipeline order)", ctx.run.root, ctx.data_dir, ",".join(stages))
     summaries = {}
     for name in stages:
         try:
@@ -171,6 +231,14 @@ def run_stages(ctx: StageContext, stages: list, log) -> int:
             # traceback (finished units stay on disk; rerun continues from them)
             print(f"error in stage {name}: {type(err).__name__}: {err}", file=sys.stderr)
             return 1
+    if "report" not in stages and (ctx.run.report_dir / "index.html").exists():
+        # a report left from an earlier run would silently show what these stages just replaced:
+        # the report stage rebuilds it when its inputs changed and skips otherwise
+        try:
+            if not run_stage("report", ctx, log).get("up_to_date"):
+                log.info("report: rebuilt, since what it shows changed")
+        except (ValueError, RuntimeError, OSError) as err:
+            log.warning("report: could not be rebuilt (%s); %s may be stale", err, ctx.run.report_dir / "index.html")
     from fashion_stack.reports.summary import final_screen
     print(final_screen(ctx, summaries))
     return 0

@@ -34,8 +34,8 @@ import pandas as pd
 
 from fashion_stack.core import atomic
 from fashion_stack.core.config import MemberConfig
-from fashion_stack.core.log import get_logger, progress
-from fashion_stack.models.backbones import input_spec_of, is_pretrained, resolve_input_spec
+from fashion_stack.core.log import format_seconds, get_logger, progress
+from fashion_stack.models.backbones import InputSpec, input_spec_of, is_pretrained, resolve_input_spec
 from fashion_stack.models.devices import Placement, placement_scope, resolve_placement, scaled_learning_rate
 from fashion_stack.models.heads import build_head_model, build_member_model, set_trainable
 from fashion_stack.models.inputs import epoch_order, prediction_batches, steps_per_epoch, training_batches
@@ -187,6 +187,43 @@ class StepCheckpoint(keras.callbacks.Callback):
     def save(self, position: Position) -> None:
         save_checkpoint(self.model, self.path, self.phase, position, self.rows)
         self._last_saved_step, self._last_saved_time = position.step, time.monotonic()
+
+
+class StepProgress(keras.callbacks.Callback):
+    """Progress within an epoch, where an epoch at the competition's size is hours: every
+    `interval_s` a log line "epoch k/N: step s/S, images/s, epoch ETA, phase ETA". Log lines, not a
+    bar, so a log file (and a Ray worker's unit.log) reads cleanly."""
+
+    interval_s = 30.0
+
+    def __init__(self, where: str, phase: Phase, steps_in_epoch: int, batch_size: int, first_epoch: int = 0,
+                 skip: int = 0):
+        super().__init__()
+        self.where, self.phase, self.steps, self.batch_size = where, phase, steps_in_epoch, batch_size
+        self.epoch, self.skip, self._first_epoch = first_epoch, skip, first_epoch
+        self._started = self._last = time.monotonic()
+        self._epoch_seconds: list = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch != self.epoch:
+            self.skip = 0  # only the resumed epoch starts part-way
+        self.epoch = epoch
+        self._epoch_started = self._last = time.monotonic()
+        self._steps_at_start = self.skip
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return
+        self._last = now
+        step = min(self.skip + batch + 1, self.steps)
+        elapsed = now - self._epoch_started
+        rate = (step - self._steps_at_start) / elapsed if elapsed > 0 else float("nan")
+        epoch_left = (self.steps - step) / rate if rate > 0 else float("nan")
+        phase_left = epoch_left + (self.phase.epochs - self.epoch - 1) * self.steps / rate if rate > 0 else float("nan")
+        log.info("%s %s epoch %d/%d: step %d/%d, %.1f images/s, epoch ETA %s, phase ETA %s", self.where,
+                 self.phase.name, self.epoch + 1, self.phase.epochs, step, self.steps, rate * self.batch_size,
+                 format_seconds(epoch_left), format_seconds(phase_left))
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -387,6 +424,7 @@ def _fit_phase(model, member: MemberConfig, phase: Phase, epoch_data: EpochData,
     # the selector scores an epoch before the checkpoint records it as trained: a kill between the
     # two retrains the epoch's tail and scores it again, never leaves a trained epoch unscored
     standard = ([selector] if selector else []) + [checkpoint, StopOnNonFiniteLoss(where)]
+    standard.append(StepProgress(where, phase, steps, math.ceil(images_per_epoch / max(1, steps)), position.epoch, position.step))
     for epoch in range(position.epoch, phase.epochs):
         if selector is not None and selector.should_stop():
             log.info("%s %s: stopping after epoch %d, the inner split's best was epoch %d", where, phase.name,
@@ -451,17 +489,18 @@ def multi_hot_or_float(labels) -> np.ndarray:
 
 def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarray, fold_dir: Path,
                    seed: int, where: str = "", callbacks: Sequence = (), cache=None,
-                   placement: Optional[Placement] = None, head_embeddings: Optional[np.ndarray] = None
-                   ) -> keras.Model:
+                   placement: Optional[Placement] = None, head_embeddings: Optional[np.ndarray] = None,
+                   spec: Optional[InputSpec] = None) -> keras.Model:
     """Fine-tune the member's trunk + head on these images, on every device of `placement`,
     resuming whatever fold_dir holds. `cache`: a models.inputs image cache, or None.
     `head_embeddings` (member head_init "embeddings"): the trunk's embeddings of `paths`, in order;
-    the head is first fitted on them (LP-FT), then the trunk fine-tunes under it."""
+    the head is first fitted on them (LP-FT), then the trunk fine-tunes under it. `spec`: the
+    member's InputSpec as its plan resolved it (models.plan); None resolves it here."""
     if member.head_init == "embeddings" and head_embeddings is None:
         raise ValueError(f"member {member.name!r}: head_init 'embeddings' needs the training images' embeddings")
     keras.utils.set_random_seed(seed)
     placement = placement or resolve_placement(member)
-    spec = resolve_input_spec(member)
+    spec = spec or resolve_input_spec(member)
     global_batch = member.batch_size * placement.replicas
     drop_remainder = placement.replicas > 1  # every replica gets an equal share of each batch
     phases = finetune_phases(member)
@@ -495,7 +534,7 @@ def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarra
                           f"{where} head")
         keras.utils.set_random_seed(seed)
     with placement_scope(placement):
-        model = build_member_model(member, labels.shape[1], precision=placement.precision_policy)
+        model = build_member_model(member, labels.shape[1], precision=placement.precision_policy, spec=spec)
         if head is not None:
             copy_head(head, model)
         return _run_phases(model, member, phases, data_for_phase, steps, Path(fold_dir), where, len(paths),

@@ -19,7 +19,8 @@ from fashion_stack.core.rundir import RunDir
 from fashion_stack.features.stage import member_units
 from fashion_stack.reports import plots
 from fashion_stack.core.metrics import frequency_floor
-from fashion_stack.reports.run_data import RunDataError, read_folds, read_manifest, true_labels
+from fashion_stack.reports.run_data import (BEST_MEMBER_RULE, RunDataError, best_member, read_folds, read_manifest,
+                                            true_labels)
 from fashion_stack.reports.tables import markdown_table
 
 METRICS = {"micro_f1": "micro_f1@best", "samples_f1": "samples_f1@best", "loss": "loss"}
@@ -27,15 +28,26 @@ BEST_BY = "micro_f1"  # the competition's metric
 DIFF = {m: f"d_{m}" for m in METRICS}  # paired difference member - best, same fold
 
 
-def member_fold_scores(run: RunDir) -> pd.DataFrame:
-    """Long table: member, fold, micro_f1, samples_f1, loss, read from members/*/scores.json."""
-    paths = sorted((run.root / "members").glob("*/scores.json"))
-    if not paths:
-        raise RunDataError(f"{run.root / 'members'}: no <member>/scores.json; run --stages members first")
+def member_score_files(run: RunDir, members=None) -> list:
+    """members/<m>/scores.json of the named members (a run's config: what the run is made of, not
+    what an earlier config left on disk), or, with members=None, of every member folder there."""
+    if members is None:
+        return sorted((run.root / "members").glob("*/scores.json"))
+    return [run.member_dir(name) / "scores.json" for name in members]
+
+
+def member_fold_scores(run: RunDir, members=None) -> pd.DataFrame:
+    """Long table: member, fold, micro_f1, samples_f1, loss, read from members/<m>/scores.json of
+    `members` (None: every member folder)."""
+    paths = member_score_files(run, members)
+    absent = [path for path in paths if not path.is_file()]
+    if not paths or absent:
+        raise RunDataError(f"{absent[0] if absent else run.root / 'members'}: no <member>/scores.json; "
+                           "run --stages members first")
     rows = []
     for path in paths:
         record = atomic.read_json(path)
-        member = record.get("member", path.parent.name)
+        member = path.parent.name  # the folder is the member's name (a copied folder keeps an old "member")
         for position, fold in enumerate(record.get("folds", [])):
             missing = [key for key in ["fold", *METRICS.values()] if key not in fold]
             if missing:
@@ -47,7 +59,7 @@ def member_fold_scores(run: RunDir) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fold_score_table(run: RunDir | str | Path) -> pd.DataFrame:
+def fold_score_table(run: RunDir | str | Path, members=None) -> pd.DataFrame:
     """Member x fold rows, then a "mean" and a "std" (sample, ddof=1) row per member.
 
     Columns: member, fold ("0".."k-1", "mean", "std"), micro_f1, samples_f1, loss, best (bool),
@@ -56,9 +68,10 @@ def fold_score_table(run: RunDir | str | Path) -> pd.DataFrame:
     member with the highest mean micro-F1.
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
-    scores = member_fold_scores(run)
+    scores = member_fold_scores(run, members)
     means = scores.groupby("member", sort=False)[list(METRICS)].mean()
-    best = str(means[BEST_BY].idxmax())
+    chosen = best_member(run, BEST_BY.split("_")[0], among=set(means.index))  # the run's one definition
+    best = chosen[0] if chosen else str(means[BEST_BY].idxmax())
     _check_same_folds(scores, best, run)
     best_scores = scores[scores["member"] == best].set_index("fold")[list(METRICS)]
     blocks = []
@@ -149,12 +162,16 @@ def _compare_outputs(ctx: StageContext) -> list:
                                                     "member_correlation.csv")]
 
 
-@derived_stage("compare", inputs=lambda ctx: sorted((ctx.run.root / "members").glob("*/scores.json"))
+def configured_members(ctx: StageContext) -> list:
+    return [m.name for m in ctx.config.members]
+
+
+@derived_stage("compare", inputs=lambda ctx: member_score_files(ctx.run, configured_members(ctx))
                + [ctx.run.folds, ctx.run.manifest], outputs=_compare_outputs, config_sections=("decision",),
                upstream=member_units)
 def run_compare(ctx: StageContext) -> dict:
     log = ctx.logger("compare")
-    table = fold_score_table(ctx.run)
+    table = fold_score_table(ctx.run, configured_members(ctx))
     best = table.attrs["best_member"]
     report = ctx.run.report_dir
     atomic.write_csv(report / "fold_scores.csv", table)
@@ -171,9 +188,9 @@ def run_compare(ctx: StageContext) -> dict:
                       ylabel="micro-F1 at best threshold", best=best,
                       title="micro-F1 per fold (points), mean ± std (bars)")
     log.info("fold scores of %d member(s); best %s", table["member"].nunique(), best)
-    means = table[table["fold"] == "mean"].set_index("member")["micro_f1"]
+    chosen = best_member(ctx.run, "micro", among={best})
     return {"members": int(table["member"].nunique()), "best_member": best,
-            "best_member_micro_f1": float(means[best]), "frequency_floor": floor["oof"],
+            "best_member_micro_f1@best": chosen[1] if chosen else None, "frequency_floor": floor["oof"],
             "path": str(report / "fold_scores.csv")}
 
 
@@ -183,7 +200,8 @@ def _markdown(table: pd.DataFrame, differences: pd.DataFrame, floor: dict, corre
     for metric in METRICS:
         summary[f"{metric}_std"] = summary["member"].map(stds[metric])
     summary = summary[["member", "best"] + [c for m in METRICS for c in (m, f"{m}_std")] + list(DIFF.values())]
-    parts = [f"# Fold scores\n\nBest member by mean micro-F1: **{table.attrs['best_member']}**. "
+    parts = [f"# Fold scores\n\nBest member: **{table.attrs['best_member']}**, "
+             f"{BEST_MEMBER_RULE.format(metric='micro')}. "
              "Std is the sample standard deviation over folds; d_* are fold-paired differences "
              "member - best.\n\n"
              f"Frequency floor (the top-k most frequent labels of the other folds for every image, k "

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from fashion_stack.core import atomic, predictions
-from fashion_stack.core.config import dump_config
+from fashion_stack.core.config import as_plugin_spec, dump_config
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.rundir import derived_stage
 from fashion_stack.core.labels import LabelError
@@ -22,8 +22,8 @@ from fashion_stack.datasets.folds import FoldsError
 from fashion_stack.datasets.manifest import ManifestError
 from fashion_stack.reports import plots
 from fashion_stack.ensemble.decide_stage import LabelSetsError
-from fashion_stack.reports.run_data import (USABLE, RunDataError, label_frequencies, read_label_sets, read_manifest,
-                              true_labels)
+from fashion_stack.reports.run_data import (BEST_MEMBER_RULE, USABLE, RunDataError, floor_check, label_frequencies,
+                                            read_label_sets, read_manifest, true_labels)
 from fashion_stack.reports.tables import html_table
 
 ARTIFACT_ERRORS = (RunDataError, ManifestError, FoldsError, PredictionError, LabelError, LabelSetsError)
@@ -37,8 +37,8 @@ class NotRun(Exception):
 
 def _report_inputs(ctx: StageContext) -> list:
     run = ctx.run
-    files = [run.manifest, run.folds, *sorted((run.root / "members").glob("*/scores.json")),
-             *sorted((run.root / "ensemble").glob("*/scores.json")), *sorted(run.decision_dir.glob("*")),
+    files = [run.manifest, run.folds, *[run.member_dir(m.name) / "scores.json" for m in ctx.config.members],
+             *[run.stacker_dir(as_plugin_spec(s).name) / "scores.json" for s in ctx.config.stack.stackers], *sorted(run.decision_dir.glob("*")),
              *sorted(run.report_dir.glob("*.csv")), *sorted(run.report_dir.glob("*.json"))]
     return [path for path in files if path.is_file()]
 
@@ -101,8 +101,12 @@ class _Inputs:
         return self._cached("oof_labels", load)
 
     def scores(self, kind: str) -> dict:
-        """name -> scores.json of members ("members") or stackers ("ensemble")."""
-        return {p.parent.name: atomic.read_json(p) for p in sorted((self.run.root / kind).glob("*/scores.json"))}
+        """name -> scores.json of the configured members ("members") or stackers ("ensemble") that
+        have one: the config says what the run is made of, not folders an earlier config left."""
+        config = self.ctx.config
+        names = [m.name for m in config.members] if kind == "members" else [as_plugin_spec(s).name for s in config.stack.stackers]
+        paths = [self.run.root / kind / name / "scores.json" for name in names]
+        return {p.parent.name: atomic.read_json(p) for p in paths if p.is_file()}
 
 
 def require(path: Path, stage: str) -> Path:
@@ -123,12 +127,12 @@ def config_section(inputs: _Inputs) -> str:
     text = path.read_text(encoding="utf-8") if path.exists() else dump_config(config)
     source = "config.yaml of the run" if path.exists() else "resolved config (config.yaml not saved yet)"
     facts = pd.DataFrame([
-        ("members", ", ".join(f"{m.name} ({m.backbone}, {m.image_size or 'native'} px, {m.mode})"
+        ("members", ", ".join(f"{m.name} ({m.backbone}, {_input_text(m.input_size)} px, {m.mode})"
                               for m in config.members) or "none"),
         ("data", f"{config.data.dir or 'built-in demo'}; pool {config.data.pool}; label map {config.data.label_map}"),
         ("folds", f"k = {config.folds.k}, seed {config.folds.seed}"),
-        ("stackers", ", ".join(config.stack.stackers)),
-        ("decision", f"rules {', '.join(config.decision.rules)}; metric {config.decision.metric}; "
+        ("stackers", ", ".join(as_plugin_spec(spec).name for spec in config.stack.stackers)),
+        ("decision", f"rules {', '.join(as_plugin_spec(spec).name for spec in config.decision.rules)}; metric {config.decision.metric}; "
                      f"{config.decision.min_labels}..{config.decision.max_labels} labels per image"),
     ], columns=["setting", "value"])
     return (html_table(facts) + f"<details><summary>full {source}</summary><pre>{html.escape(text)}</pre>"
@@ -175,7 +179,8 @@ def fold_section(inputs: _Inputs) -> str:
                        "cell of the pool, of the members' OOF logits and of their errors (truth minus "
                        "probability): members whose errors correlate near 1 make the same mistakes, and a "
                        "stacker has little to combine.</p>" + html_table(pd.read_csv(correlation_path), digits=3))
-    return (f"<p>Best member by mean micro-F1: <b>{html.escape(best)}</b>.{floor} d_* columns: fold-paired "
+    return (f"<p>Best member: <b>{html.escape(best)}</b> ({html.escape(BEST_MEMBER_RULE.format(metric='micro'))})."
+            f"{floor} d_* columns: fold-paired "
             "difference member - best (mean and sample std over folds).</p>"
             + html_table(summary, highlight_rows=highlight) + folds_img
             + "<details><summary>per fold</summary>" + html_table(table) + "</details>" + correlation)
@@ -195,9 +200,12 @@ def stacking_section(inputs: _Inputs) -> str:
     cv_threshold = _cv_threshold_scores(inputs)
     if cv_threshold is not None:
         table = table.merge(cv_threshold, on=["source", "kind"], how="left")
+    floor_path = inputs.report / "frequency_floor.json"
+    floor = atomic.read_json(floor_path)["oof"] if floor_path.exists() else None
     plots.bars(inputs.report / "stacking_gain.png", table["source"], table["micro_f1@best"],
                ylabel="OOF micro-F1 at best threshold", title="Members and stackers (pool OOF)",
-               highlight=table.loc[table["micro_f1@best"].idxmax(), "source"])
+               highlight=table.loc[table["micro_f1@best"].idxmax(), "source"],
+               reference=None if floor is None else (floor, f"frequency floor {floor:.4f}"))
     return ("<p>OOF scores over the whole pool (stackers: second-level OOF). <b>micro_f1@best and "
             "samples_f1@best use the one threshold that is best for the very rows they score</b> (in-sample, "
             "optimistic); micro_f1@cv_threshold is the decide stage's global rule, its threshold chosen on "
@@ -327,7 +335,32 @@ def threshold_section(inputs: _Inputs) -> str:
             + _img("threshold_curve.png", "threshold curve"))
 
 
+def summary_section(inputs: _Inputs) -> str:
+    """The answer first: what was chosen, how good it honestly is, against the floor, the best
+    member, where the submission is and what the run cost; warnings when it does not work."""
+    from fashion_stack.reports.summary import headline_lines
+    run, metric = inputs.run, inputs.ctx.config.decision.metric
+    lines = headline_lines(run, metric, {m.name for m in inputs.ctx.config.members})
+    if not lines:
+        raise NotRun("decision/rule.json and members/*/scores.json are missing (made by --stages members,decide)")
+    submission = run.submission
+    lines.append(f"Submission: {submission.resolve()}" if submission.exists() else
+                 "Submission: not written yet (made by --stages submit)")
+    times_path = run.root / "stage_times.json"
+    if times_path.exists():
+        times = atomic.read_json(times_path)
+        total = sum(t.get("seconds", 0) for name, t in times.items() if name != "report")
+        peak = max((t.get("peak_memory_mb") or 0 for t in times.values()), default=0)
+        lines.append(f"Run time: {total / 60:.1f} min over {len([n for n in times if n != 'report'])} stage(s) "
+                     f"(each stage's latest run), peak memory {peak / 1024:.1f} GB (stage_times.json)")
+    warnings = floor_check(run, metric, among={m.name for m in inputs.ctx.config.members})
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    alerts = "".join(f'<p class="warn">{html.escape(line)}</p>' for line in warnings)
+    return f'<div class="box"><ul>{items}</ul></div>{alerts}'
+
+
 SECTIONS = [
+    ("summary", "Summary", summary_section),
     ("config", "Run config", config_section),
     ("data", "Data summary", data_section),
     ("folds", "Fold scores per member", fold_section),
@@ -351,6 +384,8 @@ img{max-width:100%;margin:8px 0;border:1px solid #eef0f4}
 pre{background:#f6f8fa;padding:10px;font-size:12px;overflow:auto;max-height:420px}
 .notrun{color:#8a5a00;background:#fff8e6;border-left:4px solid #f0b429;padding:6px 10px}
 .pair{display:flex;gap:24px;flex-wrap:wrap}.meta{color:#5b6475;font-size:14px}
+.box{background:#f1f6ff;border:1px solid #b9cdf0;padding:4px 14px;font-size:15px}
+.warn{color:#8a1c1c;background:#fdecec;border-left:4px solid #d64545;padding:6px 10px;font-weight:600}
 """
 
 
@@ -362,3 +397,11 @@ def _page(ctx: StageContext, parts: list) -> str:
             f"<p class='meta'>Run directory <code>{html.escape(ctx.run.root.name)}</code>. "
             f"Static page, no external resources; plots are the PNG files beside it.</p>"
             f"<nav>{nav}</nav>{''.join(parts)}</body></html>\n")
+
+
+def _input_text(input_size) -> str:
+    """"224" for a square input, "320x224" (height x width) otherwise, "native" for the backbone's."""
+    if input_size is None:
+        return "native"
+    height, width = input_size
+    return str(width) if height == width else f"{height}x{width}"

@@ -7,6 +7,9 @@ from typing import Mapping, Optional, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+# Label names, member and stacker names are data, not TeX: a name with two '$' would otherwise be
+# parsed as mathtext and stop the report (issue 24). Every plot of the project is made here.
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
@@ -41,7 +44,9 @@ def fold_points(path, scores_by_member: Mapping[str, Sequence[float]], ylabel: s
                    color=colour, zorder=3, s=25)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     _finish(ax, ylabel, title)
-    _zoom_to(ax, [v for vals in scores_by_member.values() for v in vals])
+    values = np.asarray([v for vals in scores_by_member.values() for v in vals], dtype=float)
+    top = float(np.nanmax(values)) if values.size else 1.0
+    ax.set_ylim(0, min(1.0, top * 1.15) if top > 0 else 1.0)  # bars from zero: see bars()
     return save_png(fig, path)
 
 
@@ -63,7 +68,9 @@ def interval_bars(path, names: Sequence[str], values: Sequence[float], low: Sequ
 
 
 def bars(path, names: Sequence[str], values: Sequence[float], ylabel: str, title: str,
-         highlight: Optional[str] = None, horizontal: bool = False) -> Path:
+         highlight: Optional[str] = None, horizontal: bool = False, reference: Optional[tuple] = None) -> Path:
+    """Bars from zero (a bar's length is its value: a cut axis would make small gaps look large);
+    `reference` = (value, text) draws a labelled line, e.g. the frequency floor."""
     names = [str(n) for n in names]
     colours = [SECOND if n == highlight else ACCENT for n in names]
     if horizontal:
@@ -77,8 +84,14 @@ def bars(path, names: Sequence[str], values: Sequence[float], ylabel: str, title
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names) + 2), 4))
     ax.bar(range(len(names)), values, color=colours)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    for x, value in enumerate(values):  # the exact figure, since a 0-based axis hides small gaps
+        ax.annotate(f"{value:.3f}", (x, value), ha="center", va="bottom", fontsize=8)
+    if reference is not None:
+        ax.axhline(reference[0], color="black", linestyle="--", linewidth=1, label=reference[1])
+        ax.legend(loc="lower right")
     _finish(ax, ylabel, title)
-    _zoom_to(ax, values)
+    top = max([float(np.nanmax(values))] + ([reference[0]] if reference else []), default=1.0)
+    ax.set_ylim(0, min(1.0, top * 1.15) if top > 0 else 1.0)
     return save_png(fig, path)
 
 
@@ -118,12 +131,3 @@ def _finish(ax, ylabel: str, title: str) -> None:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-
-
-def _zoom_to(ax, values) -> None:
-    # scores of close members differ in the 2nd decimal; a 0-based axis would hide that
-    values = np.asarray(list(values), dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size:
-        span = max(values.max() - values.min(), 0.02)
-        ax.set_ylim(max(0.0, values.min() - span), values.max() + 0.5 * span)

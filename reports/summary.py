@@ -5,6 +5,8 @@ import json
 
 import pandas as pd
 
+from fashion_stack.reports.run_data import best_member, floor_check, floor_margin
+
 
 def _short(summary: dict) -> str:
     parts = []
@@ -47,30 +49,8 @@ def final_screen(ctx, summaries: dict) -> str:
         lines.append(f"  {stage:<9} {summary.get('seconds', 0):>7.1f} s{skipped}  {_short(summary)}")
     if summaries and all(summary.get("up_to_date") for summary in summaries.values()):
         lines.append("Nothing to do: every stage asked for was already up to date.")
-    scores = run.decision_dir / "scores.csv"
-    rule = run.decision_dir / "rule.json"
-    if scores.exists() and rule.exists():
-        chosen = json.loads(rule.read_text())
-        table = pd.read_csv(scores)
-        best_member = table[table["kind"] == "member"].sort_values("micro_f1", ascending=False).head(1)
-        lines.append("")
-        lines.append(f"Chosen: {chosen.get('source')} + rule {chosen.get('rule')}: nested-CV "
-                     f"{chosen.get('metric', 'micro')}-F1 {chosen.get('score', float('nan')):.4f}"
-                     f" (the best of {len(table)} candidates on the same folds, so optimistic)")
-        lines.append(honest_line(chosen.get("honest")))
-        if len(best_member):
-            row = best_member.iloc[0]
-            lines.append(f"Best single member: {row['source']} + {row['rule']}: micro-F1 {row['micro_f1']:.4f}")
-        versus = (chosen.get("honest") or {}).get("vs_best_member")
-        if versus:
-            delta = next(v for k, v in versus.items() if k.startswith("delta_") and k.endswith("_f1"))
-            lines.append(f"Stack gain over the best member: honest headline {versus['headline']:.4f} against "
-                         f"{versus['best_member']} + {versus['best_member_rule']} {versus['best_member_nested']:.4f}"
-                         f" (nested): {delta:+.4f}, 95% fold-paired interval [{versus['ci_low']:+.4f}, "
-                         f"{versus['ci_high']:+.4f}]{'' if versus['excludes_0'] else ', includes 0'}")
-    floor = run.report_dir / "frequency_floor.json"
-    if floor.exists():
-        lines.append(f"Frequency floor (top-k frequent labels for all): micro-F1 {json.loads(floor.read_text())['oof']:.4f}")
+    lines.append("")
+    lines += headline_lines(run, ctx.config.decision.metric, {m.name for m in ctx.config.members})
     submit = summaries.get("submit", {})
     if "test_micro_f1" in submit:
         lines.append(f"Submission scored on the hidden test labels: micro-F1 {submit['test_micro_f1']:.4f}, "
@@ -78,4 +58,44 @@ def final_screen(ctx, summaries: dict) -> str:
     for label, path in (("Submission", run.submission), ("Report", run.report_dir / "index.html")):
         if path.exists():
             lines.append(f"{label}: {path.resolve()}")
+    warnings = floor_check(run, ctx.config.decision.metric, among={m.name for m in ctx.config.members})
+    if warnings:
+        lines += [""] + warnings
     return "\n".join(lines)
+
+
+def headline_lines(run, metric: str = "micro", members=None) -> list:
+    """The chosen pair, the honest headline, the frequency floor and the margin, the best member
+    (among `members`, the run config's, when given): the same lines on the last screen and in the
+    report's summary box."""
+    lines = []
+    rule_path, scores_path = run.decision_dir / "rule.json", run.decision_dir / "scores.csv"
+    if rule_path.exists():
+        chosen = json.loads(rule_path.read_text())
+        candidates = len(pd.read_csv(scores_path)) if scores_path.exists() else "?"
+        lines.append(f"Chosen: {chosen.get('source')} + rule {chosen.get('rule')}: nested-CV "
+                     f"{chosen.get('metric', 'micro')}-F1 {chosen.get('score', float('nan')):.4f}"
+                     f" (the best of {candidates} candidates on the same folds, so optimistic)")
+        lines.append(honest_line(chosen.get("honest")))
+        versus = (chosen.get("honest") or {}).get("vs_best_member")
+        if versus:
+            delta = next(v for k, v in versus.items() if k.startswith("delta_") and k.endswith("_f1"))
+            lines.append(f"Stack gain over the best member: honest headline {versus['headline']:.4f} against "
+                         f"{versus['best_member']} + {versus['best_member_rule']} {versus['best_member_nested']:.4f}"
+                         f" (nested, the best of its rules): {delta:+.4f}, 95% fold-paired interval [{versus['ci_low']:+.4f}, "
+                         f"{versus['ci_high']:+.4f}]{'' if versus['excludes_0'] else ', includes 0'}")
+    margin = floor_margin(run)
+    floor_path = run.report_dir / "frequency_floor.json"
+    if margin is not None:
+        floor, difference = margin
+        verdict = "clears it" if difference > 0 else "does NOT clear it"
+        lines.append(f"Frequency floor (the most frequent labels for every image, out of fold): {metric}-F1 "
+                     f"{floor:.4f}; the headline {verdict} (margin {difference:+.4f})")
+    elif floor_path.exists():
+        lines.append(f"Frequency floor (the most frequent labels for every image, out of fold): {metric}-F1 "
+                     f"{json.loads(floor_path.read_text())['oof']:.4f}")
+    best = best_member(run, metric, among=members)  # the config's members, not folders an earlier config left
+    if best is not None:
+        lines.append(f"Best member: {best[0]}, pooled OOF {metric}-F1@best {best[1]:.4f} (threshold tuned on the "
+                     "scored rows; the same figure in compare, ablate and the report)")
+    return lines

@@ -116,7 +116,7 @@ def test_label_id_entries_of_another_type_are_refused(tmp_path, label_space, ent
     ("labelId,labelName\n1,a\n2,b\n1,c\n", r"label_map\.csv: labelId '1' appears on lines \[2, 4\]"),
     ("labelId,labelName\n1,a\n,b\n", r"label_map\.csv: empty labelId on line\(s\) \[3\]"),  # was a label 'nan'
     ("labelId,labelName\n1,a\n2,\n", r"label_map\.csv: empty labelName on line\(s\) \[3\]"),
-    ("id,name\n1,a\n", r"label_map\.csv: label map needs labelId and labelName"),
+    ("id,name\n1,a\n", r"label_map\.csv: not a label map: its first line is not a header with labelId and labelName"),
     ("labelId,labelName\n1,a\n2,b,c,d\n", r"label_map\.csv: cannot read the label map.*line 3"),
 ])
 def test_broken_label_map_names_file_and_row(tmp_path, text, message):

@@ -28,7 +28,7 @@ def test_lpft_drops_the_image_head_phase():
 
 
 def test_layerwise_factors_rise_geometrically_with_depth_and_leave_the_head_at_one():
-    model = build_member_model(tiny_member(image_size=16), 3)
+    model = build_member_model(tiny_member(input_size=16), 3)
     factors = layerwise_factors(model, 0.1)
     trunk = next(layer for layer in model.layers if isinstance(layer, keras.Model))
     weighted = [layer for layer in trunk.layers if layer.weights]
@@ -52,7 +52,7 @@ def _one_step(member, phase="all", batch_size=8):
 
 
 def test_a_layer_with_factor_zero_point_zero_one_moves_a_hundredth_as_far():
-    base = dict(image_size=16, augment=False, dropout=0.0)
+    base = dict(input_size=16, augment=False, dropout=0.0)
     _, plain = _one_step(tiny_member(**base))
     model, scaled = _one_step(tiny_member(**base, trunk_lr_floor=0.01))
     factors = layerwise_factors(model, 0.01)
@@ -64,7 +64,7 @@ def test_a_layer_with_factor_zero_point_zero_one_moves_a_hundredth_as_far():
 
 
 def test_warmup_starts_the_phase_near_zero_and_the_head_phase_ignores_it():
-    member = tiny_member(image_size=16, warmup_fraction=0.5)
+    member = tiny_member(input_size=16, warmup_fraction=0.5)
     model = build_member_model(member, 3)
     _compile(model, member, 0.01, 10, resolve_placement(member), "all")
     schedule = model.optimizer._learning_rate
@@ -74,7 +74,7 @@ def test_warmup_starts_the_phase_near_zero_and_the_head_phase_ignores_it():
 
 
 def test_the_weight_average_is_swapped_in_at_the_phase_end_only():
-    member = tiny_member(image_size=16, augment=False, ema_decay=0.5)
+    member = tiny_member(input_size=16, augment=False, ema_decay=0.5)
     model, _ = _one_step(member, batch_size=4)  # two steps: the average differs from the last
     assert isinstance(model.optimizer, LayerwiseAdam) and model.optimizer.use_ema
     raw = [np.asarray(v).copy() for v in model.trainable_variables]
@@ -105,7 +105,7 @@ def test_lpft_member_fits_its_head_on_embeddings_then_fine_tunes_and_learns(tmp_
     from fashion_stack.models.backbones import create_backbone
     weights = tmp_path / "trunk.weights.h5"
     create_backbone("tiny_cnn", 16, None).save_weights(str(weights))
-    member = tiny_member("lpft", image_size=16, weights=str(weights), head_init="embeddings", unfreeze="all",
+    member = tiny_member("lpft", input_size=16, weights=str(weights), head_init="embeddings", unfreeze="all",
                          frozen_epochs=30, finetune_epochs=6, learning_rate=0.03, finetune_learning_rate=3e-3, warmup_fraction=0.2,
                          batch_size=16, tta_scales=[1.0, 1.2], tta_flip=True)
     ctx.config.members = [member]

@@ -19,7 +19,7 @@ def _screen(tmp_path, honest) -> str:
          "micro_f1": [0.50, 0.55, 0.56], "samples_f1": [0.5, 0.54, 0.57]}))
     atomic.write_json(run.decision_dir / "rule.json", {"source": "mean", "kind": "stacker", "rule": "gfm",
                                                        "metric": "micro", "score": 0.56, "honest": honest})
-    return final_screen(SimpleNamespace(run=run), {"stack": {"stackers": {"mean": {"micro_f1@best": 0.57}}}})
+    return final_screen(SimpleNamespace(run=run, config=SimpleNamespace(decision=SimpleNamespace(metric="micro"))), {"stack": {"stackers": {"mean": {"micro_f1@best": 0.57}}}})
 
 
 def test_the_last_screen_shows_the_honest_headline_beside_the_maximum(tmp_path):
@@ -82,5 +82,5 @@ def test_the_last_screen_states_the_gain_over_the_best_member_with_its_interval(
                                  "best_member_nested": 0.58, "delta_micro_f1": 0.02, "ci_low": 0.011,
                                  "ci_high": 0.029, "excludes_0": True}}
     screen = _screen(tmp_path, honest)
-    assert ("Stack gain over the best member: honest headline 0.6000 against m1 + global 0.5800 (nested): "
+    assert ("Stack gain over the best member: honest headline 0.6000 against m1 + global 0.5800 (nested, the best of its rules): "
             "+0.0200, 95% fold-paired interval [+0.0110, +0.0290]") in screen

@@ -2,6 +2,7 @@
 tiny images made here with PIL, one per kind of file the real downloads contain."""
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import zlib
@@ -59,7 +60,8 @@ def test_plain_rgb_jpeg_is_ok_and_used_in_place(tmp_path, repaired):
     path = save(two_colour_rgb(), tmp_path / "1.jpg", quality=95)
     fields = inspect_image(path, repaired)
     assert fields == {"path": str(path), "width": 32, "height": 16, "mode": "RGB",
-                      "bytes": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns, "status": "ok", "reason": ""}
+                      "bytes": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns,
+                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16], "status": "ok", "reason": ""}
     assert not repaired.exists()
 
 
@@ -186,7 +188,7 @@ def test_max_pixels_is_read_at_call_time(tmp_path, repaired, monkeypatch):
 def test_missing_file(tmp_path, repaired):
     fields = inspect_image(tmp_path / "absent.jpg", repaired)
     assert fields == {"path": str(tmp_path / "absent.jpg"), "width": 0, "height": 0, "mode": "", "bytes": 0,
-                      "mtime_ns": 0, "status": "missing", "reason": "missing file"}
+                      "mtime_ns": 0, "sha256": "", "status": "missing", "reason": "missing file"}
 
 
 def test_every_repaired_copy_decodes_with_tensorflow_decode_jpeg(tmp_path):

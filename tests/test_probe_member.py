@@ -73,7 +73,7 @@ def test_probe_config_names_frozen_members_only():
 def test_probe_member_trains_k_fold_on_frozen_members_embeddings_and_beats_the_frequency_floor(tmp_path):
     ctx = make_run(tmp_path, n_train=60, n_validation=0, n_test=4, k=2, pool="train")
     # two frozen trunks (random tiny_cnn: colour statistics survive its pooling), one with flip TTA
-    frozen = dict(mode="frozen", image_size=16, frozen_epochs=1, weights=None)
+    frozen = dict(mode="frozen", input_size=16, frozen_epochs=1, weights=None)
     ctx.config.members = [tiny_member("trunk_a", **frozen, tta_flip=True), tiny_member("trunk_b", seed=3, **frozen),
                           tiny_member("probe", mode="probe", probe_of=["trunk_a", "trunk_b"], probe_c=[0.01, 0.1, 1.0])]
     summary = run_members(ctx)
@@ -96,7 +96,7 @@ def test_probe_settings_include_the_probed_members_trunk_settings_but_not_their_
     base = member_hash(probe, "train", LABEL_IDS, probed_members(config, probe))
     frozen.frozen_epochs += 5  # the head's training: not the probe's input
     assert member_hash(probe, "train", LABEL_IDS, probed_members(config, probe)) == base
-    frozen.image_size = 24  # the trunk's input: another probe
+    frozen.input_size = (24, 24)  # the trunk's input: another probe
     assert member_hash(probe, "train", LABEL_IDS, probed_members(config, probe)) != base
 
 

@@ -173,7 +173,7 @@ def test_run_compare_writes_its_artifacts(tmp_path):
     assert "Frequency floor" in (report / "fold_scores.md").read_text()
     for name in ["fold_scores.csv", "fold_scores.md", "fold_scores.png", "paired_differences.csv"]:
         assert (report / name).stat().st_size > 0
-    assert "Best member by mean micro-F1: **m_b**" in (report / "fold_scores.md").read_text()
+    assert "Best member: **m_b**" in (report / "fold_scores.md").read_text()
     assert (report / "fold_scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -286,7 +286,7 @@ def test_report_renders_every_section(tmp_path, fixed_decision):
         assert (ctx.run.report_dir / image).read_bytes()[:4] == b"\x89PNG"
     assert "<script" not in page and "http://" not in page and "https://" not in page
     assert "name 5" in page  # a best/worst label row carries the label name
-    assert "Best member by mean micro-F1: <b>m_b</b>" in page
+    assert "Best member: <b>m_b</b>" in page
 
 
 def test_report_marks_missing_inputs_not_run(tmp_path):

@@ -1,0 +1,71 @@
+"""Peak memory per stage of the real competition config on the stand-in (500 images at 96 px).
+
+    python -m benchmarks.bench_memory --imat-dir ../shared/data/imat2018 --out /tmp/mem [--set KEY=VALUE ...]
+
+Builds benchmarks.competition_standin's stand-in (the real label map and label sets, images served
+from 127.0.0.1), runs `configs/imaterialist2018.yaml` on it in a subprocess with every member at
+96 px, no pretrained weights (the stand-in machine is offline) and one epoch (a member's memory does
+not grow with its epochs), and prints each stage's wall time and peak resident memory as the
+pipeline recorded them (stage_times.json: the process's high-water mark, reset at each stage's
+start, so each figure is that stage's own), and the whole process's peak (getrusage of the child).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.competition_standin import build_standin, standin_server
+
+ROOT = Path(__file__).resolve().parent.parent
+# an overlay (see --overlay): every member at 96 px, offline, one epoch; batch sizes and the rest as configured
+MEASURED = ("every_member: {input_size: 96, weights: null, head_epochs: 0, finetune_epochs: 1, "
+            "tta_flip: false}\n")
+
+
+def measure(imat_dir: Path, out: Path, overrides: list, counts=(250, 200, 50)) -> pd.DataFrame:
+    overlay = out / "measured.yaml"
+    overlay.write_text(MEASURED)
+    with standin_server() as server:
+        data = build_standin(out, imat_dir, server, *counts)
+        args = [sys.executable, "-m", "fashion_stack", "run", "--config", "imaterialist2018", "--data-dir", str(data),
+                "--run-dir", str(out / "run"), "--overlay", str(overlay)]
+        for override in overrides:
+            args += ["--set", override]
+        started = time.perf_counter()
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        with open(out / "pipeline.log", "w") as log:
+            code = subprocess.call(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wall = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"the pipeline failed (exit {code}); see {out / 'pipeline.log'}")
+    from fashion_stack.pipeline import STAGES
+    times = json.loads((out / "run" / "stage_times.json").read_text())
+    table = pd.DataFrame([{"stage": name, "seconds": times[name]["seconds"], "peak_MB": times[name]["peak_memory_mb"]}
+                          for name in STAGES if name in times])
+    whole = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    table.loc[len(table)] = {"stage": "whole run (child process peak)", "seconds": round(wall, 1), "peak_MB": round(whole)}
+    return table
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--imat-dir", type=Path, default=ROOT.parent / "shared" / "data" / "imat2018")
+    parser.add_argument("--out", type=Path, required=True, help="an empty folder for the stand-in and its run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="more config overrides")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = measure(args.imat_dir, args.out, args.overrides)
+    print(table.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
