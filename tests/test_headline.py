@@ -19,7 +19,7 @@ def _screen(tmp_path, honest) -> str:
          "micro_f1": [0.50, 0.55, 0.56], "samples_f1": [0.5, 0.54, 0.57]}))
     atomic.write_json(run.decision_dir / "rule.json", {"source": "mean", "kind": "stacker", "rule": "gfm",
                                                        "metric": "micro", "score": 0.56, "honest": honest})
-    return final_screen(SimpleNamespace(run=run, config=SimpleNamespace(decision=SimpleNamespace(metric="micro"))), {"stack": {"stackers": {"mean": {"micro_f1@best": 0.57}}}})
+    return final_screen(SimpleNamespace(run=run, config=SimpleNamespace(decision=SimpleNamespace(metric="micro"), members=[])), {"stack": {"stackers": {"mean": {"micro_f1@best": 0.57}}}})
 
 
 def test_the_last_screen_shows_the_honest_headline_beside_the_maximum(tmp_path):
