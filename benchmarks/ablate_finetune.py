@@ -27,7 +27,7 @@ import yaml
 from benchmarks import compare_members
 from benchmarks.ablate_heads import input_name, parse_inputs
 from fashion_stack.core import atomic
-from fashion_stack.core.config import config_path, read_config_file
+from fashion_stack.core.config import config_path, read_config_file, upgrade_input_size
 
 # Cheapest first, so an interrupted grid still holds whole sizes: 3 policies x 3 sizes.
 DEFAULT_INPUTS = ("stretch:192,pad:192,crop:192,stretch:288x192,pad:288x192,crop:288x192,"
@@ -40,10 +40,9 @@ def grid_members(member: dict, inputs: list) -> list:
     rows = []
     for policy, width, height in inputs:
         row = {**member, "name": f"{member['name']}_{policy}_{input_name(width, height)}",
-               "resize": policy, "image_size": width}
-        row.pop("image_height", None)
-        if height is not None:
-            row["image_height"] = height
+               "resize": policy, "input_size": [width if height is None else height, width]}
+        for old in ("image_size", "image_height"):  # the input's older spelling, if the config still has it
+            row.pop(old, None)
         rows.append(row)
     return rows
 
@@ -58,10 +57,12 @@ def write_overlay(config: str, member_name: str, inputs: list, run_dir: Path, ba
     member = next((m for m in members if isinstance(m, dict) and m.get("name") == member_name), None)
     if member is None:
         raise SystemExit(f"{config}: no member {member_name!r} (members: {[m.get('name') for m in members]})")
-    if member.get("image_size") is None:
-        raise SystemExit(f"{config}: member {member_name!r} has no image_size; the grid varies it from a set value")
+    member = upgrade_input_size(member)
+    if member.get("input_size") is None:
+        raise SystemExit(f"{config}: member {member_name!r} has no input_size; the grid varies it from a set value")
     grid = grid_members(member, inputs)
-    own = (member.get("resize", "pad"), member["image_size"], member.get("image_height"))
+    height, width = member["input_size"]
+    own = (member.get("resize", "pad"), width, None if height == width else height)
     baseline_row = grid_members(member, parse_inputs(baseline_input) if baseline_input else [own])[0]
     baseline = baseline_row["name"]
     if baseline not in {m["name"] for m in grid}:
@@ -71,6 +72,38 @@ def write_overlay(config: str, member_name: str, inputs: list, run_dir: Path, ba
     path = Path(run_dir) / "ablate_finetune.yaml"
     atomic.write_text(path, "# written by benchmarks/ablate_finetune.py\n" + yaml.safe_dump(overlay, sort_keys=False))
     return path, [m["name"] for m in grid], baseline
+
+
+def parse_recipe(words: list) -> tuple:
+    """["lpft_all", "head_init=embeddings", "unfreeze=all"] -> ("lpft_all", {"head_init": "embeddings", ...});
+    each value is read as YAML (numbers, lists, booleans)."""
+    if not words or "=" in words[0]:
+        raise SystemExit(f"--recipe {' '.join(words)}: start with the row's name, then key=value settings")
+    settings = {}
+    for word in words[1:]:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--recipe {words[0]}: {word!r} is not key=value")
+        settings[key] = yaml.safe_load(value)
+    return words[0], settings
+
+
+def write_recipe_overlay(config: str, member_name: str, recipes: list, run_dir: Path, against: str = None) -> tuple:
+    """<run_dir>/ablate_finetune.yaml for the recipe ablation (issue 21): the member as configured,
+    then one row per (name, settings) recipe, each the member with those settings over it, named
+    <member>_<name>; with `against` (e.g. the config's frozen member on the same trunk), that member
+    first, as the baseline every row is measured against. Returns (path, names, baseline)."""
+    values = read_config_file(config_path(config))
+    members = {m.get("name"): m for m in values.get("members") or [] if isinstance(m, dict)}
+    for name in [member_name] + ([against] if against else []):
+        if name not in members:
+            raise SystemExit(f"{config}: no member {name!r} (members: {list(members)})")
+    rows = ([members[against]] if against else []) + [members[member_name]]
+    rows += [{**members[member_name], **settings, "name": f"{member_name}_{name}"} for name, settings in recipes]
+    overlay = {"base": str(config_path(config).resolve()), "members": rows}
+    path = Path(run_dir) / "ablate_finetune.yaml"
+    atomic.write_text(path, "# written by benchmarks/ablate_finetune.py --recipe\n" + yaml.safe_dump(overlay, sort_keys=False))
+    return path, [m["name"] for m in rows], rows[0]["name"]
 
 
 def main(argv=None) -> int:
@@ -83,11 +116,22 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", default=None,
                         help="policy:size of the row the others are measured against (default: the member's own)")
     parser.add_argument("--table-only", action="store_true", help="print the table of the rows already trained")
+    parser.add_argument("--recipe", nargs="+", action="append", metavar="NAME KEY=VALUE",
+                        help="a fine-tuning recipe row (repeatable): the member with these settings, e.g. "
+                             "--recipe lpft_all head_init=embeddings unfreeze=all warmup_fraction=0.1; "
+                             "with --recipe the input grid is not used")
+    parser.add_argument("--against", help="with --recipe: a config member (the frozen one on the same trunk) "
+                                          "trained too and used as the baseline")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    overlay, names, baseline = write_overlay(args.config, args.member, parse_inputs(args.inputs), run_dir,
-                                             args.baseline)
+    if args.recipe:
+        overlay, names, baseline = write_recipe_overlay(args.config, args.member,
+                                                        [parse_recipe(words) for words in args.recipe], run_dir,
+                                                        args.against)
+    else:
+        overlay, names, baseline = write_overlay(args.config, args.member, parse_inputs(args.inputs), run_dir,
+                                                 args.baseline)
     if not args.table_only:
         from fashion_stack import pipeline as run_pipeline  # top floor: the pipeline's own stages train the grid
         status = run_pipeline.main(["--config", str(overlay), "--data-dir", args.data_dir, "--run-dir", str(run_dir),
@@ -98,7 +142,8 @@ def main(argv=None) -> int:
     missing = [n for n in names if n not in done]
     if baseline not in done:
         raise SystemExit(f"{run_dir}: the baseline row {baseline} has not finished; rerun to resume it")
-    print(f"\nfine-tuned {args.member} from {args.config}, policy x size; micro-F1 at the best global threshold")
+    rows = "recipe" if args.recipe else "policy x size"
+    print(f"\nfine-tuned {args.member} from {args.config}, {rows}; micro-F1 at the best global threshold")
     compare_members.main([f"{run_dir}:{n}" for n in done] + ["--baseline", f"{run_dir}:{baseline}",
                                                               "--plot", str(run_dir / "ablate_finetune.png")])
     if missing:

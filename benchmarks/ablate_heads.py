@@ -138,7 +138,8 @@ def main(argv=None) -> int:
         pending = [h for h in heads if not (root / "rows" / f"{h}_{policy}_{size}.json").exists()]
         timing = root / "rows" / f"embed_{policy}_{size}.json"
         if pending:
-            mapper = dataclasses.replace(base, resize=policy, image_size=width, image_height=height, pooling="csra",
+            mapper = dataclasses.replace(base, resize=policy, input_size=(width if height is None else height, width),
+                                         pooling="csra",
                                          tta_flip=False)
             started = time.perf_counter()
             maps = member_embeddings(mapper, [f"pool:{i}" for i in data.pool],

@@ -36,7 +36,7 @@ def measure_model(backbone: str, size: int, batch: int, steps: int, warmup: int)
     from fashion_stack.core.config import MemberConfig
     from fashion_stack.models.losses import get_loss
 
-    member = MemberConfig(name=backbone, backbone=backbone, image_size=size, weights=None, augment=True,
+    member = MemberConfig(name=backbone, backbone=backbone, input_size=size, weights=None, augment=True,
                           batch_size=batch)
     model = build_member_model(member, n_labels=228)
     set_trainable(model, backbone, "all", pretrained=is_pretrained(member.weights))

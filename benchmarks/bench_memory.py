@@ -25,7 +25,7 @@ from benchmarks.competition_standin import build_standin, standin_server
 
 ROOT = Path(__file__).resolve().parent.parent
 # an overlay (see --overlay): every member at 96 px, offline, one epoch; batch sizes and the rest as configured
-MEASURED = ("every_member: {image_size: 96, image_height: null, weights: null, head_epochs: 0, finetune_epochs: 1, "
+MEASURED = ("every_member: {input_size: 96, weights: null, head_epochs: 0, finetune_epochs: 1, "
             "tta_flip: false}\n")
 
 

@@ -14,7 +14,7 @@ towards each label's prior.
 
 Each variant runs 5-fold second-level OOF in its own process, which reports its wall time and
 peak resident memory (ru_maxrss, whole process). The naive recipe (one XGBoost per label on all
-labels x members columns, the same rounds, depth and rate as XGBoostConfig, no early stopping, default 256 bins) is timed on --naive-labels labels spread
+labels x members columns, the same rounds, depth and rate as XGBoostStacker, no early stopping, default 256 bins) is timed on --naive-labels labels spread
 over the frequency range and extrapolated linearly to every label; its F1 is compared with the
 others' on those same labels.
 """
@@ -130,8 +130,8 @@ def naive_oof(probs: np.ndarray, y: np.ndarray, folds: np.ndarray, labels: np.nd
     measures the recipe, not thread contention."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from fashion_stack.core.config import XGBoostConfig
-    cfg = XGBoostConfig()
+    from fashion_stack.ensemble.stackers import XGBoostStacker
+    cfg = XGBoostStacker()
     X = probs.reshape(len(probs), -1)
     oof = np.zeros(y.shape, dtype=np.float32)
     for fold in np.unique(folds):

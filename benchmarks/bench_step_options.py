@@ -27,7 +27,7 @@ def build(backbone: str, size: int, jit: str, spe: int, n_labels: int = 228):
     from fashion_stack.models import trainer
     from fashion_stack.models.devices import resolve_placement
     from fashion_stack.models.heads import build_member_model
-    member = MemberConfig(name="bench", backbone=backbone, image_size=size, weights=None, jit_compile=jit,
+    member = MemberConfig(name="bench", backbone=backbone, input_size=size, weights=None, jit_compile=jit,
                           steps_per_execution=spe, augment=True)
     placement = resolve_placement(member)
     model = build_member_model(member, n_labels, precision=placement.precision_policy)

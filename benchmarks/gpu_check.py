@@ -86,7 +86,7 @@ def train_and_infer(args, paths: list, labels: np.ndarray, devices: str) -> dict
     from fashion_stack.models.heads import build_member_model
     from fashion_stack.models.inputs import training_batches
 
-    member = MemberConfig(name="check", backbone=args.backbone, image_size=args.size, weights=None,
+    member = MemberConfig(name="check", backbone=args.backbone, input_size=args.size, weights=None,
                           batch_size=args.batch, mixed_precision=args.precision, jit_compile="auto",
                           data_parallel="on" if devices == "all" else "off", augment=True)
     placement = resolve_placement(member)

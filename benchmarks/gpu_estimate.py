@@ -64,6 +64,8 @@ def unit_plan(config) -> list:
     k = config.folds.k
     rows = []
     for member in config.members:
+        if member.mode == "probe":  # no trunk of its own: it reads other members' embeddings
+            continue
         if config.data.pool == "validation":
             rows.append((member, 1, TRAIN_IMAGES, VALIDATION_IMAGES + TEST_IMAGES))
         else:
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
     from fashion_stack.core.config import load_config
     overrides = [{"data": {"pool": args.pool}}] if args.pool else []
     config = load_config(args.config, overrides)
-    wanted = sorted({count_shape(m) for m in config.members})
+    wanted = sorted({count_shape(m) for m in config.members if m.mode != "probe"})
     counts = forward_gflops(wanted)
     table = estimate(config, counts, args.utilisation)
     print(f"config {args.config.name}, pool {config.data.pool}, k={config.folds.k}; "

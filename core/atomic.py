@@ -15,8 +15,21 @@ from typing import Any, Iterator
 import pandas as pd
 
 
-_UMASK = os.umask(0)
+_UMASK = os.umask(0)  # at import; _umask() reads the current one where the system tells it
 os.umask(_UMASK)
+
+
+def _umask() -> int:
+    """The process's umask now. Linux reports it in /proc/self/status (reading it there does not
+    set it, which other threads could observe); elsewhere the one read at import."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return _UMASK
 
 
 # In every temporary's name: what a write killed before its rename leaves behind is recognisable
@@ -56,7 +69,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{PARTIAL}", suffix=suffix, dir=path.parent)
     os.close(fd)
     # mkstemp creates 0600; artifacts should get the same mode as any new file (0666 & ~umask)
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.chmod(tmp, 0o666 & ~_umask())
     tmp_path = Path(tmp)
     try:
         yield tmp_path

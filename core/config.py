@@ -6,7 +6,6 @@ error naming the key's dotted path, so a typo never silently falls back to a def
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -18,9 +17,36 @@ import annotated_types
 import yaml
 from annotated_types import Ge, Gt, Interval, MinLen
 
+from fashion_stack.core.lineage import digest
+from fashion_stack.core.metrics import MAX_LABELS, MetricName
+from fashion_stack.core.registry import settable_fields
+
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class PluginSpec:
+    """A plug-in chosen by name, with its own settings: in YAML a bare name (`xgboost`) or
+    `{name: xgboost, params: {n_estimators: 150}}`. The plug-in class declares its settings
+    (core.registry); when the config loads with that registry, `params` is checked against them
+    and completed with their defaults."""
+    name: str
+    params: dict = field(default_factory=dict)
+
+
+def plugin(name: str, **params) -> "PluginSpec":
+    return PluginSpec(name, dict(params))
+
+
+def as_plugin_spec(value) -> PluginSpec:
+    """A PluginSpec as is, or a bare name (what code that builds configs by hand may pass)."""
+    return value if isinstance(value, PluginSpec) else PluginSpec(str(value))
+
+
+# how an image of another aspect becomes the member's input (models.image_decode, the one reader)
+ResizePolicy = Literal["stretch", "pad", "crop"]
 
 
 @dataclass
@@ -66,36 +92,38 @@ class FoldsConfig:
     seed: int = 42
 
 
+def input_size_pair(value):
+    """A member's input_size in its one form: None, or (height, width). One number is a square;
+    a [height, width] list becomes a tuple. Anything else is returned as is, for the loader to
+    refuse by its key."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
 @dataclass
 class MemberConfig:
     name: str = ""
     backbone: str = "tiny_cnn"
-    image_size: Optional[int] = None  # None: the backbone's native input size (the width when image_height is set)
-    # non-square inputs (height x width = image_height x image_size, e.g. 320 x 224 for portrait
-    # photos); None: square
-    image_height: Optional[Annotated[int, Ge(16)]] = None
+    # ---- input: what the trunk sees. [height, width] in pixels (e.g. [320, 224] for portrait
+    # photos), one number for a square, null for the backbone's native size. (Older configs'
+    # image_size / image_height are read as this: see upgrade_input_size)
+    input_size: Optional[tuple[Annotated[int, Ge(16)], ...]] = None
     weights: Optional[str] = None  # "imagenet", a local .h5 / .weights.h5 path, or None
     # "finetune" (two phases), "frozen" (embeddings once, heads per fold) or "probe" (per-label
     # logistic regression on other frozen members' embeddings; see probe_of)
     mode: Literal["finetune", "frozen", "probe"] = "finetune"
-    resize: Literal["stretch", "pad", "crop"] = "pad"
-    # how the feature map becomes label scores: global average / max; "csra": class-specific
-    # residual attention (per-label spatial attention added to the average); "bands": average over
-    # horizontal bands (head, torso, legs) concatenated
-    pooling: Literal["avg", "max", "csra", "bands"] = "avg"
-    csra_lambda: Annotated[float, Ge(0)] = 0.1  # weight of CSRA's attention term
-    csra_temperature: Annotated[float, Gt(0)] = 1.0  # CSRA's softmax temperature over positions
-    pooling_bands: Annotated[int, Ge(1)] = 3  # "bands": how many horizontal bands
+    resize: ResizePolicy = "pad"
+    # how the feature map becomes label scores, a head plug-in (models.heads.POOLINGS) with its own
+    # settings: avg, max, bands {bands}, csra {lam, temperature}
+    pooling: PluginSpec = field(default_factory=lambda: plugin("avg"))
     dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.2
     hidden_units: Annotated[int, Ge(0)] = 0
-    loss: Literal["bce", "focal", "asymmetric"] = "bce"
-    # "focal" (Lin et al. 2017): (1 - p_t)^focal_gamma down-weights well-classified cells.
-    # "asymmetric" (Ridnik et al. 2021): positives weighted by (1 - p)^asl_gamma_pos, negatives by
-    # p_m^asl_gamma_neg with p_m = max(p - asl_clip, 0), so easy negatives (most of 228 labels) fade
-    focal_gamma: Annotated[float, Ge(0)] = 2.0
-    asl_gamma_pos: Annotated[float, Ge(0)] = 0.0
-    asl_gamma_neg: Annotated[float, Ge(0)] = 4.0
-    asl_clip: Annotated[float, Interval(ge=0, lt=1)] = 0.05
+    # a loss plug-in (models.losses.LOSSES) with its own settings: bce, focal {gamma},
+    # asymmetric {gamma_pos, gamma_neg, clip}
+    loss: PluginSpec = field(default_factory=lambda: plugin("bce"))
     batch_size: Annotated[int, Ge(1)] = 32
     head_epochs: Annotated[int, Ge(0)] = 2  # phase 1: frozen backbone
     finetune_epochs: Annotated[int, Ge(0)] = 4  # phase 2: top blocks unfrozen (all epochs when the backbone is from scratch)
@@ -167,84 +195,31 @@ class MemberConfig:
     unit_gpus: Annotated[float, Ge(0)] = 1.0
     seed: int = 0
 
-
-@dataclass
-class XGBoostConfig:
-    n_estimators: int = 300
-    max_depth: int = 3
-    learning_rate: float = 0.05  # slow and shrunk: pools of a few hundred images overfit fast
-    subsample: float = 0.8
-    colsample_bytree: float = 0.8
-    early_stopping_rounds: int = 20
-    min_positives: int = 10  # rarer labels keep the members' mean (the linear stacker without prior_margin)
-    n_jobs: int = 2
-    n_context: int = 8  # other labels' mean probabilities per label's features (label correlation)
-    max_bin: int = 64  # hist bins; ~20 probability columns need no more
-    inner_fraction: float = 0.2  # training rows held out for early stopping
-    seed: int = 0
-    prior_margin: bool = True  # boost from the log-odds of the members' mean (trees learn corrections)
-    min_child_weight: float = 1.0
-    reg_lambda: float = 5.0  # L2 on leaf values
-
-
-@dataclass
-class LongXGBoostConfig:
-    """The long-format stacker: one XGBoost over all (image, label) rows (ensemble.stackers.boosted)."""
-    n_estimators: int = 300
-    max_depth: int = 6
-    learning_rate: float = 0.1
-    subsample: float = 0.8
-    colsample_bytree: float = 0.8
-    min_child_weight: float = 5.0
-    reg_lambda: float = 5.0
-    max_bin: int = 64
-    early_stopping_rounds: int = 20
-    inner_fraction: float = 0.2  # training images held out for early stopping
-    prior_margin: bool = True  # boost from the log-odds of the members' mean
-    n_context: int = 4  # columns holding the mean probability of each label's best-correlated other labels
-    candidates: int = 48  # rows: each image's most probable labels by the mean (0: all); the rest keep the mean
-    # XGBoost threads: one by default, since OpenMP threads that other processes' load preempts
-    # spin and stall (measured on 2 loaded cores: 2 threads took 7x the CPU and 10x the wall time of 1)
-    n_jobs: int = 1
-    chunk_images: int = 2048  # images turned into rows at a time (bounds the float rows in memory)
-    seed: int = 0
-
-
-@dataclass
-class GridConfig:
-    """The grid stacker: a Keras network over each image's members x labels log-odds (ensemble.stackers.grid)."""
-    # member combinations per label (a 1-wide convolution along the member axis) and the dense layer
-    # over all labels. 4 x 128 has 3.6 times fewer multiply-adds than 8 x 256; on the demo it gave
-    # the same OOF (0.5938 vs 0.5940) for 37 instead of 45 CPU-seconds (Keras' per-epoch overhead
-    # is the rest)
-    filters: int = 4
-    hidden_units: int = 128
-    dropout: float = 0.3
-    epochs: int = 60  # at most; early stopping on inner_fraction of the training images picks the epoch
-    patience: int = 6
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    inner_fraction: float = 0.2
-    seed: int = 0
+    def __post_init__(self):
+        # code that builds a member by hand may write input_size=64 or [320, 224]: one form, (h, w)
+        self.input_size = input_size_pair(self.input_size)
 
 
 @dataclass
 class StackConfig:
-    stackers: Annotated[list[str], MinLen(1)] = field(default_factory=lambda: ["mean", "weighted", "linear", "xgboost", "xgboost_long",
-                                                    "grid_cnn"])
-    xgboost: XGBoostConfig = field(default_factory=XGBoostConfig)
-    xgboost_long: LongXGBoostConfig = field(default_factory=LongXGBoostConfig)
-    grid_cnn: GridConfig = field(default_factory=GridConfig)
+    # each a stacker plug-in (ensemble.stackers.STACKERS), a bare name or {name, params}; the
+    # stacker class declares its settings and their defaults. `stack.<stacker>: {settings}` is
+    # also read (the older spelling, and the short one for --set stack.xgboost.n_estimators=150):
+    # it is merged over that stacker's params
+    stackers: Annotated[list[PluginSpec], MinLen(1)] = field(default_factory=lambda: [
+        plugin(name) for name in ("mean", "weighted", "linear", "xgboost", "xgboost_long", "grid_cnn")])
 
 
 @dataclass
 class DecisionConfig:
-    metric: Literal["micro", "samples"] = "micro"
+    metric: MetricName = "micro"
     min_labels: Annotated[int, Ge(1)] = 1
-    max_labels: Annotated[int, Ge(1)] = 23
-    rules: Annotated[list[str], MinLen(1)] = field(
-        default_factory=lambda: ["global", "per_label", "expected_f1", "gfm", "group", "topk"]
-    )
+    max_labels: Annotated[int, Ge(1)] = MAX_LABELS
+    # each a decision-rule plug-in (ensemble.decision.RULES), a bare name or {name, params} (e.g.
+    # {name: per_label, params: {shrinkage: 20}}); metric, min_labels and max_labels above are
+    # every rule's. `decision.<rule>: {settings}` is read as for stackers
+    rules: Annotated[list[PluginSpec], MinLen(1)] = field(default_factory=lambda: [
+        plugin(name) for name in ("global", "per_label", "expected_f1", "gfm", "group", "topk")])
     # the chosen (source, rule)'s honest score: the whole choice repeated without each scored fold
     # (needs 3+ folds; about (k - 1) / 2 times the nested CV's rule fits on top)
     outer_loop: bool = True
@@ -299,9 +274,7 @@ class PipelineConfig:
     def section_hash(self, *sections: str) -> str:
         """A short hash of the named sections, to tell whether an artifact is stale."""
         full = self.to_dict()
-        chosen = {s: full[s] for s in sections}
-        blob = json.dumps(chosen, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return digest({s: full[s] for s in sections})
 
     def member(self, name: str) -> MemberConfig:
         for m in self.members:
@@ -340,6 +313,8 @@ def _coerce(hint: Any, value: Any, path: str, choices: dict) -> Any:
         value = _coerce(base, value, path, choices)
         _check_markers(markers, value, path)
         return value
+    if hint is PluginSpec:
+        return _plugin(value, path, choices)
     if dataclasses.is_dataclass(hint):
         return _build(hint, {} if value is None else value, path, choices)
     origin, args = get_origin(hint), get_args(hint)
@@ -347,15 +322,26 @@ def _coerce(hint: Any, value: Any, path: str, choices: dict) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
-        if len(options) == 1:
-            return _coerce(options[0], value, path, choices)
-        raise ConfigError(f"{path}: unions other than Optional are not supported by the loader")
+        errors = []
+        for option in options:  # the first option the value fits, e.g. C: "auto" or a number > 0
+            try:
+                return _coerce(option, value, path, choices)
+            except ConfigError as err:
+                errors.append(str(err))
+        # a value of the right type but out of range says so; otherwise every option's refusal
+        in_range = [e for e in errors if not e.startswith(f"{path}:")]
+        if in_range:
+            raise ConfigError(in_range[0])
+        raise ConfigError(f"{path}: {_shown(value)} fits none of: "
+                          + "; ".join(e[len(path) + 2:] for e in errors))
     if origin is Literal:
         if isinstance(value, bool) and ("on" if value else "off") in args and value not in args:
             value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if not any(value == a and type(value) is type(a) for a in args):
             raise ConfigError(f"{path}: {_shown(value)} is not one of {', '.join(map(str, args))}")
         return value
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a list in YAML
+        return tuple(_coerce(list[args[0]], list(value) if isinstance(value, tuple) else value, path, choices))
     if origin is list or hint is list:
         if not isinstance(value, list):
             hint_text = f"; write [{value}]" if isinstance(value, str) else ""
@@ -371,10 +357,58 @@ def _coerce(hint: Any, value: Any, path: str, choices: dict) -> Any:
         items = [_scalar(hint, value, path)]
     allowed = choices.get(re.sub(r"\[\d+\]", "", path))
     for position, item_value in enumerate(items):
-        if allowed is not None and item_value not in allowed:
+        if allowed is not None and not isinstance(item_value, PluginSpec) and item_value not in allowed:
             where = f"{path}[{position}]" if origin is list or hint is list else path
             raise ConfigError(f"{where}: {_shown(item_value)} is not one of {', '.join(sorted(allowed))}")
     return items if origin is list or hint is list else items[0]
+
+
+def _plugin(value: Any, path: str, choices: dict) -> PluginSpec:
+    """A bare name or {name, params}; with the plug-in's registry in `choices` (keyed by the
+    dotted path without list indices), the name is checked and params checked and completed."""
+    if isinstance(value, PluginSpec):
+        value = {"name": value.name, "params": value.params}
+    if isinstance(value, str):
+        name, params = value, {}
+    elif isinstance(value, dict):
+        if "name" not in value or set(value) - {"name", "params"}:
+            raise ConfigError(f"{path}: write a name, or {{name: ..., params: {{...}}}}; got the keys "
+                              f"{sorted(map(str, value))}")
+        name = _scalar(str, value["name"], f"{path}.name")
+        params = {} if value.get("params") is None else value["params"]
+        if not isinstance(params, dict):
+            raise ConfigError(f"{path}.params: expected a mapping of {name}'s settings, got {_shown(params)}")
+    else:
+        raise ConfigError(f"{path}: expected a name or {{name: ..., params: {{...}}}}, got {_shown(value)}")
+    registry = choices.get(re.sub(r"\[\d+\]", "", path))
+    if registry is not None:
+        if name not in registry:
+            raise ConfigError(f"{path}: {_shown(name)} is not one of {', '.join(sorted(registry))}")
+        if isinstance(registry, dict):
+            params = check_plugin_params(registry[name], params, f"{path}.params", choices)
+    return PluginSpec(name, dict(params))
+
+
+def check_plugin_params(entry: Any, params: dict, path: str, choices: dict) -> dict:
+    """`params` checked against the settings a plug-in class declares (its dataclass fields but
+    those in `provided`, core.registry) and completed with their defaults."""
+    fields = settable_fields(entry)
+    known = {f.name for f in fields}
+    unknown = sorted(set(params) - known, key=str)
+    if unknown:
+        takes = f"its settings: {sorted(known)}" if known else "it takes no settings"
+        shared = sorted(set(unknown) & set(getattr(entry, "provided", ())))
+        if shared:
+            takes += f" ({', '.join(shared)}: set once for every entry, in the section above, not in params)"
+        raise ConfigError(f"unknown setting(s) {', '.join(f'{path}.{k}' for k in unknown)}; {takes}")
+    hints = get_type_hints(entry, include_extras=True) if fields else {}
+    resolved = {}
+    for f in fields:
+        if f.name in params:
+            resolved[f.name] = _coerce(hints[f.name], params[f.name], f"{path}.{f.name}", choices)
+        else:
+            resolved[f.name] = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return resolved
 
 
 def _scalar(hint: Any, value: Any, path: str) -> Any:
@@ -493,6 +527,136 @@ def read_config_file(path: Path, _chain: tuple = ()) -> dict:
     return _merge(read_config_file(base_path, chain), values)
 
 
+# (section, list key): the plug-in lists whose entries may also be set as `section.<name>: {...}`
+PLUGIN_SECTIONS = (("stack", "stackers"), ("decision", "rules"))
+
+
+def apply_plugin_sections(values: dict, choices: dict) -> dict:
+    """`stack.xgboost: {n_estimators: 150}` (and `decision.per_label: {...}`) merged over the params
+    of the listed entry of that name: the spelling older configs use and the one `--set` can
+    reach (`--set stack.xgboost.n_estimators=150`). Checked under the key as written; settings of
+    a registered plug-in that is not listed are checked and otherwise unused."""
+    values = dict(values)
+    for section, list_key in PLUGIN_SECTIONS:
+        block = values.get(section)
+        if not isinstance(block, dict):
+            continue
+        known = {f.name for f in dataclasses.fields(_SECTION_TYPES[section])}
+        named = {k: v for k, v in block.items() if k not in known}
+        if not named:
+            continue
+        registry = choices.get(f"{section}.{list_key}")
+        for name, settings in named.items():
+            if registry is not None and name not in registry:
+                raise ConfigError(f"unknown config key(s): {section}.{name}; valid keys here: {sorted(known)} "
+                                  f"and a {list_key[:-1]}'s name ({', '.join(sorted(registry))})")
+            if not isinstance(settings, dict):
+                raise ConfigError(f"{section}.{name}: expected a mapping of {name}'s settings, got {_shown(settings)}")
+            if isinstance(registry, dict):
+                check_plugin_params(registry[name], settings, f"{section}.{name}", choices)
+        default = [dataclasses.asdict(spec) for spec in getattr(_SECTION_TYPES[section](), list_key)]
+        entries = block.get(list_key, default)
+        if isinstance(entries, list):
+            entries = [_merged_entry(entry, named) for entry in entries]
+        values[section] = {**{k: v for k, v in block.items() if k in known}, list_key: entries}
+    return values
+
+
+def _merged_entry(entry, named: dict):
+    name = entry if isinstance(entry, str) else entry.get("name") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or name not in named:
+        return entry
+    params = entry.get("params") if isinstance(entry, dict) else None
+    return {"name": name, "params": {**(params if isinstance(params, dict) else {}), **named[name]}}
+
+
+# member settings that became a plug-in's own params: old key -> (field, plug-in, its setting).
+# An old key moves into the plug-in's params when the member uses that plug-in; otherwise it had
+# no effect and is dropped
+MOVED_MEMBER_KEYS = {
+    "focal_gamma": ("loss", "focal", "gamma"), "asl_gamma_pos": ("loss", "asymmetric", "gamma_pos"),
+    "asl_gamma_neg": ("loss", "asymmetric", "gamma_neg"), "asl_clip": ("loss", "asymmetric", "clip"),
+    "csra_lambda": ("pooling", "csra", "lam"), "csra_temperature": ("pooling", "csra", "temperature"),
+    "pooling_bands": ("pooling", "bands", "bands"),
+}
+
+
+OLD_INPUT_KEYS = ("image_size", "image_height")  # the input's older spelling: image_size the width
+
+
+def upgrade_input_size(member, base=None):
+    """A member's input in its one form, `input_size: [height, width]`: one number becomes a
+    square, and the older keys become it (image_size the width, and the height too unless
+    image_height is set). `base`: the settings these are merged over (a --set or an overlay's
+    every_member over a member), whose input a lone image_size or image_height changes one side of."""
+    if not isinstance(member, dict):
+        return member
+    member = dict(member)
+    if "input_size" in member:
+        if set(member) & set(OLD_INPUT_KEYS):
+            raise ConfigError(f"input_size and {', '.join(k for k in OLD_INPUT_KEYS if k in member)} are both set; "
+                              "image_size / image_height are input_size's older spelling: keep input_size "
+                              "([height, width]) alone")
+        member["input_size"] = input_size_pair(member["input_size"])
+        return member
+    if not set(member) & set(OLD_INPUT_KEYS):
+        return member
+    before = _input_sides(base) if isinstance(base, dict) else None
+    has_width, has_height = "image_size" in member, "image_height" in member
+    width, height = member.pop("image_size", None), member.pop("image_height", None)
+    if not has_width:  # image_height alone changes the height of the input it is merged over
+        width = before[1] if before else None
+    if not has_height:  # image_size alone: the width, and the height unless the input was not square
+        height = before[0] if before and before[0] != before[1] else width
+    elif height is None:  # image_height null: square
+        height = width
+    if width is None and height is not None:
+        raise ConfigError(f"image_height {height} without image_size: the width is the backbone's native one, "
+                          f"which the config cannot know; write input_size: [{height}, WIDTH]")
+    member["input_size"] = None if width is None else [height, width]
+    return member
+
+
+def _input_sides(settings: dict):
+    """(height, width) of settings in either spelling, leniently (a side may be None), or None."""
+    if "input_size" in settings:
+        pair = input_size_pair(settings["input_size"])
+        return pair if isinstance(pair, tuple) and len(pair) == 2 else None
+    if not set(settings) & set(OLD_INPUT_KEYS):
+        return None
+    width = settings.get("image_size")
+    return (settings["image_height"] if "image_height" in settings else width), width
+
+
+def _member_over_defaults(defaults: dict, member: dict) -> dict:
+    """member_defaults under one member; a member that sets its input (either spelling) sets it
+    over the defaults' input, side by side as the older keys always did."""
+    if not set(member) & {"input_size", *OLD_INPUT_KEYS}:
+        return _merge(defaults, member)
+    rest = {k: v for k, v in defaults.items() if k not in ("input_size", *OLD_INPUT_KEYS)}
+    return _merge(rest, upgrade_input_size(member, defaults))
+
+
+def upgrade_member(member):
+    """A member's settings in the current form: MOVED_MEMBER_KEYS folded into their plug-in, the
+    input as input_size (upgrade_input_size)."""
+    member = upgrade_input_size(member)
+    if not isinstance(member, dict) or not set(member) & set(MOVED_MEMBER_KEYS):
+        return member
+    member = dict(member)
+    for old in [k for k in member if k in MOVED_MEMBER_KEYS]:
+        value = member.pop(old)
+        field_name, plugin_name, setting = MOVED_MEMBER_KEYS[old]
+        default = {"loss": "bce", "pooling": "avg"}[field_name]
+        spec = member.get(field_name, default)
+        if isinstance(spec, str):
+            spec = {"name": spec, "params": {}}
+        if isinstance(spec, dict) and spec.get("name") == plugin_name:
+            params = spec.get("params") if isinstance(spec.get("params"), dict) else {}
+            member[field_name] = {**spec, "params": {setting: value, **params}}
+    return member
+
+
 def apply_member_defaults(values: dict, choices: dict) -> dict:
     """`member_defaults` (any member setting but its name) merged under every entry of `members`:
     settings the members share are written once; a member's own value wins."""
@@ -502,10 +666,12 @@ def apply_member_defaults(values: dict, choices: dict) -> dict:
         raise ConfigError(f"member_defaults: expected a mapping of member settings, got {_shown(defaults)}")
     if "name" in defaults:
         raise ConfigError("member_defaults.name: every member names itself; remove name from member_defaults")
-    _build(MemberConfig, defaults, "member_defaults", choices)  # its own typos are named as its own
+    _build(MemberConfig, upgrade_member(defaults), "member_defaults", choices)  # its own typos are named as its own
     members = values.get("members")
-    if defaults and isinstance(members, list):
-        values["members"] = [_merge(defaults, m) if isinstance(m, dict) else m for m in members]
+    if defaults and isinstance(members, list):  # a member's own input (either spelling) wins over the defaults'
+        members = [_member_over_defaults(defaults, m) if isinstance(m, dict) else m for m in members]
+    if isinstance(members, list):
+        values["members"] = [upgrade_member(m) for m in members]
     return values
 
 
@@ -517,6 +683,11 @@ def merge_override(values: dict, override: dict) -> dict:
         # applied now, so a later --set (members.NAME.key=...) still wins over an overlay's forcing
         override = dict(override)
         values = apply_every_member({**values, "every_member": override.pop("every_member")}, {})
+    if isinstance(override, dict) and isinstance(override.get("member_defaults"), dict) \
+            and isinstance(values.get("member_defaults"), dict):  # --set member_defaults.image_size=...
+        values = {**values, "member_defaults": _member_over_defaults(values["member_defaults"],
+                                                                     override["member_defaults"])}
+        override = {k: v for k, v in override.items() if k != "member_defaults"}
     members = override.get("members") if isinstance(override, dict) else None
     if not isinstance(members, dict):
         return _merge(values, override)
@@ -539,7 +710,7 @@ def merge_override(values: dict, override: dict) -> dict:
             raise ConfigError(f"members.{key}: no member named {key!r}; configured: {', '.join(map(str, names))}")
         if not isinstance(change, dict):
             raise ConfigError(f"members.{key}: give a member setting, e.g. members.{key}.batch_size=16")
-        current[position] = _merge(current[position], change)
+        current[position] = _member_over_defaults(current[position], change)
     rest = {k: v for k, v in override.items() if k != "members"}
     return _merge({**values, "members": current}, rest)
 
@@ -554,9 +725,10 @@ def apply_every_member(values: dict, choices: dict) -> dict:
         raise ConfigError(f"every_member: expected a mapping of member settings, got {_shown(forced)}")
     if "name" in forced:
         raise ConfigError("every_member.name: every member names itself; remove name from every_member")
-    _build(MemberConfig, forced, "every_member", choices)
+    _build(MemberConfig, upgrade_member(forced), "every_member", choices)
     if forced and isinstance(values.get("members"), list):
-        values["members"] = [_merge(m, forced) if isinstance(m, dict) else m for m in values["members"]]
+        values["members"] = [upgrade_member(_member_over_defaults(upgrade_member(m), forced))
+                             if isinstance(m, dict) else m for m in values["members"]]
     return values
 
 
@@ -586,7 +758,8 @@ def load_config(path: str | Path | None = None, overrides: list[dict] | None = N
     try:
         for override in overrides or []:
             values = merge_override(values, override)
-        choices = {k: (dict(v) if isinstance(v, dict) else set(v)) for k, v in (choices or {}).items()}
+        choices = {k: v if isinstance(v, dict) else set(v) for k, v in (choices or {}).items()}
+        values = apply_plugin_sections(values, choices)
         values = apply_member_defaults(values, choices)
         values = apply_every_member(values, choices)
         config = _build(PipelineConfig, values, "", choices)
@@ -597,8 +770,8 @@ def load_config(path: str | Path | None = None, overrides: list[dict] | None = N
     return config
 
 
-# The competition's (and submissions.validate's) most labels per image.
-COMPETITION_MAX_LABELS = 23
+# The competition's (and submissions.validate's) most labels per image: core.metrics.MAX_LABELS
+COMPETITION_MAX_LABELS = MAX_LABELS
 
 
 def validate(config: PipelineConfig) -> None:
@@ -616,6 +789,12 @@ def validate(config: PipelineConfig) -> None:
             raise ConfigError(f"decision.{key} is {value}; the competition accepts at most {COMPETITION_MAX_LABELS} "
                               f"labels per image (its validator refuses more), so it must be at most "
                               f"{COMPETITION_MAX_LABELS}")
+    for section, list_key in PLUGIN_SECTIONS:
+        listed = [as_plugin_spec(spec).name for spec in getattr(getattr(config, section), list_key)]
+        twice = sorted({n for n in listed if listed.count(n) > 1})
+        if twice:
+            raise ConfigError(f"{section}.{list_key} lists {', '.join(twice)} more than once; each name is one "
+                              "unit of the run (its folder), list it once")
     for position, member in enumerate(config.members):
         epochs = (member.frozen_epochs if member.mode == "frozen" else member.head_epochs + member.finetune_epochs)
         if member.mode != "probe" and epochs < 1:
@@ -636,12 +815,18 @@ def validate(config: PipelineConfig) -> None:
         elif member.probe_of:
             raise ConfigError(f"members[{position}] ({member.name}): probe_of is set but mode is {member.mode!r}; "
                               "set mode: probe or remove probe_of")
+        if member.input_size is not None and len(member.input_size) != 2:
+            raise ConfigError(f"members[{position}] ({member.name}).input_size is {list(member.input_size)}; write "
+                              "[height, width], one number for a square, or null for the backbone's native size")
         if member.ema_decay > 0 and member.epoch_selection == "inner_split":
             raise ConfigError(f"members[{position}] ({member.name}): ema_decay with epoch_selection inner_split "
                               "is not supported (the inner split scores the raw weights); use one of them")
     if config.decision.min_labels > config.decision.max_labels:
         raise ConfigError(f"decision: min_labels {config.decision.min_labels} is above max_labels "
                           f"{config.decision.max_labels}")
+
+
+_SECTION_TYPES = {"stack": StackConfig, "decision": DecisionConfig}
 
 
 BACKBONE_MIN_SIZES = "members.backbone.min_size"  # choices key: {backbone: smallest input it takes}
@@ -657,11 +842,10 @@ def check_member_inputs(config: PipelineConfig, min_sizes: Optional[dict]) -> No
     for position, member in enumerate(config.members):
         where = f"members[{position}] ({member.name})"
         smallest = min_sizes.get(member.backbone)
-        for key in ("image_size", "image_height"):
-            size = getattr(member, key, None)
-            if smallest is not None and size is not None and size < smallest:
-                raise ConfigError(f"{where}.{key} is {size}; backbone {member.backbone} takes at least {smallest} "
-                                  f"(set members.{member.name}.{key}={smallest} or more, or null for its native size)")
+        if smallest is not None and member.input_size is not None and min(member.input_size) < smallest:
+            raise ConfigError(f"{where}.input_size is {list(member.input_size)}; backbone {member.backbone} takes at "
+                              f"least {smallest} per side (set members.{member.name}.input_size={smallest} or more, "
+                              "or null for its native size)")
         weights = member.weights
         if weights not in (None, "imagenet") and not Path(weights).expanduser().is_file():
             raise ConfigError(f"{where}.weights: file {weights} not found (relative paths start at the working "

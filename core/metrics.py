@@ -6,7 +6,41 @@ validation dominates at that rate.
 """
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
+
+# The metrics a decision is optimised and reported for, and the score names every stage records
+# (scores.json, scores.csv, the report): one vocabulary, spelled here
+MetricName = Literal["micro", "samples"]
+# A Kaggle submission holds at most 23 labels per image (the competition's rule and
+# submissions.validate's): the default upper bound of every decision rule and label set
+MAX_LABELS = 23
+METRICS = get_args(MetricName)
+
+
+def f1_column(metric: str) -> str:
+    """The score's name for a metric: "micro" -> "micro_f1"."""
+    return f"{metric}_f1"
+
+
+METRIC_COLUMNS = {metric: f1_column(metric) for metric in METRICS}
+BEST_MICRO_F1 = "micro_f1@best"  # micro-F1 at the one threshold that is best on the scored rows
+LOG_LOSS_EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] before a log-loss
+PROBABILITY_FLOOR = 1e-6  # and to [floor, 1 - floor] before taking logits
+
+
+def logit(probs) -> np.ndarray:
+    """Log-odds of probabilities clipped to [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR] (float64)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
+    return np.log(p / (1 - p))
+
+
+def cell_log_losses(y_true, probs) -> np.ndarray:
+    """Binary log-loss of every cell (float64), probabilities clipped to [LOG_LOSS_EPS, 1 - LOG_LOSS_EPS]."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
+    t = np.asarray(y_true, dtype=np.float64)
+    return -(t * np.log(p) + (1 - t) * np.log(1 - p))
 
 
 def _as_bool(matrix) -> np.ndarray:
@@ -120,14 +154,13 @@ def best_global_threshold(y_true, probs, metric: str = "micro", grid=None) -> tu
 def score_probabilities(y_true, probs) -> dict:
     """The fold-score bundle every member and stacker reports."""
     probs = np.asarray(probs, dtype=np.float64)
-    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
     t = np.asarray(y_true, dtype=np.float64)
-    loss = float(-np.mean(t * np.log(clipped) + (1 - t) * np.log(1 - clipped)))
+    loss = float(np.mean(cell_log_losses(t, probs)))
     threshold, best = best_global_threshold(y_true, probs)
     return {
         "loss": loss,
         "micro_f1@0.5": micro_f1(y_true, probs >= 0.5),
-        "micro_f1@best": best,
+        BEST_MICRO_F1: best,
         "best_threshold": threshold,
         "samples_f1@best": samples_f1(y_true, probs >= threshold),
         "mAP": mean_average_precision(y_true, probs),
@@ -135,7 +168,7 @@ def score_probabilities(y_true, probs) -> dict:
     }
 
 
-def frequency_floor(y_true, fold_of, metric: str = "micro", max_k: int = 23) -> dict:
+def frequency_floor(y_true, fold_of, metric: str = "micro", max_k: int = MAX_LABELS) -> dict:
     """The score to beat: every image gets the k labels most frequent in the other folds, with k
     chosen on those folds too (so the floor is out-of-fold, like the members it is compared with).
 

@@ -172,7 +172,7 @@ def upstream_digest(unit_dir: Path, stage: str) -> str:
         raise UnfinishedUnitError(f"{'; '.join(damage)}; run --stages {stage} again: it rebuilds the unit")
     if record.get("artifacts"):
         return lineage.artifacts_digest(record["artifacts"])
-    return lineage.digest({k: v for k, v in record.items() if k != "finished_at"})
+    return lineage.digest({k: v for k, v in record.items() if k not in ("finished_at", "written_in")})  # not where or when
 
 
 def is_finished(unit_dir: Path) -> bool:

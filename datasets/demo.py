@@ -32,6 +32,7 @@ import pandas as pd
 from fashion_stack.core import atomic
 from fashion_stack.core.config import DemoConfig, cache_root
 from fashion_stack.core.labels import LabelSpace
+from fashion_stack.core.lineage import digest
 from fashion_stack.core.log import get_logger, progress, setup_logging
 from fashion_stack.datasets.demo_draw import UPPER_BODY, GarmentLook, render_garment
 from fashion_stack.datasets.derive_label_stats import LABEL_MAP, LABEL_STATS
@@ -159,10 +160,8 @@ def _file_digest(path: Path) -> str:
 
 def demo_config_hash(cfg: DemoConfig) -> str:
     """Changes with the config, the generator version and the embedded statistics."""
-    blob = json.dumps({"config": dataclasses.asdict(cfg), "version": GENERATOR_VERSION,
-                       "stats": _file_digest(LABEL_STATS), "label_map": _file_digest(LABEL_MAP)},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return digest({"config": dataclasses.asdict(cfg), "version": GENERATOR_VERSION,
+                   "stats": _file_digest(LABEL_STATS), "label_map": _file_digest(LABEL_MAP)})
 
 
 def demo_cache_dir(cfg: DemoConfig) -> Path:

@@ -96,22 +96,23 @@ BEST_MEMBER_RULE = ("the member with the highest pooled out-of-fold {metric}-F1 
                     "(members/<m>/scores.json; the threshold is tuned on the scored rows, so optimistic)")
 
 
-def member_scores(run: RunDir, metric: str = "micro") -> dict:
-    """{member: pooled OOF `metric`-F1 at its best threshold}, from members/*/scores.json."""
+def member_scores(run: RunDir, metric: str = "micro", among=None) -> dict:
+    """{member: pooled OOF `metric`-F1 at its best threshold}, from members/*/scores.json (only the
+    members in `among`, the run's config, when given: a renamed member's old folder stays on disk)."""
     from fashion_stack.core import atomic
     scores = {}
     for path in sorted((run.root / "members").glob("*/scores.json")):
         record = atomic.read_json(path)
         value = (record.get("oof") or {}).get(f"{metric}_f1@best")
-        if value is not None:
-            scores[record.get("member", path.parent.name)] = float(value)
+        if value is not None and (among is None or path.parent.name in among):
+            scores[path.parent.name] = float(value)  # the folder is the name (a copied folder keeps an old "member")
     return scores
 
 
 def best_member(run: RunDir, metric: str = "micro", among=None):
     """(name, score) of the best member by BEST_MEMBER_RULE (among `among` if given), or None.
     Ties go to the name first in sorted order, so every reader names the same member."""
-    scores = {m: s for m, s in member_scores(run, metric).items() if among is None or m in among}
+    scores = member_scores(run, metric, among)
     if not scores:
         return None
     name = min(scores, key=lambda m: (-scores[m], m))

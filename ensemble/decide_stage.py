@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 
 from fashion_stack.core import atomic, predictions
+from fashion_stack.core.config import as_plugin_spec
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.labels import LabelSpace
 from fashion_stack.core.log import progress
-from fashion_stack.core.metrics import cardinality_error, micro_f1, samples_f1
+from fashion_stack.core.metrics import METRIC_COLUMNS, cardinality_error, f1_column, micro_f1, samples_f1
 from fashion_stack.core.rundir import is_done, is_finished, mark_done, upstream_digest
 from fashion_stack.datasets.folds import read_folds
 from fashion_stack.datasets.manifest import pool_labels, read_manifest
@@ -30,7 +31,6 @@ from fashion_stack.ensemble.selection import (CandidateCounts, compare_with_refe
 
 STAGE = "decide"
 MADE_BY = {"member": "members", "stacker": "stack"}  # the stage that makes each kind of source
-METRIC_COLUMNS = {"micro": "micro_f1", "samples": "samples_f1"}
 REFERENCE_STACKER = "mean"  # what every other stacker is compared with, pair by pair
 
 
@@ -61,7 +61,8 @@ def run_decide(ctx: StageContext) -> dict:
         ctx.logger(STAGE).info("decision already done under this config; skipped")
         return {**_summary(atomic.read_json(out_dir / "rule.json"), out_dir), "up_to_date": True}
     label_space = ctx.label_space()
-    params = {rule: rule_params(rule, ctx, label_space) for rule in ctx.config.decision.rules}  # bad names fail now
+    rules = configured_rules(ctx)
+    params = {name: rule_params(spec, ctx, label_space) for name, spec in rules.items()}  # bad names or settings fail now
     sources = find_sources(ctx)
     manifest = read_manifest(ctx.run.manifest)
     fold_table = read_folds(ctx.run.folds)
@@ -76,7 +77,7 @@ def run_decide(ctx: StageContext) -> dict:
         y_true = truth_for(manifest, oof.index, label_space, ctx.config.data.pool, where=str(source.oof))
         fold_of = folds_for(fold_table, oof.index, where=str(source.oof))
         probs = oof.to_numpy()
-        for rule_name in ctx.config.decision.rules:
+        for rule_name in params:
             start = time.perf_counter()
             predicted = nested_cv_predict(rule_name, probs, y_true, fold_of, params[rule_name])
             rows.append(_score_row(source, rule_name, y_true, predicted, time.perf_counter() - start))
@@ -199,7 +200,7 @@ def _write_comparison_with_best_member(ctx: StageContext, counts: list, honest: 
 def _write_comparison_with_mean(ctx: StageContext, counts: list, n_true, fold_of) -> None:
     """decision/vs_mean.csv: each stacker's nested-CV change against the mean stacker under the same
     rule, with a 95% fold-paired bootstrap interval (when the mean stacker is configured)."""
-    if REFERENCE_STACKER not in ctx.config.stack.stackers:
+    if REFERENCE_STACKER not in configured_stackers(ctx):
         return
     ablation = ctx.config.ablation
     table = compare_with_reference(counts, REFERENCE_STACKER, n_true, fold_of, ctx.config.decision.metric,
@@ -232,15 +233,26 @@ def find_sources(ctx: StageContext) -> list:
 
 def _candidate_sources(ctx: StageContext) -> list:
     return ([Source(m.name, "member", ctx.run.member_dir(m.name)) for m in ctx.config.members]
-            + [Source(s, "stacker", ctx.run.stacker_dir(s)) for s in ctx.config.stack.stackers])
+            + [Source(name, "stacker", ctx.run.stacker_dir(name)) for name in configured_stackers(ctx)])
 
 
-def rule_params(rule_name: str, ctx: StageContext, label_space: LabelSpace) -> dict:
+def configured_stackers(ctx: StageContext) -> list:
+    return [as_plugin_spec(spec).name for spec in ctx.config.stack.stackers]
+
+
+def configured_rules(ctx: StageContext) -> dict:
+    """{rule name: its PluginSpec}, in config order."""
+    return {as_plugin_spec(spec).name: as_plugin_spec(spec) for spec in ctx.config.decision.rules}
+
+
+def rule_params(spec, ctx: StageContext, label_space: LabelSpace) -> dict:
+    """Every constructor argument of a configured rule (a core.config.PluginSpec or a bare name):
+    its own settings (checked, defaults filled), the decision config's shared ones, the groups."""
+    spec = as_plugin_spec(spec)
     decision = ctx.config.decision
-    params = {"min_labels": decision.min_labels, "max_labels": decision.max_labels, "metric": decision.metric}
-    if rule_name not in RULES:
-        make_rule(rule_name)  # raises, listing the valid names
-    if "groups" in RULES[rule_name]().get_params():
+    params = {**RULES.resolve(spec.name, spec.params, where=f"decision.{spec.name}"),
+              "min_labels": decision.min_labels, "max_labels": decision.max_labels, "metric": decision.metric}
+    if "groups" in RULES[spec.name]().get_params():
         params["groups"] = label_space.groups
     return params
 
@@ -264,7 +276,7 @@ def truth_for(manifest: pd.DataFrame, image_ids: pd.Index, label_space: LabelSpa
 
 def _score_row(source: Source, rule_name: str, y_true, predicted, seconds: float) -> dict:
     return {"source": source.name, "kind": source.kind, "rule": rule_name,
-            "micro_f1": micro_f1(y_true, predicted), "samples_f1": samples_f1(y_true, predicted),
+            METRIC_COLUMNS["micro"]: micro_f1(y_true, predicted), METRIC_COLUMNS["samples"]: samples_f1(y_true, predicted),
             "cardinality_error": cardinality_error(y_true, predicted), "seconds": round(seconds, 3)}
 
 
@@ -285,7 +297,7 @@ def _apply_best(ctx, best: pd.Series, sources, label_space, manifest, fold_table
     oof = predictions.read(source.oof, label_space.label_ids)
     test = predictions.read(source.test, label_space.label_ids)
     y_true = truth_for(manifest, oof.index, label_space, ctx.config.data.pool, where=str(source.oof))
-    params = rule_params(best["rule"], ctx, label_space)
+    params = rule_params(configured_rules(ctx)[best["rule"]], ctx, label_space)
     oof_pred = nested_cv_predict(best["rule"], oof.to_numpy(), y_true,
                                  folds_for(fold_table, oof.index, where=str(source.oof)), params)
     rule = make_rule(best["rule"], **params).fit(oof.to_numpy(), y_true)
@@ -329,5 +341,5 @@ def _summary(record: dict, out_dir: Path) -> dict:
     honest = record.get("honest") or {}
     metric = record["metric"]
     return {"source": record["source"], "rule": record["rule"], "metric": metric,
-            "score": record["score"], f"honest_{metric}_f1": honest.get(f"{metric}_f1"),
+            "score": record["score"], f"honest_{f1_column(metric)}": honest.get(f1_column(metric)),
             "decision_dir": str(out_dir)}

@@ -11,15 +11,20 @@ O(images), which is what lets the threshold searches be exhaustive over their gr
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, Optional
+
 import numpy as np
+from annotated_types import Ge, Gt
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from fashion_stack.core.config import as_plugin_spec
 from fashion_stack.core.log import progress
-from fashion_stack.core.metrics import f1_from_counts
+from fashion_stack.core.metrics import MAX_LABELS, METRICS, f1_from_counts
 from fashion_stack.core.registry import Registry
 from fashion_stack.ensemble.gfm import fit_joint_model, predict_sets
-from fashion_stack.ensemble.label_sets import (METRICS, TopLabels, check_probabilities, check_truth, counts_at_thresholds,
+from fashion_stack.ensemble.label_sets import (TopLabels, check_probabilities, check_truth, counts_at_thresholds,
                                  enforce_cardinality, expected_f1_of_ranking, per_label_threshold_search,
                                  threshold_grid)
 
@@ -28,6 +33,8 @@ EXCLUSIVE_GROUPS = ("category", "gender")  # exactly one of each on 98% of the r
 
 
 register_rule = RULES.register
+# a rule's settings as a dataclass: __init__ from the fields; scikit-learn's repr, no __eq__
+rule_settings = dataclass(eq=False, repr=False)
 
 
 def make_rule(name: str, **params) -> "DecisionRule":
@@ -36,10 +43,21 @@ def make_rule(name: str, **params) -> "DecisionRule":
 
 # ---------------------------------------------------------------- rules
 
+@rule_settings
 class DecisionRule(BaseEstimator):
-    """Shared contract; subclasses implement `_fit` and `_predict`."""
+    """Shared contract; subclasses implement `_fit` and `_predict`.
 
-    rule_name = ""
+    A rule's settings are its dataclass fields with their defaults and constraints, declared once
+    (core.registry): YAML sets them as `{name: per_label, params: {shrinkage: 20}}`. The fields in
+    `provided` come from the decision config (metric, min_labels, max_labels, shared by every
+    rule) or from the run (the label groups), not from a rule's params."""
+
+    rule_name: ClassVar[str] = ""
+    provided: ClassVar[tuple] = ("min_labels", "max_labels", "metric", "groups")
+
+    min_labels: int = 1
+    max_labels: int = MAX_LABELS
+    metric: str = "micro"
 
     def fit(self, probs, y_true):
         self._check_params()
@@ -82,14 +100,11 @@ class DecisionRule(BaseEstimator):
 
 
 @register_rule("global")
+@rule_settings
 class GlobalThreshold(DecisionRule):
     """One threshold for every label, the best of a grid for the metric after the 1..23 clamp."""
 
-    def __init__(self, min_labels=1, max_labels=23, metric="micro", n_thresholds=199):
-        self.min_labels = min_labels
-        self.max_labels = max_labels
-        self.metric = metric
-        self.n_thresholds = n_thresholds
+    n_thresholds: Annotated[int, Ge(1)] = 199  # the grid: n evenly spaced thresholds in (0, 1)
 
     def _fit(self, probs, y_true):
         self.threshold_, self.train_score_ = _fit_threshold(probs, y_true, [], self)
@@ -99,17 +114,14 @@ class GlobalThreshold(DecisionRule):
 
 
 @register_rule("per_label")
+@rule_settings
 class PerLabelThresholds(DecisionRule):
     """A threshold per label, searched with the others at the global threshold, then shrunk
     toward the global one with weight positives / (positives + shrinkage): a label with few
     positives has a noisy optimum, and one without positives keeps the global threshold."""
 
-    def __init__(self, min_labels=1, max_labels=23, metric="micro", shrinkage=10.0, n_thresholds=199):
-        self.min_labels = min_labels
-        self.max_labels = max_labels
-        self.metric = metric
-        self.shrinkage = shrinkage
-        self.n_thresholds = n_thresholds
+    shrinkage: Annotated[float, Ge(0)] = 10.0  # positives at which a label's own threshold has half the weight
+    n_thresholds: Annotated[int, Ge(1)] = 199
 
     def _fit(self, probs, y_true):
         if not self.shrinkage >= 0:
@@ -128,16 +140,14 @@ class PerLabelThresholds(DecisionRule):
 
 
 @register_rule("expected_f1")
+@rule_settings
 class ExpectedF1(DecisionRule):
     """Per image, the top-k set with the highest expected F1 under independent labels (Ye et
     al. 2012), k in min_labels..max_labels. It maximises sample-F1 in expectation whatever
     `metric` says; for micro-F1 a threshold rule may win, and nested CV decides. Nothing is
     learned: with marginals only, Dembczynski et al.'s GFM reduces to this same decoder."""
 
-    def __init__(self, min_labels=1, max_labels=23, metric="micro"):
-        self.min_labels = min_labels
-        self.max_labels = max_labels
-        self.metric = metric
+
 
     def _fit(self, probs, y_true):
         self.positives_ = y_true.sum(axis=0)
@@ -150,6 +160,7 @@ class ExpectedF1(DecisionRule):
 
 
 @register_rule("gfm")
+@rule_settings
 class GeneralFMaximizer(DecisionRule):
     """Per image, the set that maximises expected F1 under an estimated joint distribution of the
     labels (Dembczynski et al.'s GFM, NIPS 2011; ensemble.gfm): exact for the estimated matrix
@@ -159,13 +170,9 @@ class GeneralFMaximizer(DecisionRule):
     maximises sample-F1 whatever `metric` says. min_labels may be 0 here: the empty set is then a
     candidate, with expected F1 P(y = empty set) from the set-size model."""
 
-    def __init__(self, min_labels=1, max_labels=23, metric="micro", n_candidates=32, C=1.0, max_iter=300):
-        self.min_labels = min_labels
-        self.max_labels = max_labels
-        self.metric = metric
-        self.n_candidates = n_candidates
-        self.C = C
-        self.max_iter = max_iter
+    n_candidates: Annotated[int, Ge(1)] = 32  # each image's most probable labels that sets are made of
+    C: Annotated[float, Gt(0)] = 1.0  # inverse L2 strength of the joint model's multinomial
+    max_iter: Annotated[int, Ge(1)] = 300
 
     def _check_params(self) -> None:
         if self.min_labels == 0 and isinstance(self.max_labels, (int, np.integer)) and self.max_labels >= 0:
@@ -185,19 +192,15 @@ class GeneralFMaximizer(DecisionRule):
 
 
 @register_rule("group")
+@rule_settings
 class GroupAware(DecisionRule):
     """Exactly one label of each exclusive group (its most probable) plus a global threshold on
     the other labels. `groups` names each column's group; without groups (or without any of
     `exclusive_groups` among them) this is the global-threshold rule."""
 
-    def __init__(self, min_labels=1, max_labels=23, metric="micro", groups=None,
-                 exclusive_groups=EXCLUSIVE_GROUPS, n_thresholds=199):
-        self.min_labels = min_labels
-        self.max_labels = max_labels
-        self.metric = metric
-        self.groups = groups
-        self.exclusive_groups = exclusive_groups
-        self.n_thresholds = n_thresholds
+    groups: Optional[object] = None  # one group name per label (LabelSpace.groups), from the run
+    exclusive_groups: tuple[str, ...] = EXCLUSIVE_GROUPS  # groups with exactly one label per image
+    n_thresholds: Annotated[int, Ge(1)] = 199
 
     def _fit(self, probs, y_true):
         self.exclusive_columns_ = self._exclusive_columns(probs.shape[1])
@@ -226,17 +229,13 @@ class GroupAware(DecisionRule):
 
 
 @register_rule("topk")
+@rule_settings
 class TopKByCardinality(DecisionRule):
     """Each image's k most probable labels, k = round(a + b * sum of its probabilities + offset):
     a, b by least squares on the true counts, then the offset that maximises the metric (the
     count that maximises micro-F1 is not the expected count)."""
 
     OFFSETS = np.arange(-3.0, 3.01, 0.25)
-
-    def __init__(self, min_labels=1, max_labels=23, metric="micro"):
-        self.min_labels = min_labels
-        self.max_labels = max_labels
-        self.metric = metric
 
     def _fit(self, probs, y_true):
         mass = probs.sum(axis=1, dtype=np.float64)

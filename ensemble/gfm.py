@@ -26,10 +26,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from fashion_stack.core.metrics import PROBABILITY_FLOOR, logit
 from fashion_stack.ensemble.label_sets import TopLabels
 
 CHUNK = 2048  # images decoded at a time: bounds the (images, candidates, sizes) arrays
-PROBABILITY_FLOOR = 1e-6
 
 
 def gfm_decode(joint, p_empty, min_labels: int, max_labels: int) -> tuple:
@@ -124,14 +124,14 @@ def _size_features(probs: np.ndarray) -> np.ndarray:
     p = np.asarray(probs, dtype=np.float64)
     mass = p.sum(axis=1)
     top = TopLabels(p, SIZE_FEATURES_TOP).probs
-    return np.column_stack([mass, np.log(mass + 1e-3), (p ** 2).sum(axis=1), _logit(top)])
+    return np.column_stack([mass, np.log(mass + 1e-3), (p ** 2).sum(axis=1), logit(top)])
 
 
 def _member_features(top_probs: np.ndarray, sizes: np.ndarray) -> list:
     """The membership model's columns for candidates ranked 0.. with probabilities top_probs
     (images, candidates), at set sizes broadcastable against them: the label's log-odds,
     log(1 + rank), log(size), whether rank < size, and log-odds x inside (five arrays)."""
-    log_odds = _logit(top_probs)
+    log_odds = logit(top_probs)
     rank = np.arange(top_probs.shape[1]).reshape((1, -1) + (1,) * (top_probs.ndim - 2))  # along the candidates
     inside = (rank < sizes).astype(np.float64)
     return [log_odds, np.log1p(rank), np.log(np.asarray(sizes, dtype=np.float64)), inside, log_odds * inside]
@@ -149,11 +149,6 @@ def _membership(model: dict, top_probs: np.ndarray, sizes: np.ndarray) -> np.nda
     for weight, column in zip(coef, columns):
         log_odds = log_odds + weight * column
     return 1.0 / (1.0 + np.exp(-log_odds))
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
-    return np.log(p / (1 - p))
 
 
 def _fit_logistic(X: np.ndarray, target: np.ndarray, C: float, max_iter: int, classes=None) -> dict:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from fashion_stack.core.log import progress
+from fashion_stack.core.metrics import METRICS
 
-METRICS = ("micro", "samples")
 # The expected-F1 decoder ignores counts of true labels outside the top K that have at most this
 # much probability in all: an expected F1 moves by less than twice that, below float64 rounding.
 TAIL_MASS = 1e-16

@@ -21,7 +21,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from fashion_stack.core.metrics import f1_from_counts
+from fashion_stack.core.metrics import f1_column, f1_from_counts
 from fashion_stack.ensemble.comparison import paired_bootstrap_stats, stats_from_counts
 from fashion_stack.ensemble.decision import make_rule
 from fashion_stack.ensemble.label_sets import check_probabilities, check_truth
@@ -87,7 +87,7 @@ def outer_loop_choice(candidates: list, n_true: np.ndarray, folds, metric: str, 
         chosen = candidates[int(best.name)]
         pooled[scored] = chosen.nested[scored]
         per_fold.append({"fold": int(fold), "source": chosen.source, "kind": chosen.kind, "rule": chosen.rule,
-                         f"inner_{metric}_f1": float(best[f"{metric}_f1"]),
+                         f"inner_{f1_column(metric)}": float(best[f1_column(metric)]),
                          **{f"fold_{k}": v for k, v in _scores(chosen.nested[scored], n_true[scored]).items()}})
     return {**_scores(pooled, n_true), "per_fold": per_fold, "n_candidates": len(candidates)}
 
@@ -105,12 +105,12 @@ def compare_with_reference(candidates: list, reference: str, n_true: np.ndarray,
         ours = stats_from_counts(c.nested[:, 0], n_true, c.nested[:, 1])
         theirs = stats_from_counts(by_rule[c.rule].nested[:, 0], n_true, by_rule[c.rule].nested[:, 1])
         low, high = paired_bootstrap_stats(ours, theirs, folds, metric, n_bootstrap, seed)
-        delta = _scores(c.nested, n_true)[f"{metric}_f1"] - _scores(by_rule[c.rule].nested, n_true)[f"{metric}_f1"]
-        rows.append({"source": c.source, "rule": c.rule, "reference": reference, f"delta_{metric}_f1": delta,
+        delta = _scores(c.nested, n_true)[f1_column(metric)] - _scores(by_rule[c.rule].nested, n_true)[f1_column(metric)]
+        rows.append({"source": c.source, "rule": c.rule, "reference": reference, f"delta_{f1_column(metric)}": delta,
                      "ci_low": low, "ci_high": high, "excludes_0": bool(low > 0 or high < 0)})
     return pd.DataFrame(rows)
 
 
 def _scores(counts: np.ndarray, n_true: np.ndarray) -> dict:
-    return {f"{metric}_f1": f1_from_counts(counts[:, 0], counts[:, 1], n_true, metric)
+    return {f1_column(metric): f1_from_counts(counts[:, 0], counts[:, 1], n_true, metric)
             for metric in ("micro", "samples")}

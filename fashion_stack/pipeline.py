@@ -31,7 +31,7 @@ STAGES = {
     "prepare": ("fashion_stack.datasets.prepare:run_prepare", "decode every image once: manifest.parquet, skipped_images.csv, repaired/"),
     "folds": ("fashion_stack.datasets.folds:run_folds", "multilabel-stratified folds over the pool: folds.csv (+ .sha256), fold_label_counts.csv"),
     "members": ("fashion_stack.models.stage:run_members", "k-fold CNNs: members/<m>/fold<k>/..., members/<m>/{oof,test}.parquet, scores.json"),
-    "features": ("fashion_stack.features.stage:run_features", "check and summarise the stacker inputs: features/summary.json"),
+    "features": ("fashion_stack.features.stage:run_features", "check that the members' predictions can be stacked (same ids, labels, folds)"),
     "stack": ("fashion_stack.ensemble.stage:run_stack", "stackers with second-level OOF: ensemble/<s>/{oof,test}.parquet, model/, scores.json"),
     "decide": ("fashion_stack.ensemble.decide_stage:run_decide", "label-set rules chosen by nested CV: decision/{rule.json,scores.csv,test_labels.csv}"),
     "submit": ("fashion_stack.submissions.stage:run_submit", "submission.csv, validated"),
@@ -84,23 +84,26 @@ def split_names(text: str, valid, what: str) -> list:
 
 
 def registered_choices(stages=None) -> dict:
-    """The vocabularies that live in registries above core (stackers, decision rules, backbones),
-    handed to the config check so that a bad name is refused before any work. Only those the
-    requested stages use (None: all of them): importing the registries imports Keras."""
+    """The plug-in registries above core (backbones, heads, losses, stackers, decision rules),
+    keyed by the config path that names them: the config check refuses a bad name, or a bad
+    setting of a plug-in (its declared params), before any work. Only those the requested stages
+    use (None: all of them): importing the model registries imports Keras."""
     wanted = set(STAGES) if stages is None else set(stages)
     choices = {}
     if wanted & {"members"}:
         from fashion_stack.core.config import BACKBONE_MIN_SIZES
-        from fashion_stack.models.backbones import backbone_names, backbone_spec
-        choices["members.backbone"] = backbone_names()
-        choices[BACKBONE_MIN_SIZES] = {name: backbone_spec(name).min_size for name in backbone_names()}
+        from fashion_stack.models.backbones import BACKBONES
+        from fashion_stack.models.heads import POOLINGS
+        from fashion_stack.models.losses import LOSSES
+        choices.update({"members.backbone": BACKBONES, "members.pooling": POOLINGS, "members.loss": LOSSES})
+        choices[BACKBONE_MIN_SIZES] = {name: spec.min_size for name, spec in BACKBONES.items()}
     if wanted & {"features", "stack", "decide", "ablate", "report"}:
         from fashion_stack.ensemble.stackers import STACKERS
-        choices["stack.stackers"] = sorted(STACKERS)
+        choices["stack.stackers"] = STACKERS
         choices["ablation.stacker"] = sorted(STACKERS) + ["chosen"]
     if wanted & {"decide", "ablate", "report"}:
         from fashion_stack.ensemble.decision import RULES
-        choices["decision.rules"] = sorted(RULES)
+        choices["decision.rules"] = RULES
     return choices
 
 

@@ -15,6 +15,8 @@ from typing import Callable, Optional
 import keras
 from keras import layers, ops
 
+from fashion_stack.core.registry import Registry
+
 
 class BackboneError(ValueError):
     """An unknown backbone name, an input size it cannot take, or weights it cannot load."""
@@ -34,41 +36,42 @@ class BackboneSpec:
         return preprocess_images(images, self.preprocess_style)
 
 
-_REGISTRY: dict = {}
+BACKBONES = Registry("backbone", name_attribute=None)  # name -> BackboneSpec (core.registry)
 
 
 def register_backbone(name: str, native_size: int, min_size: int, preprocess_style: str, top_blocks_after: str):
-    """Decorator: register `builder(input_shape, weights) -> keras.Model` under `name`."""
+    """Decorator: register `builder(input_shape, weights) -> keras.Model` under `name` in BACKBONES."""
     if preprocess_style not in _STYLES:
         raise BackboneError(f"backbone {name!r}: preprocess style {preprocess_style!r} is not one of {sorted(_STYLES)}")
 
     def decorate(builder: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise BackboneError(f"backbone {name!r} is registered twice")
-        _REGISTRY[name] = BackboneSpec(name, native_size, min_size, preprocess_style, top_blocks_after, builder)
+        try:
+            BACKBONES.add(name, BackboneSpec(name, native_size, min_size, preprocess_style, top_blocks_after, builder))
+        except ValueError as err:
+            raise BackboneError(str(err)) from None
         return builder
 
     return decorate
 
 
 def backbone_names() -> list:
-    return sorted(_REGISTRY)
+    return sorted(BACKBONES)
 
 
 def backbone_spec(name: str) -> BackboneSpec:
     try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise BackboneError(f"unknown backbone {name!r}; registered backbones: {backbone_names()}") from None
+        return BACKBONES.get_entry(name)
+    except ValueError as err:
+        raise BackboneError(str(err)) from None
 
 
-def resolve_size(name: str, image_size: Optional[int]) -> int:
-    """The configured size, or the backbone's native one; below its minimum is an error."""
+def resolve_size(name: str, size: Optional[int]) -> int:
+    """One side of the configured input, or the backbone's native size; below its minimum is an error."""
     spec = backbone_spec(name)
-    size = spec.native_size if image_size is None else int(image_size)
+    size = spec.native_size if size is None else int(size)
     if size < spec.min_size:
-        raise BackboneError(f"backbone {name!r} needs image_size >= {spec.min_size}, got {size}; "
-                            f"raise the member's image_size (native: {spec.native_size})")
+        raise BackboneError(f"backbone {name!r} needs input_size >= {spec.min_size} per side, got {size}; "
+                            f"raise the member's input_size (native: {spec.native_size})")
     return size
 
 
@@ -98,13 +101,13 @@ class InputSpec:
 
 
 def resolve_input_spec(member) -> InputSpec:
-    """The one place a member's input size, resize policy and preprocessing are worked out.
-    `image_size` is the width, and the height too unless `image_height` is set (non-square
-    inputs: tall photos keep their aspect, e.g. 320 x 224, in a fully convolutional trunk)."""
-    width = resolve_size(member.backbone, member.image_size)
-    height_setting = getattr(member, "image_height", None)
-    height = width if height_setting is None else resolve_size(member.backbone, height_setting)
-    return InputSpec(height, width, member.resize, backbone_spec(member.backbone).preprocess_style)
+    """The one place a member's input size, resize policy and preprocessing are worked out (once
+    per member: models.plan.MemberPlan carries it). `input_size` is (height, width), or None for
+    the backbone's native square (non-square inputs: tall photos keep their aspect, e.g. 320 x 224,
+    in a fully convolutional trunk)."""
+    height, width = member.input_size if member.input_size is not None else (None, None)
+    return InputSpec(resolve_size(member.backbone, height), resolve_size(member.backbone, width), member.resize,
+                     backbone_spec(member.backbone).preprocess_style)
 
 
 def input_spec_of(model: keras.Model) -> InputSpec:

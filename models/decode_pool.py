@@ -22,10 +22,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from fashion_stack.core.registry import ProcessCache
 from fashion_stack.models.image_cache import ImageCache
 from fashion_stack.models.image_decode import as_hw, decode_or_explain
 
-_POOLS: dict = {}
+_POOLS = ProcessCache("decode pools", "spawned decode processes per worker count: started once, reused by every batch")
 
 
 def default_workers() -> int:

@@ -17,6 +17,7 @@ from typing import Optional
 import keras
 
 from fashion_stack.core.log import get_logger
+from fashion_stack.core.registry import ProcessCache
 
 log = get_logger("members")
 POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16", "off": "float32"}
@@ -126,7 +127,7 @@ def scaled_learning_rate(learning_rate: float, rule: str, replicas: int) -> floa
     return learning_rate
 
 
-_STRATEGIES: dict = {}
+_STRATEGIES = ProcessCache("tf strategies", "one MirroredStrategy per device set: TensorFlow allows one per devices")
 
 
 def _tf_strategy(devices: tuple):

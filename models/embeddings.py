@@ -7,8 +7,8 @@ of head training, which is what makes ablations over members affordable here.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +18,18 @@ import numpy as np
 import pandas as pd
 
 from fashion_stack.core import atomic
-from fashion_stack.core.config import MemberConfig
+from fashion_stack.core.config import MemberConfig, as_plugin_spec
+from fashion_stack.core.lineage import HASH_CHARS, digest
 from fashion_stack.core.log import get_logger, progress
 from fashion_stack.core.rundir import DONE, mark_done, read_done
-from fashion_stack.models.backbones import input_spec_of
+from fashion_stack.models.backbones import InputSpec, input_spec_of
 from fashion_stack.models.devices import resolve_placement
-from fashion_stack.models.heads import build_embedding_model, pooling_of
+from fashion_stack.models.heads import build_embedding_model, pooling_layer_name, pooling_of
 from fashion_stack.models.inputs import prediction_batches
 
 log = get_logger("members")
 # The member fields that change the embeddings; head fields (dropout, loss...) do not.
-EMBEDDING_FIELDS = ("backbone", "image_size", "image_height", "weights", "resize", "pooling", "pooling_bands",
+EMBEDDING_FIELDS = ("backbone", "input_size", "weights", "resize", "pooling",
                     "mixed_precision", "tta_flip")
 # (the image cache is not used here: each image passes through the trunk once)
 
@@ -54,11 +55,13 @@ class EmbeddingTable:
 
 def embedding_hash(member: MemberConfig) -> str:
     chosen = {name: getattr(member, name) for name in EMBEDDING_FIELDS}
-    return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    chosen["pooling"] = dataclasses.asdict(pooling_of(member)) | {"name": as_plugin_spec(member.pooling).name}
+    return digest(chosen)
 
 
 def member_embeddings(member: MemberConfig, image_ids: Sequence[str], paths: Sequence[str],
-                      cache_dir: Path, redo: bool = False, content: Optional[str] = None) -> EmbeddingTable:
+                      cache_dir: Path, redo: bool = False, content: Optional[str] = None,
+                      spec: Optional[InputSpec] = None) -> EmbeddingTable:
     """Embeddings of these images, from the cache when it was made for the same trunk settings
     and the same ids; otherwise computed (all at once) and cached. `content`: a digest of the
     images' contents (the manifest's content hashes), so a moved or touched data directory keeps
@@ -71,7 +74,7 @@ def member_embeddings(member: MemberConfig, image_ids: Sequence[str], paths: Seq
     if not redo and _cache_matches(cache_dir, wanted, image_ids):
         return _read(cache_dir, image_ids, member.tta_flip)
     shutil.rmtree(cache_dir, ignore_errors=True)
-    features, mirrored = compute_embeddings(member, paths)
+    features, mirrored = compute_embeddings(member, paths, spec)
     atomic.write_csv(cache_dir / "image_ids.csv", pd.DataFrame({"imageId": image_ids}))
     _write_array(cache_dir / "features.npy", features)
     if mirrored is not None:
@@ -80,10 +83,11 @@ def member_embeddings(member: MemberConfig, image_ids: Sequence[str], paths: Seq
     return EmbeddingTable(image_ids, features, mirrored)
 
 
-def compute_embeddings(member: MemberConfig, paths: Sequence[str]) -> tuple:
+def compute_embeddings(member: MemberConfig, paths: Sequence[str], spec: Optional[InputSpec] = None) -> tuple:
     """(features, mirrored features or None), one row per path, in order: float32 vectors, or
-    float16 feature maps for a head that reads the map."""
-    model = build_embedding_model(member, precision=resolve_placement(member).precision_policy)
+    float16 feature maps for a head that reads the map. `spec`: the member's InputSpec as its plan
+    resolved it (models.plan); None resolves it when the model is built."""
+    model = build_embedding_model(member, precision=resolve_placement(member).precision_policy, spec=spec)
     spec = input_spec_of(model)
     dtype = np.float16 if pooling_of(member).reads_map else np.float32
     batches = prediction_batches(paths, spec.size, spec.resize, member.batch_size, reader=member.reader,
@@ -129,17 +133,17 @@ def pool_cached_maps(maps: np.ndarray, member: MemberConfig, chunk: int = 256) -
     pooling = pooling_of(member)
     if pooling.reads_map:
         return maps
-    layer = pooling.pool(member, f"{member.pooling}_pool")
+    layer = pooling.pool_layer(pooling_layer_name(member))
     return np.concatenate([np.asarray(layer(np.asarray(maps[i:i + chunk], np.float32)), np.float32)
                            for i in range(0, len(maps), chunk)])
 
 
 def _files_stamp(paths: Sequence[str]) -> str:
-    digest = hashlib.sha256()
+    hasher = hashlib.sha256()
     for path in paths:
         try:
             stat = Path(path).stat()
-            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}|".encode())
+            hasher.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}|".encode())
         except OSError:
-            digest.update(f"{path}:missing|".encode())
-    return digest.hexdigest()[:16]
+            hasher.update(f"{path}:missing|".encode())
+    return hasher.hexdigest()[:HASH_CHARS]

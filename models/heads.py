@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Annotated, ClassVar, Optional
 
 import keras
 import numpy as np
+from annotated_types import Ge, Gt
 from keras import layers, ops
 
-from fashion_stack.core.config import MemberConfig
-from fashion_stack.models.backbones import ImagePreprocess, backbone_spec, create_backbone, is_pretrained, resolve_input_spec
+from fashion_stack.core.config import MemberConfig, as_plugin_spec
+from fashion_stack.core.registry import Registry
+from fashion_stack.models.backbones import ImagePreprocess, InputSpec, backbone_spec, create_backbone, is_pretrained, resolve_input_spec
 from fashion_stack.models.inputs import augmentation_layers
 
 PHASES = ("head", "top", "all")
@@ -30,8 +32,8 @@ class BandPooling(layers.Layer):
     def _edges(self, height: int) -> list:
         if height < self.bands:
             raise ValueError(f"band pooling into {self.bands} bands needs a feature map at least {self.bands} "
-                             f"rows high, got {height}; raise the member's image_height/image_size or lower "
-                             "pooling_bands")
+                             f"rows high, got {height}; raise the member's input size or lower its pooling's bands "
+                             "setting")
         return [round(k * height / self.bands) for k in range(self.bands + 1)]
 
     def build(self, input_shape):
@@ -82,25 +84,67 @@ class ClassResidualAttention(layers.Layer):
                 "temperature": self.temperature}
 
 
-@dataclass(frozen=True)
+POOLINGS = Registry("pooling")
+
+
 class Pooling:
-    """How a member turns the trunk's feature map into label scores."""
-    reads_map: bool  # the head works on the feature map itself (the frozen path caches the map, float16)
-    pool: Optional[Callable] = None  # (member, name) -> layer, map -> vector; None when reads_map
+    """How a member turns the trunk's feature map into label scores: a head plug-in registered in
+    POOLINGS, its settings its dataclass fields (core.registry)."""
+    reads_map: ClassVar[bool] = False  # the head works on the feature map itself (the frozen path caches the map, float16)
+
+    def pool_layer(self, name: str):
+        """A layer map -> vector (poolings that do not read the map)."""
+        raise NotImplementedError
+
+    def label_layer(self, n_labels: int):
+        """A layer map -> per-label logits (poolings that read the map)."""
+        raise NotImplementedError
 
 
-POOLINGS = {
-    "avg": Pooling(False, lambda member, name: layers.GlobalAveragePooling2D(name=name)),
-    "max": Pooling(False, lambda member, name: layers.GlobalMaxPooling2D(name=name)),
-    "bands": Pooling(False, lambda member, name: BandPooling(member.pooling_bands, name=name)),
-    "csra": Pooling(True),
-}
+@POOLINGS.register("avg")
+@dataclass(frozen=True)
+class AveragePooling(Pooling):
+    def pool_layer(self, name: str):
+        return layers.GlobalAveragePooling2D(name=name)
+
+
+@POOLINGS.register("max")
+@dataclass(frozen=True)
+class MaxPooling(Pooling):
+    def pool_layer(self, name: str):
+        return layers.GlobalMaxPooling2D(name=name)
+
+
+@POOLINGS.register("bands")
+@dataclass(frozen=True)
+class BandsPooling(Pooling):
+    """The average over horizontal bands (head, torso, legs), concatenated (BandPooling)."""
+    bands: Annotated[int, Ge(1)] = 3
+
+    def pool_layer(self, name: str):
+        return BandPooling(self.bands, name=name)
+
+
+@POOLINGS.register("csra")
+@dataclass(frozen=True)
+class ResidualAttentionPooling(Pooling):
+    """Class-specific residual attention (ClassResidualAttention) over the feature map."""
+    reads_map: ClassVar[bool] = True
+    lam: Annotated[float, Ge(0)] = 0.1  # weight of the attention term
+    temperature: Annotated[float, Gt(0)] = 1.0  # softmax temperature over positions
+
+    def label_layer(self, n_labels: int):
+        return ClassResidualAttention(n_labels, self.lam, self.temperature, name="csra")
 
 
 def pooling_of(member) -> Pooling:
-    if member.pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {member.pooling!r}; use one of {sorted(POOLINGS)} (member config `pooling`)")
-    return POOLINGS[member.pooling]
+    """The member's pooling plug-in, built with its settings (a name or {name, params})."""
+    spec = as_plugin_spec(member.pooling)
+    return POOLINGS.create(spec.name, **POOLINGS.resolve(spec.name, spec.params, where=f"pooling {spec.name}"))
+
+
+def pooling_layer_name(member) -> str:
+    return f"{as_plugin_spec(member.pooling).name}_pool"
 
 
 @contextmanager
@@ -121,7 +165,7 @@ def pool_features(feature_map, member):
     pooling = pooling_of(member)
     if pooling.reads_map:
         return feature_map
-    return pooling.pool(member, f"{member.pooling}_pool")(feature_map)
+    return pooling.pool_layer(pooling_layer_name(member))(feature_map)
 
 
 def classifier_head(features, n_labels: int, member):
@@ -132,8 +176,9 @@ def classifier_head(features, n_labels: int, member):
     if member.dropout:
         x = layers.Dropout(member.dropout, name="head_dropout")(x)
     # float32 output: float16 sigmoids saturate at 1 - 2**-11 and the loss would see log(0)
-    if pooling_of(member).reads_map:
-        logits = ClassResidualAttention(n_labels, member.csra_lambda, member.csra_temperature, name="csra")(x)
+    pooling = pooling_of(member)
+    if pooling.reads_map:
+        logits = pooling.label_layer(n_labels)(x)
         return layers.Activation("sigmoid", dtype="float32", name="label_probs")(logits)
     return layers.Dense(n_labels, activation="sigmoid", dtype="float32", name="label_probs")(x)
 
@@ -145,15 +190,17 @@ def trunk_of(model: keras.Model) -> keras.Model:
     return trunks[0]
 
 
-def build_member_model(member: MemberConfig, n_labels: int, precision: str = "float32") -> keras.Model:
+def build_member_model(member: MemberConfig, n_labels: int, precision: str = "float32",
+                       spec: Optional[InputSpec] = None) -> keras.Model:
     """Image (0..255, the member's height x width) -> per-label probabilities, augmentation
     inside. The model carries its InputSpec (size, resize policy, preprocessing) for prediction.
 
     A pretrained trunk runs with BatchNorm in inference mode in every phase (the statistics of
     its training set are kept; with small batches they would otherwise be overwritten by noise).
-    `precision` is a Keras dtype policy (models.devices.resolve_precision).
+    `precision` is a Keras dtype policy (models.devices.resolve_precision). `spec`: the member's
+    InputSpec as its plan resolved it (models.plan); None resolves it here.
     """
-    spec = resolve_input_spec(member)
+    spec = spec or resolve_input_spec(member)
     with precision_policy(precision):
         trunk = create_backbone(member.backbone, spec.size, member.weights)
         inputs = keras.Input(spec.shape, name="image")
@@ -167,11 +214,12 @@ def build_member_model(member: MemberConfig, n_labels: int, precision: str = "fl
         return keras.Model(inputs, outputs, name=f"member_{member.name or member.backbone}")
 
 
-def build_embedding_model(member: MemberConfig, precision: str = "float32") -> keras.Model:
+def build_embedding_model(member: MemberConfig, precision: str = "float32",
+                          spec: Optional[InputSpec] = None) -> keras.Model:
     """Image -> what the frozen path caches (carries its InputSpec too): the pooled trunk
     features (float32), or for a head that reads the map the feature map itself (float16: a
-    7 x 7 x 1280 map is 49 times a pooled vector)."""
-    spec = resolve_input_spec(member)
+    7 x 7 x 1280 map is 49 times a pooled vector). `spec` as for build_member_model."""
+    spec = spec or resolve_input_spec(member)
     with precision_policy(precision):
         trunk = create_backbone(member.backbone, spec.size, member.weights)
         inputs = keras.Input(spec.shape, name="image")

@@ -12,7 +12,7 @@ process, or a stale file, is decoded again rather than trusted. Rows are read an
 pread/pwrite, never mmap'd: pages of a disk cache stay in the OS page cache (reclaimable), not in
 the process's resident memory.
 
-- "disk": <cache_dir>/v<version>-<h>x<w>-<policy>-<hash of the path list>.pixels, kept after the
+- "disk": <cache_dir>/v<version>-<h>x<w>-<policy>-<hash of the rows' contents (or paths)>.pixels, kept after the
   run, so a resumed run or another member at the same size and policy reuses it.
 - "memory": the same layout in an anonymous in-RAM file (Linux memfd: freed with the last process
   holding it, even after kill -9), else a temporary file; decode workers open it by name.
@@ -21,7 +21,6 @@ Worker processes import this module: numpy and the standard library only.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from fashion_stack.core.lineage import short_hash
 from fashion_stack.models.image_decode import as_hw, check_policy
 
 CACHE_MODES = ("auto", "memory", "disk", "none")
@@ -120,12 +120,14 @@ class ImageCache:
 
 
 def image_cache(mode: str, cache_dir, paths: Sequence[str], size, resize: str,
-                budget_bytes: int) -> Optional[ImageCache]:
+                budget_bytes: int, contents: Optional[Sequence[str]] = None) -> Optional[ImageCache]:
     """The cache for a member's training universe, or None (mode "none", or "auto" when the set
     neither fits `budget_bytes` of RAM nor the free space under `cache_dir`).
 
     auto: memory when the whole set fits the budget, else disk when cache_dir is given and has
-    room, else none.
+    room, else none. `contents`: each path's content hash (the manifest's sha256), in order: a
+    disk cache is then named by what its rows hold, so it survives a moved data directory and is
+    never reused for an image replaced in place; without it, by the paths.
     """
     if mode not in CACHE_MODES:
         raise ValueError(f"unknown cache mode {mode!r}; use one of {CACHE_MODES} (member config `cache`)")
@@ -146,7 +148,7 @@ def image_cache(mode: str, cache_dir, paths: Sequence[str], size, resize: str,
         return _memory_cache(paths, size, resize, needed)
     if cache_dir is None:
         raise ValueError("cache mode 'disk' needs a cache directory (the member's folder in the run directory)")
-    return _disk_cache(Path(cache_dir), paths, size, resize, needed)
+    return _disk_cache(Path(cache_dir), paths, size, resize, needed, contents)
 
 
 def _free_bytes(folder) -> int:
@@ -168,9 +170,10 @@ def _memory_cache(paths, size, resize, needed: int) -> ImageCache:
     return cache
 
 
-def _disk_cache(cache_dir: Path, paths, size, resize, needed: int) -> ImageCache:
+def _disk_cache(cache_dir: Path, paths, size, resize, needed: int, contents=None) -> ImageCache:
     height, width = as_hw(size)
-    key = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
+    rows = [str(c) for c in contents] if contents is not None else paths  # what row i holds
+    key = short_hash("\n".join(rows).encode())
     file = cache_dir / f"v{FORMAT_VERSION}-{height}x{width}-{resize}-{key}.pixels"
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(file, "ab") as handle:  # creates it, or keeps the rows already there

@@ -12,12 +12,14 @@ resized to 299 is not decoded at full size. Then one antialiased (triangle filte
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Sequence, Tuple, get_args
 
 import numpy as np
 from PIL import Image
 
-RESIZE_POLICIES = ("stretch", "pad", "crop")
+from fashion_stack.core.config import ResizePolicy
+
+RESIZE_POLICIES = get_args(ResizePolicy)  # the member config's `resize` choices, one source
 DRAFT_RATIOS = (8, 4, 2, 1)  # the scales libjpeg decodes at directly
 
 

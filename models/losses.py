@@ -1,12 +1,20 @@
-"""Multi-label losses on per-label sigmoid probabilities, chosen by the member's `loss` name.
+"""Multi-label losses on per-label sigmoid probabilities: loss plug-ins (LOSSES, core.registry),
+chosen by the member's `loss` ({name, params}).
 
 With 228 labels and about 8 positives per image, negatives outnumber positives 27 to 1; focal and
 asymmetric losses down-weight the many easy negatives that plain cross-entropy averages over.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
 import keras
+from annotated_types import Ge, Interval
 from keras import ops
+
+from fashion_stack.core.config import as_plugin_spec
+from fashion_stack.core.registry import Registry
 
 
 @keras.saving.register_keras_serializable(package="fashion")
@@ -38,30 +46,51 @@ class AsymmetricLoss(keras.losses.Loss):
         return {**super().get_config(), "gamma_pos": self.gamma_pos, "gamma_neg": self.gamma_neg, "clip": self.clip}
 
 
-def _bce():
-    return keras.losses.BinaryCrossentropy()
+LOSSES = Registry("loss function")
 
 
-def _focal(gamma: float = 2.0):
-    # Lin et al. 2017; class balancing off because per-label positive rates differ by 1000x and
-    # one alpha for all of them would favour some labels arbitrarily
-    return keras.losses.BinaryFocalCrossentropy(gamma=gamma, apply_class_balancing=False)
+@LOSSES.register("bce")
+@dataclass(frozen=True)
+class BinaryCrossEntropyLoss:
+    """Plain binary cross-entropy, averaged over labels."""
+
+    def build(self) -> keras.losses.Loss:
+        return keras.losses.BinaryCrossentropy()
 
 
-LOSSES = {"bce": _bce, "focal": _focal, "asymmetric": AsymmetricLoss}
+@LOSSES.register("focal")
+@dataclass(frozen=True)
+class FocalLoss:
+    """Lin et al. 2017: (1 - p_t)^gamma down-weights well-classified cells."""
+
+    gamma: Annotated[float, Ge(0)] = 2.0
+
+    def build(self) -> keras.losses.Loss:
+        # class balancing off because per-label positive rates differ by 1000x and one alpha for
+        # all of them would favour some labels arbitrarily
+        return keras.losses.BinaryFocalCrossentropy(gamma=self.gamma, apply_class_balancing=False)
 
 
-def get_loss(name: str, *, focal_gamma: float = 2.0, asl_gamma_pos: float = 0.0, asl_gamma_neg: float = 4.0,
-             asl_clip: float = 0.05) -> keras.losses.Loss:
-    """The loss `name` with its settings (the member config's focal_gamma / asl_* fields)."""
-    settings = {"bce": {}, "focal": {"gamma": focal_gamma},
-                "asymmetric": {"gamma_pos": asl_gamma_pos, "gamma_neg": asl_gamma_neg, "clip": asl_clip}}
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; use one of {sorted(LOSSES)} (member config `loss`)")
-    return LOSSES[name](**settings[name])
+@LOSSES.register("asymmetric")
+@dataclass(frozen=True)
+class AsymmetricLossSettings:
+    """Ridnik et al. 2021: positives weighted by (1 - p)^gamma_pos, negatives by p_m^gamma_neg with
+    p_m = max(p - clip, 0), so easy negatives (most of 228 labels) fade."""
+
+    gamma_pos: Annotated[float, Ge(0)] = 0.0
+    gamma_neg: Annotated[float, Ge(0)] = 4.0
+    clip: Annotated[float, Interval(ge=0, lt=1)] = 0.05
+
+    def build(self) -> keras.losses.Loss:
+        return AsymmetricLoss(gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg, clip=self.clip)
+
+
+def get_loss(name: str, **params) -> keras.losses.Loss:
+    """The loss `name` built with its settings (checked against the ones it declares)."""
+    return LOSSES.create(name, **LOSSES.resolve(name, params, where=f"loss {name}")).build()
 
 
 def member_loss(member) -> keras.losses.Loss:
-    """The loss a member config asks for."""
-    return get_loss(member.loss, focal_gamma=member.focal_gamma, asl_gamma_pos=member.asl_gamma_pos,
-                    asl_gamma_neg=member.asl_gamma_neg, asl_clip=member.asl_clip)
+    """The loss a member config asks for (its `loss`: a name or {name, params})."""
+    spec = as_plugin_spec(member.loss)
+    return get_loss(spec.name, **spec.params)

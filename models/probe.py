@@ -47,20 +47,52 @@ class LinearProbe:
                        dict(zip(saved["inner_c"].tolist(), saved["inner_log_loss"].tolist())))
 
 
-def _fit_labels(z: np.ndarray, labels: np.ndarray, c: float) -> tuple:
-    """(coef (dim, labels), intercept (labels,)) of per-label logistic regressions on standardised z."""
-    from sklearn.linear_model import LogisticRegression
+def _fit_labels(z: np.ndarray, labels: np.ndarray, c: float, max_iter: int = 500, start=None) -> tuple:
+    """(coef (dim, labels), intercept (labels,)) of per-label L2 logistic regressions on standardised
+    z: scikit-learn's LogisticRegression(C=c) objective for each label, (1/n) sum log loss +
+    |w|^2 / (2 c n), intercept unpenalised. The labels' problems are independent, so their sum is
+    minimised at once by one L-BFGS over every label's weights: one matrix product per step
+    instead of a solver per label (58 scikit-learn fits took minutes per unit on 2 loaded cores).
+    A label with one class in these rows is its clipped frequency. `start`: a (coef, intercept) to
+    start from (the solution at a neighbouring C: a warm start).
+    Products in float32 (the embeddings' own precision), the solver's state in float64."""
+    from scipy.optimize import minimize
     n, n_labels = labels.shape
-    coef, intercept = np.zeros((z.shape[1], n_labels)), np.zeros(n_labels)
-    for j in range(n_labels):
-        positives = int(labels[:, j].sum())
-        if positives in (0, n):  # one class: its clipped frequency
-            p = float(np.clip(positives / n, PRIOR_CLIP, 1 - PRIOR_CLIP))
-            intercept[j] = np.log(p / (1 - p))
-            continue
-        model = LogisticRegression(C=c, max_iter=500, tol=1e-4)
-        model.fit(z, labels[:, j])
-        coef[:, j], intercept[j] = model.coef_[0], model.intercept_[0]
+    dim = z.shape[1]
+    coef, intercept = np.zeros((dim, n_labels)), np.zeros(n_labels)
+    positives = labels.sum(axis=0)
+    active = np.flatnonzero((positives > 0) & (positives < n))
+    for j in np.setdiff1d(np.arange(n_labels), active):
+        p = float(np.clip(positives[j] / n, PRIOR_CLIP, 1 - PRIOR_CLIP))
+        intercept[j] = np.log(p / (1 - p))
+    if not len(active):
+        return coef, intercept
+    y = labels[:, active]
+    k = len(active)
+    z32 = np.asarray(z, np.float32)
+
+    def objective(theta):
+        w, b = theta[:dim * k].reshape(dim, k), theta[dim * k:]
+        margin = (z32 @ w.astype(np.float32)).astype(np.float64) + b
+        # log(1 + exp(m)) - y m, stably
+        loss = np.logaddexp(0.0, margin) - y * margin
+        residual = (1.0 / (1.0 + np.exp(-margin)) - y) / n
+        value = loss.sum() / n + (w * w).sum() / (2 * c * n)
+        gradient = (z32.T @ residual.astype(np.float32)).astype(np.float64) + w / (c * n)
+        return value, np.concatenate([gradient.ravel(), residual.sum(axis=0)])
+
+    theta = np.zeros(dim * k + k)
+    if start is not None:
+        theta[:dim * k] = start[0][:, active].ravel()
+        theta[dim * k:] = start[1][active]
+    else:
+        rate = y.mean(axis=0)
+        theta[dim * k:] = np.log(rate / (1 - rate))  # from each label's log-odds: fewer steps
+    # gtol: scikit-learn's default tol (1e-4) is its lbfgs gradient tolerance; 1e-5 is stricter
+    result = minimize(objective, theta, jac=True, method="L-BFGS-B",
+                      options={"maxiter": max_iter, "gtol": 1e-5, "ftol": 1e-10})
+    coef[:, active] = result.x[:dim * k].reshape(dim, k)
+    intercept[active] = result.x[dim * k:]
     return coef, intercept
 
 
@@ -87,17 +119,18 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, c_grid: Sequence[float],
         raise ValueError(f"the probe's inner CV needs at least probe_inner_folds={inner_folds} training rows, got {n}")
     order = np.random.default_rng([seed, 4021]).permutation(n)
     parts = np.array_split(order, inner_folds)
-    inner = {}
-    for c in sorted(set(float(c) for c in c_grid)):
-        losses, weights = [], []
-        for held in parts:
-            fit_rows = np.setdiff1d(order, held)
-            mean, scale = _standardise(features[fit_rows])
-            coef, intercept = _fit_labels((features[fit_rows] - mean) / scale, labels[fit_rows], c)
-            probs = LinearProbe(mean, scale, coef, intercept, c, {}).predict(features[held])
-            losses.append(_log_loss(labels[held], probs))
-            weights.append(len(held))
-        inner[c] = float(np.average(losses, weights=weights))
+    grid = sorted(set(float(c) for c in c_grid))
+    losses = {c: [] for c in grid}
+    for held in parts:
+        fit_rows = np.setdiff1d(order, held)
+        mean, scale = _standardise(features[fit_rows])
+        z = (features[fit_rows] - mean) / scale
+        solution = None
+        for c in grid:  # strongest regularisation first, each C warm-started from the previous one
+            solution = _fit_labels(z, labels[fit_rows], c, start=solution)
+            losses[c].append(_log_loss(labels[held], LinearProbe(mean, scale, *solution, c, {}).predict(features[held])))
+    weights = [len(held) for held in parts]
+    inner = {c: float(np.average(losses[c], weights=weights)) for c in grid}
     best = min(inner, key=lambda c: (inner[c], c))
     mean, scale = _standardise(features)
     coef, intercept = _fit_labels((features - mean) / scale, labels, best)

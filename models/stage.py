@@ -10,8 +10,6 @@ Units, by config.data.pool:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,20 +24,21 @@ from fashion_stack.core.executor import Resources, Task
 from fashion_stack.core.lineage import digest
 from fashion_stack.core.log import get_logger
 from fashion_stack.core.metrics import score_probabilities
+from fashion_stack.core.registry import ProcessCache, Registry
 from fashion_stack.core.rundir import DONE, is_done, mark_done, read_done, upstream_digest
 from fashion_stack.datasets.folds import read_folds
 from fashion_stack.datasets.manifest import POOLS, ManifestDigests, manifest_labels, pool_ids, read_manifest, test_ids, usable
 from fashion_stack.models import trainer
-from fashion_stack.models.backbones import resolve_input_spec
 from fashion_stack.models.devices import resolve_placement, share_gpu
 from fashion_stack.models.embeddings import embedding_hash, member_embeddings
 from fashion_stack.models.probe import LinearProbe, fit_probe, probe_features
 from fashion_stack.models import probe as probe_model
 from fashion_stack.models.inputs import image_cache
+from fashion_stack.models.plan import STRATEGY_NAMES, MemberPlan, PlanError, resolve_plan
 from fashion_stack.models.tensorboard_logs import training_log_callbacks
 
 STARTED = "STARTED.json"
-MODES = ("finetune", "frozen", "probe")
+MODES = STRATEGY_NAMES  # the member config's `mode`: the name of its plan's strategy (STRATEGIES below)
 
 
 class MembersError(RuntimeError):
@@ -136,7 +135,7 @@ def member_hash(member: MemberConfig, pool_name: str, label_ids, probed: list = 
     blob = {"member": settings, "pool": pool_name, "labels": list(label_ids)}
     if probed:  # a probe's inputs are other members' embeddings: their trunk settings are its settings
         blob["probed"] = [embedding_hash(m) for m in probed]
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(blob)
 
 
 # ---- one member ----------------------------------------------------------------------------
@@ -145,8 +144,11 @@ def member_hash(member: MemberConfig, pool_name: str, label_ids, probed: list = 
 def run_member(ctx, member: MemberConfig, data: StageData, callbacks=()) -> dict:
     """Every unit of one member (finished ones skipped), then its member-level files.
     `callbacks` (Keras) join every fit: progress hooks, tests' interrupts."""
-    if member.mode not in MODES:
-        raise MembersError(f"member {member.name!r}: mode {member.mode!r}; use one of {MODES}")
+    try:
+        plan = resolve_plan(member, ctx.config)  # once per member: every unit gets this plan
+    except PlanError as err:
+        raise MembersError(str(err)) from None
+    strategy = STRATEGIES.get_entry(plan.strategy)
     log = ctx.logger("members")
     started = time.perf_counter()
     config_hash = member_hash(member, ctx.config.data.pool, data.label_space.label_ids,
@@ -167,22 +169,12 @@ def run_member(ctx, member: MemberConfig, data: StageData, callbacks=()) -> dict
         for path in member_files + [member_dir / DONE]:  # stale the moment any unit retrains, even if this run dies
             path.unlink(missing_ok=True)
         _discard_foreign_partial(unit_dir, config_hash, data.folds_hash, redo, log, lineage)
-        jobs.append(UnitJob(member, unit, unit_dir, data, config_hash, lineage, ctx.run.root, ctx.config,
+        jobs.append(UnitJob(plan, unit, unit_dir, data, config_hash, lineage, ctx.run.root, ctx.config,
                             tuple(callbacks)))
-    if jobs and member.mode == "frozen":  # one pass through the trunk, then every unit reads it
-        ctx.run_units([Task("members", f"{member.name}/embeddings", compute_embeddings_unit,
-                            (member, data, member_dir / "embeddings", redo), unit_resources(member),
-                            member_dir / "embeddings.log")])
-    if jobs and member.mode == "probe":  # the probed members' caches (made already when they ran first)
-        ctx.run_units([Task("members", f"{member.name}/embeddings of {other.name}", compute_embeddings_unit,
-                            (other, data, ctx.run.member_dir(other.name) / "embeddings", False),
-                            unit_resources(other), member_dir / f"embeddings_{other.name}.log")
-                       for other in probed_members(ctx.config, member)])
-    if jobs and member.mode == "finetune" and member.head_init == "embeddings":  # LP-FT: one pass for every unit's head
-        ctx.run_units([Task("members", f"{member.name}/head_embeddings", compute_head_embeddings_unit,
-                            (member, data, member_dir / HEAD_EMBEDDINGS, redo), unit_resources(member),
-                            member_dir / "head_embeddings.log")])
-    ctx.run_units([Task("members", f"{member.name}/{job.unit.name}", train_unit, (job,), unit_resources(member),
+    shared = strategy.shared_tasks(ctx, plan, data, member_dir, redo) if jobs else []
+    if shared:  # what every unit reads (embeddings), made before the units
+        ctx.run_units(shared)
+    ctx.run_units([Task("members", f"{member.name}/{job.unit.name}", train_unit, (job,), plan.resources,
                         job.unit_dir / "unit.log") for job in jobs])
     trained = len(jobs)
     # the member-level files follow from the units' recorded outputs and the pool's labels (scores)
@@ -257,7 +249,7 @@ def unit_lineage(digests: ManifestDigests, data: StageData, unit: Unit) -> dict:
     return record
 
 
-def _embeddings(member: MemberConfig, data: StageData, cache_dir: Path, redo: bool):
+def _embeddings(plan: MemberPlan, data: StageData, cache_dir: Path, redo: bool):
     needed = {(unit.train_side, i) for unit in data.units for i in unit.train_ids}
     needed |= {("pool", i) for unit in data.units for i in unit.predict_ids}
     ids = sorted(needed, key=str) + [("test", i) for i in data.test]
@@ -266,14 +258,14 @@ def _embeddings(member: MemberConfig, data: StageData, cache_dir: Path, redo: bo
     # keyed by the images' content (the manifest's hashes), not their paths: a moved data dir keeps it
     digests, splits = ManifestDigests(data.manifest), {"pool": data.pool_splits, "train": ("train",), "test": ("test",)}
     content = digest([digests.images([i for s, i in ids if s == side], splits[side]) for side in ("pool", "train", "test")])
-    return member_embeddings(member, keys, paths, cache_dir, redo=redo, content=content)
+    return member_embeddings(plan.member, keys, paths, cache_dir, redo=redo, content=content, spec=plan.input)
 
 
 @dataclass
 class UnitJob:
     """Everything one (member, unit) needs, picklable, so any executor can run it anywhere that
-    sees the run directory."""
-    member: MemberConfig
+    sees the run directory: the member's plan, not its config to re-derive it from."""
+    plan: MemberPlan
     unit: Unit
     unit_dir: Path
     data: StageData
@@ -283,29 +275,33 @@ class UnitJob:
     config: object  # the PipelineConfig (TensorBoard settings)
     callbacks: tuple = ()
 
+    @property
+    def member(self) -> MemberConfig:
+        return self.plan.member
+
 
 def unit_resources(member: MemberConfig) -> Resources:
-    """What a unit asks an executor for (Ray places it where these are free)."""
+    """What a unit asks an executor for (Ray places it where these are free); a plan carries it."""
     return Resources(cpus=member.unit_cpus, gpus=member.unit_gpus)
 
 
-def compute_embeddings_unit(member: MemberConfig, data: StageData, cache_dir: Path, redo: bool) -> int:
-    return len(_embeddings(member, data, cache_dir, redo).image_ids)
+def compute_embeddings_unit(plan: MemberPlan, data: StageData, cache_dir: Path, redo: bool) -> int:
+    return len(_embeddings(plan, data, cache_dir, redo).image_ids)
 
 
 HEAD_EMBEDDINGS = "head_embeddings"
 
 
-def _head_embeddings(member: MemberConfig, data: StageData, cache_dir: Path, redo: bool):
+def _head_embeddings(plan: MemberPlan, data: StageData, cache_dir: Path, redo: bool):
     """A fine-tuned member's pretrained-trunk embeddings of every image some unit trains on (not
     mirrored: the head fits on the images as they are), for head_init "embeddings"."""
     ids = sorted({(unit.train_side, i) for unit in data.units for i in unit.train_ids}, key=str)
-    return member_embeddings(dataclasses.replace(member, tta_flip=False), [f"{side}:{i}" for side, i in ids],
-                             [data.path_of[side][i] for side, i in ids], cache_dir, redo=redo)
+    return member_embeddings(dataclasses.replace(plan.member, tta_flip=False), [f"{side}:{i}" for side, i in ids],
+                             [data.path_of[side][i] for side, i in ids], cache_dir, redo=redo, spec=plan.input)
 
 
-def compute_head_embeddings_unit(member: MemberConfig, data: StageData, cache_dir: Path, redo: bool) -> int:
-    return len(_head_embeddings(member, data, cache_dir, redo).image_ids)
+def compute_head_embeddings_unit(plan: MemberPlan, data: StageData, cache_dir: Path, redo: bool) -> int:
+    return len(_head_embeddings(plan, data, cache_dir, redo).image_ids)
 
 
 def probed_members(config, member: MemberConfig) -> list:
@@ -315,20 +311,11 @@ def probed_members(config, member: MemberConfig) -> list:
 
 def train_unit(job: UnitJob) -> dict:
     """One (member, unit), wherever an executor placed it: its devices are resolved there."""
-    member = job.member
-    embeddings = resources = None
-    if member.mode == "frozen":  # the embeddings unit has made them: this reads the cache
-        embeddings = _embeddings(member, job.data, job.unit_dir.parent / "embeddings", redo=False)
-    elif member.mode == "probe":  # the probed members' caches, made before the units
-        members_dir = job.unit_dir.parent.parent
-        embeddings = [_embeddings(other, job.data, members_dir / other.name / "embeddings", redo=False)
-                      for other in probed_members(job.config, member)]
-    else:
-        share_gpu(member.unit_gpus)
-        resources = _resources_for(member, job.data, job.run_root / "cache" / "images", job.config_hash)
-    callbacks = list(job.callbacks) + training_log_callbacks(job.run_root, member.name, job.unit.name, job.config)
+    plan = job.plan
+    inputs = STRATEGIES.get_entry(plan.strategy).unit_inputs(job)
+    callbacks = list(job.callbacks) + training_log_callbacks(job.run_root, plan.name, job.unit.name, job.config)
     try:
-        return run_unit(member, job.unit, job.unit_dir, job.data, job.config_hash, embeddings, callbacks, resources,
+        return run_unit(plan, job.unit, job.unit_dir, job.data, job.config_hash, inputs, callbacks,
                         lineage=job.lineage)
     finally:
         release_models()
@@ -354,16 +341,16 @@ def release_models() -> None:
                                resident_memory_mb(), peak_memory_mb())
 
 
-_RESOURCES: dict = {}
+_RESOURCES = ProcessCache("member resources", "the current member's placement and image cache, shared by its units")
 
 
-def _resources_for(member: MemberConfig, data: StageData, cache_root: Path, config_hash: str):
+def _resources_for(plan: MemberPlan, data: StageData, cache_root: Path, config_hash: str):
     # one placement and one image cache per member per process: the local loop's units share
     # them, and so do the units a Ray worker process runs one after another
-    key = (member.name, config_hash, str(cache_root))
+    key = (plan.name, config_hash, str(cache_root))
     if key not in _RESOURCES:
         _RESOURCES.clear()  # the previous member's cache is not needed any more
-        _RESOURCES[key] = member_resources(member, data, cache_root)
+        _RESOURCES[key] = member_resources(plan, data, cache_root)
     return _RESOURCES[key]
 
 
@@ -374,14 +361,17 @@ class MemberResources:
     cache: object  # a models.inputs image cache, or None
 
 
-def member_resources(member: MemberConfig, data: StageData, cache_root: Path) -> MemberResources:
+def member_resources(plan: MemberPlan, data: StageData, cache_root: Path) -> MemberResources:
     """Resolved once per member. The cache covers every image any unit trains on (all folds), so
     it is filled once and reused by every epoch and every fold; prediction is never cached."""
+    member, spec = plan.member, plan.input
     placement = resolve_placement(member)
-    spec = resolve_input_spec(member)
     universe = sorted({data.path_of[unit.train_side][i] for unit in data.units for i in unit.train_ids})
+    rows = usable(data.manifest)
+    content_of = dict(zip(rows["path"], rows["sha256"]))  # the disk cache is named by its rows' contents
     cache = image_cache(member.cache, cache_root, universe, spec.size, spec.resize,
-                        int(member.cache_budget_gb * 2**30))
+                        int(member.cache_budget_gb * 2**30),
+                        contents=[content_of.get(path) or path for path in universe])
     get_logger("members").info(
         "%s trains on %d x %s (%s, XLA %s, %d step(s) per execution); image cache: %s", member.name,
         placement.replicas, placement.kind, placement.precision_policy, "on" if placement.jit_compile else "off",
@@ -389,68 +379,163 @@ def member_resources(member: MemberConfig, data: StageData, cache_root: Path) ->
     return MemberResources(placement, cache)
 
 
-def run_unit(member: MemberConfig, unit: Unit, unit_dir: Path, data: StageData, config_hash: str,
-             embeddings=None, callbacks=(), resources: MemberResources = None, lineage: dict = None) -> dict:
-    """Train the unit's model (resuming), predict its held-out ids and the test set, write its
-    files, and mark it done last."""
+def run_unit(plan: MemberPlan, unit: Unit, unit_dir: Path, data: StageData, config_hash: str,
+             inputs=None, callbacks=(), lineage: dict = None) -> dict:
+    """Train the unit's model (resuming) by the plan's strategy, predict its held-out ids and the
+    test set, write its files, and mark it done last. `inputs`: what the strategy's unit_inputs
+    gave (embeddings, or the member's placement and image cache)."""
     started = time.perf_counter()
+    member = plan.member
     where = f"{member.name} {unit.name}"
     seed = member.seed * 1000 + (unit.fold if isinstance(unit.fold, int) else 999)
     train_labels = data.labels(list(unit.train_ids), unit.train_side)
-    placed = {"devices": 1, "kind": "embeddings", "precision": "float32"}
-    model_file = trainer.MODEL_FILE
-    if member.mode == "probe":  # embeddings: one table per probed member
-        placed["kind"] = "probe (scikit-learn)"
-        model = fit_probe(probe_features(embeddings, [f"{unit.train_side}:{i}" for i in unit.train_ids]),
-                          train_labels, member.probe_c, member.probe_inner_folds, seed)
-        oof = model.predict(probe_features(embeddings, [f"pool:{i}" for i in unit.predict_ids]))
-        test = model.predict(probe_features(embeddings, [f"test:{i}" for i in data.test]))
-        get_logger("members").info("%s: C %g chosen by the inner CV (mean log loss %s)", where, model.c,
-                                   {c: round(v, 5) for c, v in model.inner_log_loss.items()})
-        model_file = probe_model.MODEL_FILE
-    elif member.mode == "frozen":
-        model = trainer.train_head(member, embeddings.rows([f"{unit.train_side}:{i}" for i in unit.train_ids]),
-                                   train_labels, unit_dir, seed, where, callbacks)
-        oof = _predict_frozen(model, member, embeddings, [f"pool:{i}" for i in unit.predict_ids])
-        test = _predict_frozen(model, member, embeddings, [f"test:{i}" for i in data.test])
+    strategy = STRATEGIES.get_entry(plan.strategy)
+    fitted = strategy.fit_predict(plan, unit, unit_dir, data, train_labels, seed, where, inputs, callbacks)
+    if isinstance(fitted.model, LinearProbe):
+        fitted.model.save(unit_dir / fitted.model_file)
     else:
-        resources = resources or member_resources(member, data, unit_dir / "cache")
+        trainer.save_model(fitted.model, unit_dir / fitted.model_file)
+    label_ids = data.label_space.label_ids
+    predictions.write(unit_dir / "oof.parquet", predictions.make_table(unit.predict_ids, fitted.oof, label_ids))
+    predictions.write(unit_dir / "test.parquet", predictions.make_table(data.test, fitted.test, label_ids))
+    history = trainer.read_history(unit_dir / trainer.HISTORY)
+    scores = {"fold": unit.fold, **score_probabilities(data.labels(list(unit.predict_ids)), fitted.oof),
+              "seconds": time.perf_counter() - started, "train_images_per_s": trainer.training_rate(history),
+              **fitted.scores}
+    trainer.remove_checkpoints(unit_dir)  # model.keras now holds the final weights
+    mark_done(unit_dir, config_hash, data.folds_hash, inputs_hash=lineage,
+              artifacts=["oof.parquet", "test.parquet", fitted.model_file], trained_ids=list(unit.train_ids),
+              predicted_ids=list(unit.predict_ids), n_test=len(data.test), seconds=scores["seconds"], scores=scores,
+              placement=fitted.placed)
+    return scores
+
+
+# ---- strategies: how a member's units learn (its plan's `strategy`, the config's `mode`) ------
+
+
+@dataclass
+class Fitted:
+    """A unit's fitted model and its predictions, as a strategy returns them."""
+    model: object
+    oof: np.ndarray
+    test: np.ndarray
+    placed: dict  # where it trained (DONE.json's placement)
+    model_file: str = trainer.MODEL_FILE
+    scores: dict = dataclasses.field(default_factory=dict)  # the strategy's own entries in the unit's scores
+
+
+EMBEDDINGS_PLACED = {"devices": 1, "kind": "embeddings", "precision": "float32"}
+
+
+class Strategy:
+    """The three steps of a member's run that depend on how it learns: what is computed once for
+    all its units (shared_tasks, on the driver's executor), what a unit loads where it runs
+    (unit_inputs), and the unit's fit and predictions (fit_predict)."""
+
+    def shared_tasks(self, ctx, plan: MemberPlan, data: StageData, member_dir: Path, redo: bool) -> list:
+        return []
+
+    def unit_inputs(self, job: UnitJob):
+        return None
+
+    def fit_predict(self, plan: MemberPlan, unit: Unit, unit_dir: Path, data: StageData, train_labels, seed: int,
+                    where: str, inputs, callbacks) -> Fitted:
+        raise NotImplementedError
+
+
+STRATEGIES = Registry("member strategy", name_attribute=None)  # plan.strategy -> Strategy
+
+
+class FineTune(Strategy):
+    """Trunk + head on images (models.trainer.train_finetune), on the member's placement."""
+
+    def shared_tasks(self, ctx, plan, data, member_dir, redo):
+        if plan.member.head_init != "embeddings":
+            return []
+        # LP-FT: one pass through the pretrained trunk for every unit's head
+        return [Task("members", f"{plan.name}/head_embeddings", compute_head_embeddings_unit,
+                     (plan, data, member_dir / HEAD_EMBEDDINGS, redo), plan.resources,
+                     member_dir / "head_embeddings.log")]
+
+    def unit_inputs(self, job):
+        share_gpu(job.plan.resources.gpus)
+        return _resources_for(job.plan, job.data, job.run_root / "cache" / "images", job.config_hash)
+
+    def fit_predict(self, plan, unit, unit_dir, data, train_labels, seed, where, inputs, callbacks):
+        member = plan.member
+        resources = inputs or member_resources(plan, data, unit_dir / "cache")
         placement = resources.placement
         placed = {"devices": placement.replicas, "kind": placement.kind, "precision": placement.precision_policy,
                   "jit_compile": placement.jit_compile, "global_batch": member.batch_size * placement.replicas}
         head_embeddings = None
         if member.head_init == "embeddings":  # the members stage has made them: this reads the cache
-            table = _head_embeddings(member, data, unit_dir.parent / HEAD_EMBEDDINGS, redo=False)
+            table = _head_embeddings(plan, data, unit_dir.parent / HEAD_EMBEDDINGS, redo=False)
             head_embeddings = table.rows([f"{unit.train_side}:{i}" for i in unit.train_ids])
         model = trainer.train_finetune(member, [data.path_of[unit.train_side][i] for i in unit.train_ids],
                                        train_labels, unit_dir, seed, where, callbacks, cache=resources.cache,
-                                       placement=placement, head_embeddings=head_embeddings)
+                                       placement=placement, head_embeddings=head_embeddings, spec=plan.input)
         predict = dict(batch_size=member.batch_size, tta_flip=member.tta_flip, reader=member.reader,
                        workers=member.reader_workers, replicas=placement.replicas, tta_scales=member.tta_scales)
         oof = trainer.predict_images(model, [data.path_of["pool"][i] for i in unit.predict_ids],
                                      desc=f"{where} oof", **predict)
         test = trainer.predict_images(model, [data.path_of["test"][i] for i in data.test],
                                       desc=f"{where} test", **predict)
-    if isinstance(model, LinearProbe):
-        model.save(unit_dir / model_file)
-    else:
-        trainer.save_model(model, unit_dir / model_file)
-    label_ids = data.label_space.label_ids
-    predictions.write(unit_dir / "oof.parquet", predictions.make_table(unit.predict_ids, oof, label_ids))
-    predictions.write(unit_dir / "test.parquet", predictions.make_table(data.test, test, label_ids))
-    history = trainer.read_history(unit_dir / trainer.HISTORY)
-    scores = {"fold": unit.fold, **score_probabilities(data.labels(list(unit.predict_ids)), oof),
-              "seconds": time.perf_counter() - started, "train_images_per_s": trainer.training_rate(history)}
-    if member.mode == "probe":
-        scores["chosen_c"] = model.c
-    elif member.epoch_selection != "fixed":  # the epoch the inner split of the training folds chose, per phase
-        scores["chosen_epochs"] = trainer.chosen_epochs(unit_dir)
-    trainer.remove_checkpoints(unit_dir)  # model.keras now holds the final weights
-    mark_done(unit_dir, config_hash, data.folds_hash, inputs_hash=lineage,
-              artifacts=["oof.parquet", "test.parquet", model_file], trained_ids=list(unit.train_ids),
-              predicted_ids=list(unit.predict_ids), n_test=len(data.test), seconds=scores["seconds"], scores=scores,
-              placement=placed)
-    return scores
+        return Fitted(model, oof, test, placed, scores=_epoch_scores(member, unit_dir))
+
+
+class Frozen(Strategy):
+    """The trunk's embeddings once for every unit, then a head per unit on them."""
+
+    def shared_tasks(self, ctx, plan, data, member_dir, redo):
+        return [Task("members", f"{plan.name}/embeddings", compute_embeddings_unit,
+                     (plan, data, member_dir / "embeddings", redo), plan.resources, member_dir / "embeddings.log")]
+
+    def unit_inputs(self, job):  # the embeddings unit has made them: this reads the cache
+        return _embeddings(job.plan, job.data, job.unit_dir.parent / "embeddings", redo=False)
+
+    def fit_predict(self, plan, unit, unit_dir, data, train_labels, seed, where, inputs, callbacks):
+        member, embeddings = plan.member, inputs
+        model = trainer.train_head(member, embeddings.rows([f"{unit.train_side}:{i}" for i in unit.train_ids]),
+                                   train_labels, unit_dir, seed, where, callbacks)
+        oof = _predict_frozen(model, member, embeddings, [f"pool:{i}" for i in unit.predict_ids])
+        test = _predict_frozen(model, member, embeddings, [f"test:{i}" for i in data.test])
+        return Fitted(model, oof, test, dict(EMBEDDINGS_PLACED), scores=_epoch_scores(member, unit_dir))
+
+
+class Probe(Strategy):
+    """A logistic regression per label on the probed frozen members' embeddings (models.probe)."""
+
+    def shared_tasks(self, ctx, plan, data, member_dir, redo):
+        # the probed members' caches (made already when they ran first)
+        return [Task("members", f"{plan.name}/embeddings of {other.name}", compute_embeddings_unit,
+                     (other, data, ctx.run.member_dir(other.name) / "embeddings", False),
+                     other.resources, member_dir / f"embeddings_{other.name}.log") for other in plan.probed]
+
+    def unit_inputs(self, job):  # the probed members' caches, made before the units
+        members_dir = job.unit_dir.parent.parent
+        return [_embeddings(other, job.data, members_dir / other.name / "embeddings", redo=False)
+                for other in job.plan.probed]
+
+    def fit_predict(self, plan, unit, unit_dir, data, train_labels, seed, where, inputs, callbacks):
+        member, embeddings = plan.member, inputs
+        model = fit_probe(probe_features(embeddings, [f"{unit.train_side}:{i}" for i in unit.train_ids]),
+                          train_labels, member.probe_c, member.probe_inner_folds, seed)
+        oof = model.predict(probe_features(embeddings, [f"pool:{i}" for i in unit.predict_ids]))
+        test = model.predict(probe_features(embeddings, [f"test:{i}" for i in data.test]))
+        get_logger("members").info("%s: C %g chosen by the inner CV (mean log loss %s)", where, model.c,
+                                   {c: round(v, 5) for c, v in model.inner_log_loss.items()})
+        return Fitted(model, oof, test, {**EMBEDDINGS_PLACED, "kind": "probe (scikit-learn)"},
+                      model_file=probe_model.MODEL_FILE, scores={"chosen_c": model.c})
+
+
+def _epoch_scores(member: MemberConfig, unit_dir: Path) -> dict:
+    """The epoch the inner split of the training folds chose, per phase (epoch_selection inner_split)."""
+    return {"chosen_epochs": trainer.chosen_epochs(unit_dir)} if member.epoch_selection != "fixed" else {}
+
+
+STRATEGIES.add("finetune", FineTune())
+STRATEGIES.add("frozen", Frozen())
+STRATEGIES.add("probe", Probe())
 
 
 def _predict_frozen(model, member: MemberConfig, embeddings, keys: list) -> np.ndarray:

@@ -35,7 +35,7 @@ import pandas as pd
 from fashion_stack.core import atomic
 from fashion_stack.core.config import MemberConfig
 from fashion_stack.core.log import format_seconds, get_logger, progress
-from fashion_stack.models.backbones import input_spec_of, is_pretrained, resolve_input_spec
+from fashion_stack.models.backbones import InputSpec, input_spec_of, is_pretrained, resolve_input_spec
 from fashion_stack.models.devices import Placement, placement_scope, resolve_placement, scaled_learning_rate
 from fashion_stack.models.heads import build_head_model, build_member_model, set_trainable
 from fashion_stack.models.inputs import epoch_order, prediction_batches, steps_per_epoch, training_batches
@@ -489,17 +489,18 @@ def multi_hot_or_float(labels) -> np.ndarray:
 
 def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarray, fold_dir: Path,
                    seed: int, where: str = "", callbacks: Sequence = (), cache=None,
-                   placement: Optional[Placement] = None, head_embeddings: Optional[np.ndarray] = None
-                   ) -> keras.Model:
+                   placement: Optional[Placement] = None, head_embeddings: Optional[np.ndarray] = None,
+                   spec: Optional[InputSpec] = None) -> keras.Model:
     """Fine-tune the member's trunk + head on these images, on every device of `placement`,
     resuming whatever fold_dir holds. `cache`: a models.inputs image cache, or None.
     `head_embeddings` (member head_init "embeddings"): the trunk's embeddings of `paths`, in order;
-    the head is first fitted on them (LP-FT), then the trunk fine-tunes under it."""
+    the head is first fitted on them (LP-FT), then the trunk fine-tunes under it. `spec`: the
+    member's InputSpec as its plan resolved it (models.plan); None resolves it here."""
     if member.head_init == "embeddings" and head_embeddings is None:
         raise ValueError(f"member {member.name!r}: head_init 'embeddings' needs the training images' embeddings")
     keras.utils.set_random_seed(seed)
     placement = placement or resolve_placement(member)
-    spec = resolve_input_spec(member)
+    spec = spec or resolve_input_spec(member)
     global_batch = member.batch_size * placement.replicas
     drop_remainder = placement.replicas > 1  # every replica gets an equal share of each batch
     phases = finetune_phases(member)
@@ -533,7 +534,7 @@ def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarra
                           f"{where} head")
         keras.utils.set_random_seed(seed)
     with placement_scope(placement):
-        model = build_member_model(member, labels.shape[1], precision=placement.precision_policy)
+        model = build_member_model(member, labels.shape[1], precision=placement.precision_policy, spec=spec)
         if head is not None:
             copy_head(head, model)
         return _run_phases(model, member, phases, data_for_phase, steps, Path(fold_dir), where, len(paths),

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 
 from fashion_stack.core import atomic
+from fashion_stack.core.config import as_plugin_spec
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.log import progress
-from fashion_stack.core.metrics import micro_f1, samples_f1
+from fashion_stack.core.metrics import METRIC_COLUMNS, f1_column, micro_f1, samples_f1
 from fashion_stack.core.rundir import is_done, mark_done, upstream_digest
 from fashion_stack.ensemble.comparison import paired_bootstrap_interval
 from fashion_stack.ensemble.decide_stage import rule_params
@@ -69,13 +70,13 @@ def select_members(member_stack: MemberStack, members: list) -> MemberStack:
 def _row(name, kind, members, labels, full_labels, y_true, folds, metric, n_bootstrap, seed) -> dict:
     score = micro_f1 if metric == "micro" else samples_f1
     row = {"subset": name, "kind": kind, "members": " ".join(members), "n_members": len(members),
-           "micro_f1": micro_f1(y_true, labels), "samples_f1": samples_f1(y_true, labels)}
-    row[f"delta_{metric}_f1"] = score(y_true, labels) - score(y_true, full_labels)
+           METRIC_COLUMNS["micro"]: micro_f1(y_true, labels), METRIC_COLUMNS["samples"]: samples_f1(y_true, labels)}
+    row[f"delta_{f1_column(metric)}"] = score(y_true, labels) - score(y_true, full_labels)
     low, high = paired_bootstrap_interval(y_true, labels, full_labels, folds, metric, n_bootstrap, seed)
     row.update({"ci_low": low, "ci_high": high})
     for fold in np.unique(folds):
         rows = folds == fold
-        row[f"{metric}_f1_fold{fold}"] = score(y_true[rows], labels[rows])
+        row[f"{f1_column(metric)}_fold{fold}"] = score(y_true[rows], labels[rows])
         row[f"delta_fold{fold}"] = score(y_true[rows], labels[rows]) - score(y_true[rows], full_labels[rows])
     return row
 
@@ -101,15 +102,20 @@ def run_ablate(ctx: StageContext) -> dict:
     y_true = true_labels(read_manifest(ctx.run), member_stack.image_ids, label_space, ctx.config.data.pool)
     metric = ctx.config.decision.metric
     table = ablation_table(member_stack, y_true, folds, stacker_name,
-                           stacker_params(stacker_name, ctx.config.stack), rule["rule"],
-                           rule_params(rule["rule"], ctx, label_space), metric,
+                           stacker_params(_configured(ctx.config.stack.stackers, stacker_name)), rule["rule"],
+                           rule_params(_configured(ctx.config.decision.rules, rule["rule"]), ctx, label_space), metric,
                            ctx.config.ablation.bootstrap, ctx.config.ablation.seed)
     _write(ctx, table, stacker_name, rule, metric)
     mark_done(unit, config_hash, ctx.run.folds_hash(), inputs_hash=inputs_hash, subsets=len(table), artifacts=paths)
     full = table.iloc[0]
-    log.info("ablation: %d subsets; full ensemble %s-F1 %.4f", len(table), metric, full[f"{metric}_f1"])
+    log.info("ablation: %d subsets; full ensemble %s-F1 %.4f", len(table), metric, full[f1_column(metric)])
     return {"subsets": len(table), "stacker": stacker_name, "rule": rule["rule"],
-            f"full_{metric}_f1": float(full[f"{metric}_f1"]), "path": str(paths[0])}
+            f"full_{f1_column(metric)}": float(full[f1_column(metric)]), "path": str(paths[0])}
+
+
+def _configured(specs, name: str):
+    """The configured entry (name and settings) called `name`, else the bare name (defaults)."""
+    return next((spec for spec in map(as_plugin_spec, specs) if spec.name == name), name)
 
 
 def _stacker_of(rule: dict, setting: str = "chosen") -> str:
@@ -134,14 +140,14 @@ def _write(ctx: StageContext, table: pd.DataFrame, stacker_name: str, rule: dict
             f"Scores are nested-CV over the folds. delta = subset - full ensemble ({metric}-F1); "
             f"interval: 95% paired bootstrap over images resampled within folds "
             f"({ctx.config.ablation.bootstrap} resamples, seed {ctx.config.ablation.seed}).\n\n")
-    best = best_member(ctx.run, metric)
+    best = best_member(ctx.run, metric, among={m.name for m in ctx.config.members})  # the config's members
     if best is not None:  # the run's one definition; the "only <member>" rows are nested-CV through the stacker
         head += (f"Best member: **{best[0]}** ({metric}-F1@best {best[1]:.4f}), "
                  f"{BEST_MEMBER_RULE.format(metric=metric)}; its row here is `only {best[0]}`.\n\n")
-    shown = table[["subset", "kind", "micro_f1", "samples_f1", f"delta_{metric}_f1", "ci_low", "ci_high"]]
+    shown = table[["subset", "kind", *METRIC_COLUMNS.values(), f"delta_{f1_column(metric)}", "ci_low", "ci_high"]]
     atomic.write_text(report / "ablation.md", head + markdown_table(shown) + "\n## Per fold\n\n"
                       + markdown_table(table.drop(columns=["members", "n_members"])))
     others = table.iloc[1:] if len(table) > 1 else table
-    plots.interval_bars(report / "ablation.png", list(others["subset"]), others[f"delta_{metric}_f1"],
+    plots.interval_bars(report / "ablation.png", list(others["subset"]), others[f"delta_{f1_column(metric)}"],
                         others["ci_low"], others["ci_high"], xlabel=f"change in {metric}-F1 vs all members",
                         title=f"Ablation ({stacker_name} + {rule['rule']}), 95% paired bootstrap")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from fashion_stack.core import atomic, predictions
-from fashion_stack.core.config import dump_config
+from fashion_stack.core.config import as_plugin_spec, dump_config
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.rundir import derived_stage
 from fashion_stack.core.labels import LabelError
@@ -38,7 +38,7 @@ class NotRun(Exception):
 def _report_inputs(ctx: StageContext) -> list:
     run = ctx.run
     files = [run.manifest, run.folds, *[run.member_dir(m.name) / "scores.json" for m in ctx.config.members],
-             *[run.stacker_dir(s) / "scores.json" for s in ctx.config.stack.stackers], *sorted(run.decision_dir.glob("*")),
+             *[run.stacker_dir(as_plugin_spec(s).name) / "scores.json" for s in ctx.config.stack.stackers], *sorted(run.decision_dir.glob("*")),
              *sorted(run.report_dir.glob("*.csv")), *sorted(run.report_dir.glob("*.json"))]
     return [path for path in files if path.is_file()]
 
@@ -104,7 +104,7 @@ class _Inputs:
         """name -> scores.json of the configured members ("members") or stackers ("ensemble") that
         have one: the config says what the run is made of, not folders an earlier config left."""
         config = self.ctx.config
-        names = [m.name for m in config.members] if kind == "members" else list(config.stack.stackers)
+        names = [m.name for m in config.members] if kind == "members" else [as_plugin_spec(s).name for s in config.stack.stackers]
         paths = [self.run.root / kind / name / "scores.json" for name in names]
         return {p.parent.name: atomic.read_json(p) for p in paths if p.is_file()}
 
@@ -127,12 +127,12 @@ def config_section(inputs: _Inputs) -> str:
     text = path.read_text(encoding="utf-8") if path.exists() else dump_config(config)
     source = "config.yaml of the run" if path.exists() else "resolved config (config.yaml not saved yet)"
     facts = pd.DataFrame([
-        ("members", ", ".join(f"{m.name} ({m.backbone}, {m.image_size or 'native'} px, {m.mode})"
+        ("members", ", ".join(f"{m.name} ({m.backbone}, {_input_text(m.input_size)} px, {m.mode})"
                               for m in config.members) or "none"),
         ("data", f"{config.data.dir or 'built-in demo'}; pool {config.data.pool}; label map {config.data.label_map}"),
         ("folds", f"k = {config.folds.k}, seed {config.folds.seed}"),
-        ("stackers", ", ".join(config.stack.stackers)),
-        ("decision", f"rules {', '.join(config.decision.rules)}; metric {config.decision.metric}; "
+        ("stackers", ", ".join(as_plugin_spec(spec).name for spec in config.stack.stackers)),
+        ("decision", f"rules {', '.join(as_plugin_spec(spec).name for spec in config.decision.rules)}; metric {config.decision.metric}; "
                      f"{config.decision.min_labels}..{config.decision.max_labels} labels per image"),
     ], columns=["setting", "value"])
     return (html_table(facts) + f"<details><summary>full {source}</summary><pre>{html.escape(text)}</pre>"
@@ -340,7 +340,7 @@ def summary_section(inputs: _Inputs) -> str:
     member, where the submission is and what the run cost; warnings when it does not work."""
     from fashion_stack.reports.summary import headline_lines
     run, metric = inputs.run, inputs.ctx.config.decision.metric
-    lines = headline_lines(run, metric)
+    lines = headline_lines(run, metric, {m.name for m in inputs.ctx.config.members})
     if not lines:
         raise NotRun("decision/rule.json and members/*/scores.json are missing (made by --stages members,decide)")
     submission = run.submission
@@ -353,7 +353,7 @@ def summary_section(inputs: _Inputs) -> str:
         peak = max((t.get("peak_memory_mb") or 0 for t in times.values()), default=0)
         lines.append(f"Run time: {total / 60:.1f} min over {len([n for n in times if n != 'report'])} stage(s) "
                      f"(each stage's latest run), peak memory {peak / 1024:.1f} GB (stage_times.json)")
-    warnings = floor_check(run, metric)
+    warnings = floor_check(run, metric, among={m.name for m in inputs.ctx.config.members})
     items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
     alerts = "".join(f'<p class="warn">{html.escape(line)}</p>' for line in warnings)
     return f'<div class="box"><ul>{items}</ul></div>{alerts}'
@@ -397,3 +397,11 @@ def _page(ctx: StageContext, parts: list) -> str:
             f"<p class='meta'>Run directory <code>{html.escape(ctx.run.root.name)}</code>. "
             f"Static page, no external resources; plots are the PNG files beside it.</p>"
             f"<nav>{nav}</nav>{''.join(parts)}</body></html>\n")
+
+
+def _input_text(input_size) -> str:
+    """"224" for a square input, "320x224" (height x width) otherwise, "native" for the backbone's."""
+    if input_size is None:
+        return "native"
+    height, width = input_size
+    return str(width) if height == width else f"{height}x{width}"

@@ -40,7 +40,7 @@ def true_labels(manifest: pd.DataFrame, image_ids, label_space: LabelSpace, pool
 # ---- the run's headline figures, one definition each, shared by the last screen, compare, ablate
 # and the report ---------------------------------------------------------------------------------
 
-def floor_check(run: RunDir, metric: str = "micro") -> list:
+def floor_check(run: RunDir, metric: str = "micro", among=None) -> list:
     """Warnings (one line each) when the run does not beat the frequency floor
     (report/frequency_floor.json, written by compare): the honest headline (or, when the outer loop
     did not run, the chosen candidate's nested-CV score), then each member that scores below it."""
@@ -55,7 +55,7 @@ def floor_check(run: RunDir, metric: str = "micro") -> list:
         warnings.append(f"WARNING: the {headline[1]} {metric}-F1 {headline[0]:.4f} does not clear the frequency "
                         f"floor {floor:.4f} (margin {headline[0] - floor:+.4f}): the ensemble does no better than "
                         "giving every image the most frequent labels")
-    for name, score in member_scores(run, metric).items():
+    for name, score in member_scores(run, metric, among).items():
         if score <= floor:
             warnings.append(f"WARNING: member {name} scores {metric}-F1 {score:.4f} even at its best threshold, "
                             f"below the frequency floor {floor:.4f} (margin {score - floor:+.4f}); it has not "

@@ -50,7 +50,7 @@ def final_screen(ctx, summaries: dict) -> str:
     if summaries and all(summary.get("up_to_date") for summary in summaries.values()):
         lines.append("Nothing to do: every stage asked for was already up to date.")
     lines.append("")
-    lines += headline_lines(run, ctx.config.decision.metric)
+    lines += headline_lines(run, ctx.config.decision.metric, {m.name for m in ctx.config.members})
     submit = summaries.get("submit", {})
     if "test_micro_f1" in submit:
         lines.append(f"Submission scored on the hidden test labels: micro-F1 {submit['test_micro_f1']:.4f}, "
@@ -58,15 +58,16 @@ def final_screen(ctx, summaries: dict) -> str:
     for label, path in (("Submission", run.submission), ("Report", run.report_dir / "index.html")):
         if path.exists():
             lines.append(f"{label}: {path.resolve()}")
-    warnings = floor_check(run, ctx.config.decision.metric)
+    warnings = floor_check(run, ctx.config.decision.metric, among={m.name for m in ctx.config.members})
     if warnings:
         lines += [""] + warnings
     return "\n".join(lines)
 
 
-def headline_lines(run, metric: str = "micro") -> list:
-    """The chosen pair, the honest headline, the frequency floor and the margin, the best member:
-    the same lines on the last screen and in the report's summary box."""
+def headline_lines(run, metric: str = "micro", members=None) -> list:
+    """The chosen pair, the honest headline, the frequency floor and the margin, the best member
+    (among `members`, the run config's, when given): the same lines on the last screen and in the
+    report's summary box."""
     lines = []
     rule_path, scores_path = run.decision_dir / "rule.json", run.decision_dir / "scores.csv"
     if rule_path.exists():
@@ -93,7 +94,7 @@ def headline_lines(run, metric: str = "micro") -> list:
     elif floor_path.exists():
         lines.append(f"Frequency floor (the most frequent labels for every image, out of fold): {metric}-F1 "
                      f"{json.loads(floor_path.read_text())['oof']:.4f}")
-    best = best_member(run, metric)
+    best = best_member(run, metric, among=members)  # the config's members, not folders an earlier config left
     if best is not None:
         lines.append(f"Best member: {best[0]}, pooled OOF {metric}-F1@best {best[1]:.4f} (threshold tuned on the "
                      "scored rows; the same figure in compare, ablate and the report)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from fashion_stack.core.context import StageContext
+from fashion_stack.core.metrics import MAX_LABELS
 from fashion_stack.core.rundir import derived_stage
 from fashion_stack.datasets.images import USABLE_STATUSES as USABLE
 from fashion_stack.datasets.manifest import label_frequencies, labelled_usable, read_manifest
@@ -55,7 +56,7 @@ def run_submit(ctx: StageContext) -> dict:
     return summary
 
 
-def fallback_labels(manifest, label_space, min_labels: int = 1, max_labels: int = 23) -> list:
+def fallback_labels(manifest, label_space, min_labels: int = 1, max_labels: int = MAX_LABELS) -> list:
     """The most frequent training labels, as many as the median training cardinality (rounded
     down): the best constant guess for an image we cannot see."""
     labelled = labelled_usable(manifest)

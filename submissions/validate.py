@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from fashion_stack.core.metrics import MAX_LABELS
+
 HEADER = ["image_id", "label_id"]
 EXAMPLES_SHOWN = 20
 # A row is an image_id and at most a few dozen label ids; a longer line is not a submission row
@@ -23,7 +25,7 @@ MAX_LINE_BYTES = 64 * 1024
 
 
 def validate_submission(path: str | Path, test_ids: Sequence, label_ids: Optional[Iterable] = None,
-                        min_labels: int = 1, max_labels: int = 23) -> list:
+                        min_labels: int = 1, max_labels: int = MAX_LABELS) -> list:
     """Every problem of the submission at `path` as a message; an empty list means valid.
 
     `test_ids`: the test set's imageIds (any order); `label_ids`: the label map's ids, or None
@@ -266,7 +268,7 @@ def _parse_args(argv, prog=None):
     parser.add_argument("--label-map", type=Path, help="label map CSV (labelId,labelName,...); default: the run's, "
                         "else the shipped 228-label map")
     parser.add_argument("--min-labels", type=int, default=1)
-    parser.add_argument("--max-labels", type=int, default=23)
+    parser.add_argument("--max-labels", type=int, default=MAX_LABELS)
     parser.add_argument("--limit", type=int, default=200, help="problems printed at most (0: all)")
     return parser.parse_args(argv)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from fashion_stack.core import atomic
+from fashion_stack.core.metrics import MAX_LABELS
 from fashion_stack.submissions.validate import HEADER, validate_submission
 
 
@@ -16,7 +17,7 @@ class SubmissionError(ValueError):
 
 
 def write_submission(path: str | Path, test_ids_in_order: Sequence, label_sets: Mapping,
-                     label_space=None, min_labels: int = 1, max_labels: int = 23) -> Path:
+                     label_space=None, min_labels: int = 1, max_labels: int = MAX_LABELS) -> Path:
     """Write and validate the submission; raise SubmissionError (and leave `path` untouched)
     listing every problem otherwise.
 

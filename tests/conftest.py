@@ -30,3 +30,16 @@ def imat_dir() -> Path:
 @pytest.fixture
 def ccp_dir() -> Path:
     return shared_path("data", "ccp")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A `-m` given on the command line replaces pytest.ini's `-m "not slow"`; an expression that
+    does not mention slow (`-m "not integration"`, the fast inner loop) keeps slow tests out as
+    the default does. Ask for them by name: `-m "slow or integration"`, `-m "not integration or slow"`."""
+    expression = config.getoption("markexpr") or ""
+    if not expression or "slow" in expression:
+        return
+    kept = [item for item in items if item.get_closest_marker("slow") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("slow")])
+        items[:] = kept

@@ -62,7 +62,7 @@ def make_run(root: Path, n_train: int = 24, n_validation: int = 12, n_test: int 
 
 
 def tiny_member(name: str = "tiny", **overrides) -> MemberConfig:
-    settings = dict(name=name, backbone="tiny_cnn", image_size=16, weights=None, batch_size=8,
+    settings = dict(name=name, backbone="tiny_cnn", input_size=16, weights=None, batch_size=8,
                     head_epochs=1, finetune_epochs=1, learning_rate=3e-3, augment=False)
     settings.update(overrides)
     return MemberConfig(**settings)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fashion_stack.core.config import MemberConfig, PipelineConfig, XGBoostConfig
+from fashion_stack.core.config import MemberConfig, PipelineConfig, plugin
 from fashion_stack.core.context import StageContext
 from fashion_stack.core import predictions
 from fashion_stack.core.predictions import make_table
@@ -65,8 +65,8 @@ def make_run(root: Path, n_pool: int = 120, n_test: int = 30, k: int = 3, stacke
         mark_done(member_dir / "fold0", "member-config", folds_hash)  # as the members stage marks its units
         mark_done(member_dir, "member-config", folds_hash, artifacts=["oof.parquet", "test.parquet"])  # and the member
     config = PipelineConfig(members=[MemberConfig(name=name) for name in members])
-    config.stack.stackers = list(stackers)
-    config.stack.xgboost = XGBoostConfig(n_estimators=20, min_positives=5, n_jobs=1)
+    quick = {"xgboost": {"n_estimators": 20, "min_positives": 5, "n_jobs": 1}}
+    config.stack.stackers = [plugin(name, **quick.get(name, {})) for name in stackers]
     return StageContext(config=config, run=run, data_dir=data_dir)
 
 

@@ -1,8 +1,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from fashion_stack.core.config import PROJECT_ROOT
 from fashion_stack import pipeline as run_pipeline
+
+pytestmark = pytest.mark.integration  # runs the pipeline as a user does, in subprocesses
 
 
 def cli(*args):

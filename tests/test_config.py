@@ -1,7 +1,7 @@
 import pytest
 
 from fashion_stack.core.config import ConfigError, PipelineConfig, load_config, parse_override, DEFAULT_CONFIG
-from fashion_stack.core.config import PROJECT_ROOT
+from fashion_stack.core.config import PROJECT_ROOT, shipped_configs
 
 
 def write(tmp_path, text):
@@ -39,10 +39,18 @@ def test_cross_field_checks(tmp_path):
         load_config(write(tmp_path, "members:\n  - name: a\n  - name: a\n"))
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "ccp.yaml", "imaterialist2018.yaml"])
+@pytest.mark.parametrize("name", shipped_configs())
 def test_shipped_configs_load(name):
-    config = load_config(PROJECT_ROOT / "configs" / name)
+    # every config in configs/ (found, not listed by hand), checked as the CLI checks it: with the
+    # plug-in registries, so a stacker, rule, loss or pooling setting out of its bounds fails here
+    from fashion_stack.pipeline import registered_choices
+    config = load_config(PROJECT_ROOT / "configs" / f"{name}.yaml", choices=registered_choices())
     assert config.members, "every shipped config trains at least one member"
+    assert config.stack.stackers and config.decision.rules
+
+
+def test_there_are_shipped_configs_to_check():
+    assert {"demo", "ccp", "imaterialist2018", "kaggle"} <= set(shipped_configs())
 
 
 def test_default_is_demo():

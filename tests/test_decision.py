@@ -21,6 +21,7 @@ from fashion_stack.datasets.manifest import make_manifest
 from fashion_stack.ensemble import decision
 from fashion_stack.ensemble.decide_stage import run_decide
 from fashion_stack.ensemble.decision import RULES, make_rule, nested_cv_predict
+from plugin_harness import RULE_ROWS
 from fashion_stack.ensemble.label_sets import (enforce_cardinality, expected_f1_of_top_k, per_label_threshold_search,
                                  threshold_grid)
 
@@ -34,8 +35,10 @@ def _problem(seed: int, n_images: int = 120, n_labels: int = 12, rate: float = 0
     return probs.astype(np.float32), y_true
 
 
-def _rule_kwargs(name: str, n_labels: int = 12) -> dict:
-    return {"groups": GROUPS_12[:n_labels]} if name == "group" else {}
+def _rule_kwargs(name: str, n_labels: int = 12, groups=GROUPS_12) -> dict:
+    """The harness row's settings, and the label groups for a rule that takes them."""
+    takes_groups = "groups" in RULES[name]().get_params()
+    return {**RULE_ROWS[name], **({"groups": groups[:n_labels]} if takes_groups else {})}
 
 
 # ---------------------------------------------------------------- expected F1: brute force
@@ -230,13 +233,13 @@ ADVERSARIAL = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(RULES))
+@pytest.mark.parametrize("name", RULE_ROWS)
 @pytest.mark.parametrize("limits", [(1, 23), (3, 5), (2, 2)])
 def test_every_rule_keeps_min_to_max_labels(name, limits):
     min_labels, max_labels = limits
     n_labels = 30
     groups = np.array(["category"] * 10 + ["gender"] * 3 + ["color"] * 17, dtype=object)
-    kwargs = {"groups": groups} if name == "group" else {}
+    kwargs = _rule_kwargs(name, n_labels, groups)
     train_probs, train_true = _problem(6, n_images=80, n_labels=n_labels)
     for what, make in ADVERSARIAL.items():
         probs = make((40, n_labels))
@@ -248,7 +251,7 @@ def test_every_rule_keeps_min_to_max_labels(name, limits):
 
 def test_more_min_labels_than_labels_keeps_every_label():
     probs, y_true = _problem(7, n_labels=5)
-    for name in RULES:
+    for name in RULE_ROWS:
         rule = make_rule(name, min_labels=8, max_labels=10, **_rule_kwargs(name, 5)).fit(probs, y_true)
         assert rule.predict(probs).all()
 
@@ -296,7 +299,7 @@ def test_group_rule_rejects_groups_of_the_wrong_length():
 
 # ---------------------------------------------------------------- estimator contract
 
-@pytest.mark.parametrize("name", sorted(RULES))
+@pytest.mark.parametrize("name", RULE_ROWS)
 def test_scikit_learn_contract(name):
     rule = make_rule(name, min_labels=2, max_labels=5, **_rule_kwargs(name))
     cls_name = type(rule).__name__
@@ -335,7 +338,6 @@ def test_bad_inputs_get_clear_errors():
 
 # ---------------------------------------------------------------- nested CV
 
-@decision.register_rule("_spy")
 class _SpyRule(decision.GlobalThreshold):
     """Records which rows (by the row id hidden in column 0) each fit saw and each predict got."""
     log: list = []
@@ -349,15 +351,13 @@ class _SpyRule(decision.GlobalThreshold):
         return super()._predict(probs)
 
 
-def test_nested_cv_never_fits_on_the_fold_it_predicts():
+def test_nested_cv_never_fits_on_the_fold_it_predicts(monkeypatch):
+    monkeypatch.setitem(RULES, "_spy", _SpyRule)  # registered for this test only
     probs, y_true = _problem(12, n_images=90)
     probs[:, 0] = np.arange(90) / 1000  # row ids survive the float32 round trip at this scale
     folds = np.arange(90) % 3
     _SpyRule.log.clear()
-    try:
-        predicted = nested_cv_predict("_spy", probs, y_true, folds)
-    finally:
-        del RULES["_spy"]
+    predicted = nested_cv_predict("_spy", probs, y_true, folds)
     assert len(_SpyRule.log) == 3
     for seen, asked in _SpyRule.log:
         assert not seen & asked
@@ -439,6 +439,13 @@ def test_run_decide_on_a_tiny_run(tmp_path):
     assert honest == atomic.read_json(out / "selection.json") and honest["n_candidates"] == len(scores)
     assert [c["fold"] for c in honest["per_fold"]] == [0, 1, 2]
     assert 0 < honest["micro_f1"] <= 1 and summary["honest_micro_f1"] == honest["micro_f1"]
+    # beside vs_mean.csv: the honest headline against the best member's best nested score
+    versus = pd.read_csv(out / "vs_best_member.csv").iloc[0]
+    member_rows = scores[scores["kind"] == "member"]
+    assert versus["best_member_nested"] == pytest.approx(member_rows["micro_f1"].max())
+    assert versus["headline"] == pytest.approx(honest["micro_f1"])
+    assert versus["delta_micro_f1"] == pytest.approx(honest["micro_f1"] - member_rows["micro_f1"].max())
+    assert honest["vs_best_member"]["best_member"] == versus["best_member"] == "m1"
     # a rerun skips; a redo recomputes: new files and a new DONE record, not only a DONE.json
     stamps = {name: (out / name).stat().st_mtime_ns for name in ("scores.csv", "rule.json", "selection.json")}
     finished = atomic.read_json(out / "DONE.json")["finished_at"]

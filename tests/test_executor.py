@@ -47,6 +47,7 @@ def test_the_local_executor_runs_units_in_order_and_logs_them(tmp_path):
     assert list(units["unit"]) == ["unit0", "unit1", "unit2"] and set(units["status"]) == {"done"}
 
 
+@pytest.mark.integration
 def test_ray_runs_the_same_units_and_says_where(tmp_path, local_cluster):
     results = RayExecutor(tmp_path).map(_tasks(tmp_path))
     assert results == [0, 1, 2]
@@ -58,6 +59,7 @@ def test_ray_runs_the_same_units_and_says_where(tmp_path, local_cluster):
     assert all(int(p.read_text()) != os.getpid() for p in tmp_path.glob("*.done"))
 
 
+@pytest.mark.integration
 def test_a_unit_that_fails_all_its_retries_stops_the_run_and_the_others_stay_done(tmp_path, local_cluster):
     from executor_callbacks import unit_whose_worker_always_dies
     tasks = _tasks(tmp_path)
@@ -83,6 +85,7 @@ def _members_run(root: Path, executor=None, callbacks=()):
     return ctx
 
 
+@pytest.mark.integration
 def test_ray_members_equal_the_local_run_and_a_killed_worker_resumes_its_unit(tmp_path, local_cluster):
     from executor_callbacks import KillWorkerOnce, StepCounter
     local = _members_run(tmp_path / "local")

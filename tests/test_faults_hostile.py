@@ -266,3 +266,16 @@ def test_validator_names_what_a_csv_reader_would_misread(tmp_path, data, problem
     path.write_bytes(data)
     problems = validate_submission(path, ["1", "2"], ["1", "2"])  # was: "valid" / a _csv.Error traceback / "1"
     assert any(re.search(problem, p) for p in problems), problems
+
+
+def test_disk_image_cache_is_named_by_what_its_rows_hold(tmp_path):
+    """Issue 24 item 9, the decoded-pixel cache: named by its rows' content hashes (the manifest's
+    sha256), a moved data directory finds its rows again, and an image replaced in place never
+    reads the old picture's pixels (the name once hashed the paths only)."""
+    from fashion_stack.models.image_cache import image_cache
+
+    def cache(folder, contents):
+        paths = [f"{folder}/1.jpg", f"{folder}/2.jpg"]
+        return image_cache("disk", tmp_path / "cache", paths, 8, "stretch", 0, contents=contents).file
+    assert cache("/data", ["aa", "bb"]) == cache("/moved/data", ["aa", "bb"])
+    assert cache("/data", ["aa", "bb"]) != cache("/data", ["aa", "cc"])

@@ -17,7 +17,7 @@ from fashion_stack.core.config import DemoConfig  # noqa: E402
 from fashion_stack.datasets.demo import generate_demo  # noqa: E402
 
 STAGES = "prepare,folds,members"
-MEMBER = ("members=[{name: cnn, backbone: tiny_cnn, image_size: 32, weights: null, head_epochs: 0, "
+MEMBER = ("members=[{name: cnn, backbone: tiny_cnn, input_size: 32, weights: null, head_epochs: 0, "
           "finetune_epochs: 1, batch_size: 16}]")
 SETTINGS = ["folds.k=2", MEMBER]
 
@@ -105,7 +105,9 @@ def test_moved_run_directory_names_its_new_place(finished, tmp_path, capsys):
     data_dir, original = finished
     moved = tmp_path / "moved_run"
     shutil.copytree(original, moved)
+    before = lineage_of(moved)
     assert run(data_dir, moved) == 0
+    assert lineage_of(moved) == before  # nothing retrained for the move
     screen = capsys.readouterr().out
     assert str(original) not in screen  # was: skipped_images=<old place>/skipped_images.csv
     assert str(moved.resolve()) in screen
@@ -113,7 +115,7 @@ def test_moved_run_directory_names_its_new_place(finished, tmp_path, capsys):
     assert not manifest["path"].str.startswith(str(original)).any()
 
 
-def test_renamed_member_is_what_compare_follows(finished, tmp_path):
+def test_renamed_member_is_what_compare_follows(finished, tmp_path, capsys):
     data_dir, original = finished
     run_dir = tmp_path / "run"
     shutil.copytree(original, run_dir)
@@ -121,6 +123,9 @@ def test_renamed_member_is_what_compare_follows(finished, tmp_path):
     assert run(data_dir, run_dir, renamed, stages="members,compare") == 0
     table = pd.read_csv(run_dir / "report" / "fold_scores.csv")
     assert set(table["member"]) == {"renamed"}  # was: the old member read from members/cnn on disk
+    assert (run_dir / "members" / "cnn").is_dir()  # the old folder is left alone, just not read
+    screen = capsys.readouterr().out
+    assert "Best member: renamed," in screen and "member cnn" not in screen
 
 
 def test_leftover_temporary_files_are_removed_and_listed_at_the_next_start(finished, tmp_path, caplog):

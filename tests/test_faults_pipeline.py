@@ -23,7 +23,7 @@ from fashion_stack.datasets.demo import generate_demo  # noqa: E402
 
 STAGES = "prepare,folds,members,stack,decide,submit"
 SETTINGS = ["folds.k=2", "stack.stackers=[mean, weighted]", "decision.rules=[global, topk]",
-            "members=[{name: cnn, backbone: tiny_cnn, image_size: 32, weights: null, head_epochs: 0, "
+            "members=[{name: cnn, backbone: tiny_cnn, input_size: 32, weights: null, head_epochs: 0, "
             "finetune_epochs: 1, batch_size: 16}]"]
 
 

@@ -140,6 +140,7 @@ def test_second_run_on_a_run_directory_stops_at_once_naming_the_holder(tmp_path,
         r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d; wait for it to finish or use another --run-dir", errors(err)[0])
 
 
+@pytest.mark.integration
 def test_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", (

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fashion_stack.core import atomic
+from fashion_stack.core.rundir import read_done
 from fashion_stack.features.stacker_inputs import (StackerInputError, join_members, label_features,
                                      select_context_labels)
 from fashion_stack.features.stage import run_features
@@ -107,12 +108,12 @@ def test_context_labels_are_the_most_correlated_other_labels():
         np.testing.assert_allclose(corr[label, context[label]], np.sort(corr[label])[::-1][:2], atol=1e-5)
 
 
-def test_run_features_validates_the_run_and_writes_summary(tmp_path):
+def test_run_features_validates_the_run_and_records_its_summary(tmp_path):
     ctx = make_run(tmp_path)
     summary = run_features(ctx)
-    assert summary == {"members": 2, "oof_rows": 120, "test_rows": 30, "features_per_label": 16}
-    written = atomic.read_json(tmp_path / "run" / "features" / "summary.json")
-    assert written["members"] == ["a", "b"] and written["folds_hash"] == ctx.run.folds_hash()
+    assert summary == {"members": 2, "member_names": ["a", "b"], "oof_rows": 120, "test_rows": 30}
+    assert read_done(ctx.run.root / "stages" / "features")["summary"] == summary
+    assert run_features(ctx)["up_to_date"]  # nothing changed: skipped
 
 
 def test_run_features_refuses_a_member_trained_on_other_folds(tmp_path):

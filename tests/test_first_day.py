@@ -93,10 +93,10 @@ def test_validate_help_names_the_command_typed(capsys):
 
 def test_set_one_member_by_name_or_position():
     config = load_config("imaterialist2018", [parse_override("members.densenet201.batch_size=16"),
-                                              parse_override("members.0.image_size=320")])
+                                              parse_override("members.0.input_size=320")])
     by_name = {m.name: m for m in config.members}
     assert by_name["densenet201"].batch_size == 16 and by_name["resnet50"].batch_size == 64  # the rest keep theirs
-    assert by_name["inception_v3"].image_size == 320 and by_name["inception_v3"].weights == "imagenet"
+    assert by_name["inception_v3"].input_size == (320, 320) and by_name["inception_v3"].weights == "imagenet"
 
 
 @pytest.mark.parametrize("override, message", [
@@ -117,13 +117,14 @@ def test_the_smoke_overlay_shrinks_any_config(config_name):
     assert [m.backbone for m in smoke.members] == [m.backbone for m in full.members]  # same members
     for member in smoke.members:
         assert member.weights is None and member.finetune_epochs + member.head_epochs == 1
-        assert member.image_size == 96 and member.batch_size == 16 and member.reader_workers == 2
-    assert smoke.download.workers <= 4 and smoke.stack.grid_cnn.epochs <= 5
+        assert member.input_size == (96, 96) and member.batch_size == 16 and member.reader_workers == 2
+    stackers = {spec.name: spec.params for spec in smoke.stack.stackers}
+    assert smoke.download.workers <= 4 and stackers["grid_cnn"]["epochs"] <= 5
 
 
 def test_a_set_after_the_overlay_wins_over_it():
-    config = load_config("imaterialist2018", [overlay_values("smoke"), parse_override("members.xception.image_size=128")])
-    assert {m.name: m.image_size for m in config.members} == {"inception_v3": 96, "resnet50": 96, "xception": 128,
+    config = load_config("imaterialist2018", [overlay_values("smoke"), parse_override("members.xception.input_size=128")])
+    assert {m.name: m.input_size[1] for m in config.members} == {"inception_v3": 96, "resnet50": 96, "xception": 128,
                                                               "densenet201": 96}
 
 
@@ -135,9 +136,9 @@ def test_an_unknown_overlay_lists_the_shipped_ones():
 def test_sizes_below_a_backbones_minimum_and_missing_weights_files_are_refused_at_load(tmp_path):
     from fashion_stack import pipeline
     choices = pipeline.registered_choices(["members"])
-    with pytest.raises(ConfigError, match=r"members\[0\] \(inception_v3\)\.image_size is 70; backbone inception_v3 "
+    with pytest.raises(ConfigError, match=r"members\[0\] \(inception_v3\)\.input_size is \[70, 70\]; backbone inception_v3 "
                                           r"takes at least 75"):
-        load_config("imaterialist2018", [parse_override("members.inception_v3.image_size=70")], choices=choices)
+        load_config("imaterialist2018", [parse_override("members.inception_v3.input_size=70")], choices=choices)
     missing = tmp_path / "absent.weights.h5"
     with pytest.raises(ConfigError, match=rf"members\[1\] \(resnet50\)\.weights: file {missing} not found"):
         load_config("imaterialist2018", [parse_override(f"members.resnet50.weights={missing}")], choices=choices)
@@ -257,8 +258,8 @@ def test_training_reports_steps_within_an_epoch(log_lines):
 # ---- determinism: the same config on the same machine, two fresh runs -------------------------
 
 DETERMINISM = ["demo.n_train=45", "demo.n_validation=15", "demo.n_test=12", "demo.image_size=48", "folds.k=3",
-               "members=[{name: cnn_a, backbone: tiny_cnn, image_size: 32, weights: null, head_epochs: 0, "
-               "finetune_epochs: 2}, {name: cnn_b, backbone: tiny_cnn, image_size: 40, weights: null, head_epochs: 0, "
+               "members=[{name: cnn_a, backbone: tiny_cnn, input_size: 32, weights: null, head_epochs: 0, "
+               "finetune_epochs: 2}, {name: cnn_b, backbone: tiny_cnn, input_size: 40, weights: null, head_epochs: 0, "
                "finetune_epochs: 2, pooling: max, seed: 1}]",
                "stack.stackers=[mean, linear, xgboost]", "decision.rules=[global, group, topk]",
                "ablation.bootstrap=50"]

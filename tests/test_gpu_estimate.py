@@ -8,13 +8,13 @@ from fashion_stack.core.config import load_config
 
 
 def _config(**member):
-    settings = {"name": "m", "backbone": "tiny_cnn", "image_size": 32, "weights": "imagenet",
+    settings = {"name": "m", "backbone": "tiny_cnn", "input_size": 32, "weights": "imagenet",
                 "head_epochs": 1, "finetune_epochs": 2, "tta_flip": True, **member}
     return load_config(None, [{"data": {"pool": "validation"}, "members": [settings]}])
 
 
 def test_estimate_counts_a_non_square_member_at_its_own_shape_and_multiplies_out_the_plan():
-    config = _config(image_height=48)
+    config = _config(input_size=[48, 32])
     counts = {"tiny_cnn@48x32": {"gflops": 2.0}}
     (row,) = gpu_estimate.estimate(config, counts, utilisation=0.5)
     assert row["size"] == "48x32"

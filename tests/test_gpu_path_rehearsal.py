@@ -20,8 +20,8 @@ pytest.importorskip("jax")
 
 TESTS = Path(__file__).resolve().parent
 TINY = ["demo.n_train=45", "demo.n_validation=15", "demo.n_test=12", "demo.image_size=48", "folds.k=3",
-        "members=[{name: cnn_a, backbone: tiny_cnn, image_size: 32, weights: null, head_epochs: 0, "
-        "finetune_epochs: 3}, {name: cnn_b, backbone: tiny_cnn, image_size: 40, weights: null, head_epochs: 0, "
+        "members=[{name: cnn_a, backbone: tiny_cnn, input_size: 32, weights: null, head_epochs: 0, "
+        "finetune_epochs: 3}, {name: cnn_b, backbone: tiny_cnn, input_size: 40, weights: null, head_epochs: 0, "
         "finetune_epochs: 3, pooling: max, seed: 1}]",
         "stack.stackers=[mean, grid_cnn]", "stack.grid_cnn.epochs=4", "decision.rules=[global, topk]",
         "ablation.bootstrap=50"]
@@ -70,7 +70,7 @@ from fashion_stack.models.stage import run_members
 from models_synthetic import N_LABELS, make_run, tiny_member
 
 ctx = make_run(Path(sys.argv[1]), n_train=60, n_validation=0, n_test=4, k=2, pool="train")
-ctx.config.members = [tiny_member("bf16", image_size=16, head_epochs=0, finetune_epochs=9, learning_rate=3e-3,
+ctx.config.members = [tiny_member("bf16", input_size=16, head_epochs=0, finetune_epochs=9, learning_rate=3e-3,
                                   batch_size=16, mixed_precision="bfloat16")]
 run_members(ctx)
 folds = read_folds(ctx.run.folds)

@@ -19,7 +19,7 @@ from models_synthetic import N_LABELS, make_run, tiny_member  # noqa: E402
 
 MARGIN = 0.1  # micro-F1 above the floor that a member which learnt the patches clears easily
 LABEL_IDS = [str(j + 1) for j in range(N_LABELS)]
-LEARNER = dict(image_size=16, head_epochs=0, finetune_epochs=9, learning_rate=3e-3, batch_size=16)
+LEARNER = dict(input_size=16, head_epochs=0, finetune_epochs=9, learning_rate=3e-3, batch_size=16)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,16 @@ MOBILENET_WEIGHTS = ("weights", "mobilenet_v2_1.0_224_imagenet_notop.weights.h5"
 
 def test_registry_holds_the_lead_backbones_and_small_cpu_members():
     assert {"inception_v3", "resnet50", "xception", "densenet201", "mobilenet_v2", "tiny_cnn"} <= set(backbone_names())
+    for name in backbone_names():  # each entry is usable as registered: its own name, sizes that fit
+        spec = backbone_spec(name)
+        assert spec.name == name and 16 <= spec.min_size <= spec.native_size and callable(spec.builder)
+
+
+def test_a_backbone_registered_twice_is_refused():
+    from fashion_stack.models.backbones import register_backbone
+    with pytest.raises(BackboneError, match=r"backbone 'tiny_cnn' is registered twice"):
+        register_backbone("tiny_cnn", 32, 16, "tf", "none")(lambda shape, weights: None)
+    assert backbone_spec("tiny_cnn").top_blocks_after != "none"  # the first registration stands
 
 
 def test_unknown_backbone_error_lists_the_valid_names():
@@ -27,7 +37,7 @@ def test_unknown_backbone_error_lists_the_valid_names():
 
 def test_size_below_minimum_is_an_error_and_none_means_native():
     assert resolve_size("inception_v3", None) == 299
-    with pytest.raises(BackboneError, match="image_size >= 75"):
+    with pytest.raises(BackboneError, match="input_size >= 75"):
         resolve_size("inception_v3", 64)
 
 
@@ -52,7 +62,7 @@ def test_preprocess_styles_differ_so_a_wrong_pairing_would_show():
 
 def _check_builds(backbone: str):
     size = backbone_spec(backbone).min_size
-    model = build_member_model(tiny_member(backbone=backbone, image_size=size, augment=True), n_labels=5)
+    model = build_member_model(tiny_member(backbone=backbone, input_size=size, augment=True), n_labels=5)
     images = np.random.default_rng(1).uniform(0, 255, size=(2, size, size, 3)).astype(np.float32)
     probs = np.asarray(model.predict_on_batch(images))
     assert probs.shape == (2, 5) and np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()
@@ -137,7 +147,7 @@ def test_efficientnetv2_b0_loads_a_local_weights_file_at_any_size(tmp_path):
 
 def _check_save_load(backbone: str, tmp_path):
     size = backbone_spec(backbone).min_size
-    model = build_member_model(tiny_member(backbone=backbone, image_size=size, hidden_units=8), n_labels=5)
+    model = build_member_model(tiny_member(backbone=backbone, input_size=size, hidden_units=8), n_labels=5)
     images = np.random.default_rng(2).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
     save_model(model, tmp_path / "model.keras")
     loaded = load_model(tmp_path / "model.keras")
@@ -174,7 +184,7 @@ def test_mobilenet_v1_loads_its_local_weights_at_a_portrait_size_and_keeps_batch
         create_backbone("mobilenet", 32, str(shared_path(*MOBILENET_WEIGHTS)))
     # fine-tuning the whole pretrained trunk: BatchNorm layers stay frozen, and a training call of
     # the member model leaves their (folded) statistics as they were
-    member = tiny_member(backbone="mobilenet", image_size=32, weights=str(path), dropout=0.0)
+    member = tiny_member(backbone="mobilenet", input_size=32, weights=str(path), dropout=0.0)
     model = build_member_model(member, 4)
     set_trainable(model, "mobilenet", "all", pretrained=True)
     trunk = trunk_of(model)

@@ -6,6 +6,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from fashion_stack.core.config import plugin  # noqa: E402
 from fashion_stack.models.heads import build_head_model, build_member_model, set_trainable, trunk_of  # noqa: E402
 from fashion_stack.models.losses import AsymmetricLoss, get_loss, member_loss  # noqa: E402
 from fashion_stack.models.trainer import load_model, save_model  # noqa: E402
@@ -42,7 +43,7 @@ def test_focal_loss_down_weights_easy_examples_relative_to_cross_entropy():
 
 def test_a_members_loss_settings_reach_the_loss_it_trains_with():
     probs, truth = _probs_and_truth(2)
-    member = tiny_member(loss="asymmetric", asl_gamma_pos=0.5, asl_gamma_neg=2.0, asl_clip=0.1)
+    member = tiny_member(loss=plugin("asymmetric", gamma_pos=0.5, gamma_neg=2.0, clip=0.1))
     shifted = np.maximum(probs - 0.1, 0)
     reference = -(truth * (1 - probs) ** 0.5 * np.log(probs)
                   + (1 - truth) * shifted ** 2 * np.log(1 - shifted)).mean()
@@ -51,7 +52,7 @@ def test_a_members_loss_settings_reach_the_loss_it_trains_with():
     p_t = np.where(truth == 1, probs, 1 - probs)
     for gamma in (0.0, 1.0, 3.0):
         focal = -((1 - p_t) ** gamma * np.log(p_t)).mean()
-        assert float(member_loss(tiny_member(loss="focal", focal_gamma=gamma))(truth, probs)) == pytest.approx(
+        assert float(member_loss(tiny_member(loss=plugin("focal", gamma=gamma)))(truth, probs)) == pytest.approx(
             focal, rel=1e-4)
 
 

@@ -364,6 +364,7 @@ if __name__ == "__main__":  # the decode workers are spawned: the script must no
 """
 
 
+@pytest.mark.integration
 def test_on_jax_the_process_reader_feeds_a_jitted_augmented_step_without_importing_tensorflow(photos, tmp_path):
     pytest.importorskip("jax")
     script = tmp_path / "jax_member.py"

@@ -74,7 +74,7 @@ def test_speed_settings_do_not_make_finished_folds_stale():
 
 
 def test_a_saved_model_carries_its_input_spec_and_prediction_uses_it(tmp_path):
-    member = tiny_member(resize="crop", image_size=20)
+    member = tiny_member(resize="crop", input_size=20)
     model = build_member_model(member, 3)
     path = tmp_path / "model.keras"
     trainer.save_model(model, path)
@@ -172,6 +172,7 @@ def _summary(done) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.integration
 def test_kill_minus_9_mid_epoch_loses_only_the_steps_since_the_last_checkpoint(tmp_path):
     member = ["--member", "head_epochs=0", "--member", "finetune_epochs=3", "--member", "batch_size=4",
               "--member", "checkpoint_steps=3", "--member", "augment=true"]
@@ -189,12 +190,11 @@ def test_kill_minus_9_mid_epoch_loses_only_the_steps_since_the_last_checkpoint(t
     assert len(steps) == 15 and steps[["epoch", "step"]].duplicated().sum() == 0
     assert np.isfinite(steps["loss"]).all()
 
-    straight = _worker(tmp_path / "straight", *member)
+    _worker(tmp_path / "straight", *member)
     np.testing.assert_allclose(
         predictions.read(fold0 / "oof.parquet").to_numpy(),
         predictions.read(tmp_path / "straight" / "run" / "members" / "tiny" / "fold0" / "oof.parquet").to_numpy(),
         atol=1e-6)
-    _ = straight
 
 
 # ---- data parallel on logical devices ------------------------------------------------------
@@ -207,6 +207,7 @@ def _partition_and_probs(root: Path):
     return {k: sorted(d["predicted_ids"]) for k, d in folds.items()}, oof
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_a_fold_trains_and_predicts_on_two_logical_devices_with_the_same_partition(tmp_path, backend):
     if backend == "jax" and importlib.util.find_spec("jax") is None:

@@ -10,13 +10,15 @@ from fashion_stack.core.config import ConfigError, MemberConfig, load_config
 from fashion_stack.models import trainer
 from fashion_stack.models.backbones import input_spec_of
 from fashion_stack.models.embeddings import pool_cached_maps
+from fashion_stack.models.heads import POOLINGS as POOLING_REGISTRY
 from fashion_stack.models.heads import BandPooling, ClassResidualAttention, build_embedding_model, build_head_model, build_member_model
 
 POOLINGS = ("avg", "max", "bands", "csra")
+assert set(POOLINGS) == set(POOLING_REGISTRY)  # a new pooling gets its expected shapes below
 
 
 def member(pooling: str = "avg", **overrides) -> MemberConfig:
-    settings = dict(name="m", backbone="tiny_cnn", image_size=32, image_height=48, weights=None, pooling=pooling,
+    settings = dict(name="m", backbone="tiny_cnn", input_size=(48, 32), weights=None, pooling=pooling,
                     augment=False, batch_size=32, frozen_epochs=30, learning_rate=1e-2, dropout=0.0)
     settings.update(overrides)
     return MemberConfig(**settings)
@@ -63,7 +65,7 @@ def test_band_pooling_is_the_mean_of_each_horizontal_band():
     bands = [(0, 2), (2, 5), (5, 7)]  # round(k * 7 / 3)
     expected = np.concatenate([maps[:, a:b].mean(axis=(1, 2)) for a, b in bands], axis=-1)
     np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="pooling_bands"):
+    with pytest.raises(ValueError, match="lower its pooling's bands setting"):
         BandPooling(4)(maps[:, :3])
 
 
@@ -204,13 +206,13 @@ def test_selection_resumed_after_a_kill_equals_an_uninterrupted_run(tmp_path):
 
 def test_config_takes_the_new_member_fields_and_refuses_bad_ones(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("members:\n  - name: a\n    pooling: csra\n    image_height: 320\n    image_size: 224\n"
+    path.write_text("members:\n  - name: a\n    pooling: csra\n    input_size: [320, 224]\n"
                     "    epoch_selection: inner_split\n")
     loaded = load_config(path).members[0]
-    assert (loaded.pooling, loaded.image_height, loaded.epoch_selection) == ("csra", 320, "inner_split")
+    assert (loaded.pooling.name, loaded.input_size, loaded.epoch_selection) == ("csra", (320, 224), "inner_split")
     path.write_text("members:\n  - name: a\n    pooling: attention\n")
-    with pytest.raises(ConfigError, match="pooling"):
-        load_config(path)
+    with pytest.raises(ConfigError, match=r"members\[0\]\.pooling: the string 'attention' is not one of avg"):
+        load_config(path, choices={"members.pooling": POOLING_REGISTRY})
 
 
 # ---- through the members stage ----------------------------------------------------------------
@@ -227,7 +229,7 @@ def test_stage_member_with_a_map_head_non_square_input_and_epoch_selection(tmp_p
     from models_synthetic import make_run, tiny_member
 
     ctx = make_run(tmp_path, k=3)
-    ctx.config.members = [tiny_member("m", mode=mode, pooling="csra", image_size=16, image_height=32,
+    ctx.config.members = [tiny_member("m", mode=mode, pooling="csra", input_size=(32, 16),
                                       frozen_epochs=4, head_epochs=1, finetune_epochs=3,
                                       epoch_selection="inner_split", patience=1, inner_fraction=0.25)]
     run_members(ctx)

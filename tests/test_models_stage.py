@@ -220,7 +220,7 @@ def test_mobilenet_v2_member_with_the_local_weights_file_runs_in_both_modes(tmp_
     from conftest import shared_path
     weights = shared_path("weights", "mobilenet_v2_1.0_224_imagenet_notop.weights.h5")
     ctx = make_run(tmp_path, k=2)
-    ctx.config.members = [tiny_member("mnv2", backbone="mobilenet_v2", image_size=32, weights=str(weights),
+    ctx.config.members = [tiny_member("mnv2", backbone="mobilenet_v2", input_size=32, weights=str(weights),
                                       mode=mode, head_epochs=1, finetune_epochs=1, frozen_epochs=2)]
     summary = run_members(ctx)
     assert summary["members"]["mnv2"]["units_trained"] == 2

@@ -114,6 +114,7 @@ def _tree(folder: Path, pattern: str) -> set:
     return {str(path.relative_to(folder)) for path in folder.glob(pattern) if "__pycache__" not in path.parts}
 
 
+@pytest.mark.integration
 def test_the_wheel_puts_one_package_in_site_packages_holding_every_module_config_and_resource(installed):
     source, site = installed["source"], installed["site"]
     wheel_files = {path for path in _tree(site, "**/*") if not path.startswith(("bin/", "fashion_stack-"))
@@ -126,6 +127,7 @@ def test_the_wheel_puts_one_package_in_site_packages_holding_every_module_config
     assert expected == wheel_files
 
 
+@pytest.mark.integration
 def test_the_installed_package_sits_beside_hugging_face_datasets_and_a_users_own_models_folder(installed):
     probe = ("import datasets\n"
              "from datasets import Dataset\n"
@@ -143,6 +145,7 @@ def test_the_installed_package_sits_beside_hugging_face_datasets_and_a_users_own
     assert "mobilenet_v2" in lines[4].split(",")
 
 
+@pytest.mark.integration
 def test_the_installed_command_and_python_m_work_from_a_folder_with_its_own_models(installed):
     script = installed["bin"] / "fashion-stack"
     if not script.exists():  # pip --target puts scripts under the target's bin/
@@ -157,6 +160,7 @@ def test_the_installed_command_and_python_m_work_from_a_folder_with_its_own_mode
     assert f"kaggle               {installed['site'] / 'fashion_stack' / 'configs' / 'kaggle.yaml'}" in listing
 
 
+@pytest.mark.integration
 def test_the_installed_copy_reads_its_own_configs_and_label_statistics_and_writes_under_the_cwd(installed):
     probe = ("from fashion_stack.core.config import load_config, config_path, cache_root, DemoConfig\n"
              "from fashion_stack.datasets.demo import demo_cache_dir, generate_demo\n"
@@ -173,6 +177,7 @@ def test_the_installed_copy_reads_its_own_configs_and_label_statistics_and_write
     assert len(list((demo / "images").glob("*.jpg"))) == 16  # drawn from the packaged label statistics
 
 
+@pytest.mark.integration
 def test_a_checkout_runs_run_pipeline_py_without_an_install():
     out = subprocess.run([sys.executable, "run_pipeline.py", "--help"], cwd=PROJECT_ROOT, capture_output=True,
                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})

@@ -11,6 +11,8 @@ from fashion_stack.core.config import PROJECT_ROOT
 from fashion_stack.datasets.demo import demo_cache_dir
 from fashion_stack.core.config import load_config, parse_override
 
+pytestmark = pytest.mark.integration  # runs the pipeline as a user does, in subprocesses
+
 pytest.importorskip("keras")
 
 TINY = ["demo.n_train=45", "demo.n_validation=15", "demo.n_test=12", "demo.image_size=48", "folds.k=2",
@@ -19,7 +21,7 @@ TINY = ["demo.n_train=45", "demo.n_validation=15", "demo.n_test=12", "demo.image
 
 
 def member(name, size, epochs=2, seed=0):
-    return (f"members=[{{name: {name}, backbone: tiny_cnn, image_size: {size}, weights: null, "
+    return (f"members=[{{name: {name}, backbone: tiny_cnn, input_size: {size}, weights: null, "
             f"head_epochs: 0, finetune_epochs: {epochs}, seed: {seed}}}]")
 
 
@@ -48,7 +50,7 @@ def test_demo_end_to_end_rerun_and_added_member(tmp_path, capsys):
     assert run_pipeline.main(args(run, one)) == 0
     assert "Nothing to do" in capsys.readouterr().out
 
-    two = one.replace("]", ", {name: cnn_b, backbone: tiny_cnn, image_size: 40, weights: null, "
+    two = one.replace("]", ", {name: cnn_b, backbone: tiny_cnn, input_size: 40, weights: null, "
                            "head_epochs: 0, finetune_epochs: 2, seed: 1}]")
     first_fold = json.loads((run / "members" / "cnn_a" / "fold0" / "DONE.json").read_text())
     assert run_pipeline.main(args(run, two)) == 0
@@ -56,6 +58,6 @@ def test_demo_end_to_end_rerun_and_added_member(tmp_path, capsys):
     assert json.loads((run / "members" / "cnn_a" / "fold0" / "DONE.json").read_text()) == first_fold
     assert (run / "members" / "cnn_b" / "oof.parquet").exists()
     assert "Nothing to do" not in screen
-    stack_members = json.loads((run / "features" / "summary.json").read_text())["members"]
+    stack_members = json.loads((run / "stages" / "features" / "DONE.json").read_text())["summary"]["member_names"]
     assert stack_members == ["cnn_a", "cnn_b"]
     assert "cnn_b" in (run / "report" / "ablation.csv").read_text()

@@ -41,17 +41,30 @@ def test_done_skip_stale_and_redo(tmp_path):
 
 
 def test_environment_record_has_versions():
+    import platform
+    import subprocess
+    from importlib import metadata
     record = environment_record()
-    assert "numpy" in record["packages"] and record["python"]
+    assert record["python"] == platform.python_version()
+    assert record["packages"]["numpy"] == metadata.version("numpy")
+    assert record["packages"]["pandas"] == metadata.version("pandas")
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert record["git_sha"] == (sha or None)
 
 
-def test_atomic_files_get_the_usual_mode(tmp_path):
-    old = os.umask(0o022)
+@pytest.mark.skipif(os.name != "posix", reason="file modes and umask are POSIX")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_files_get_the_usual_mode(tmp_path, umask):
+    # a temporary file is created 0o600; the atomic write must end with the mode a plain open()
+    # gives under the same umask, or other users and tools could not read the run's outputs
+    old = os.umask(umask)
     try:
-        atomic.write_text(tmp_path / "a.txt", "x")
+        atomic.write_text(tmp_path / "atomic.txt", "x")
+        (tmp_path / "plain.txt").write_text("x")
     finally:
         os.umask(old)
-    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~0o022 or os.name != "posix"
+    mode = lambda name: (tmp_path / name).stat().st_mode & 0o777  # noqa: E731
+    assert mode("atomic.txt") == mode("plain.txt") == 0o666 & ~umask
 
 
 def test_changed_inputs_recompute_without_asking(tmp_path):

@@ -17,10 +17,10 @@ from fashion_stack.ensemble.stackers import (STACKERS, MeanStacker, Stacker, Wei
 from fashion_stack.ensemble.stacking import second_level_oof
 from fashion_stack.ensemble.stage import run_stack
 from fashion_stack.features.stacker_inputs import StackerInputError, join_members, long_features
+from plugin_harness import STACKER_ROWS, rows
 from stacking_fixtures import GROUPS, LABEL_IDS, correlated_truth, make_run, member_tables, noisy_members
 
-FAST = {"mean": {}, "weighted": {}, "linear": {}, "xgboost": {"n_estimators": 30, "n_jobs": 1},
-        "xgboost_long": {"n_estimators": 30, "n_jobs": 1}, "grid_cnn": {"epochs": 3, "hidden_units": 32}}
+QUICK_XGB, QUICK_LONG, QUICK_GRID = STACKER_ROWS["xgboost"], STACKER_ROWS["xgboost_long"], STACKER_ROWS["grid_cnn"]
 CONTRACT_CHECKS = ["check_estimator_cloneable", "check_estimator_repr", "check_get_params_invariance",
                    "check_set_params", "check_no_attributes_set_in_init",
                    "check_parameters_default_constructible", "check_do_not_raise_errors_in_init_or_set_params"]
@@ -33,16 +33,16 @@ def data():
 
 
 @pytest.mark.parametrize("check", CONTRACT_CHECKS)
-@pytest.mark.parametrize("name", sorted(STACKERS))
-def test_scikit_learn_estimator_checks_that_apply(name, check):
+@pytest.mark.parametrize("name, quick", rows(STACKER_ROWS))
+def test_scikit_learn_estimator_checks_that_apply(name, quick, check):
     # The rest of scikit-learn's checks feed 2-D X; stackers take (images, members, labels).
-    getattr(estimator_checks, check)(name, make_stacker(name))
+    getattr(estimator_checks, check)(name, make_stacker(name, **quick))
 
 
-@pytest.mark.parametrize("name", sorted(STACKERS))
-def test_fit_returns_self_and_unfitted_predict_refuses(name, data):
+@pytest.mark.parametrize("name, quick", rows(STACKER_ROWS))
+def test_fit_returns_self_and_unfitted_predict_refuses(name, quick, data):
     probs, y = data
-    stacker = make_stacker(name, **FAST[name])
+    stacker = make_stacker(name, **quick)
     with pytest.raises(NotFittedError):
         stacker.predict_proba(probs)
     assert stacker.fit(probs, y) is stacker
@@ -54,10 +54,10 @@ def test_fit_returns_self_and_unfitted_predict_refuses(name, data):
         stacker.predict_proba(probs[:, :2])
 
 
-@pytest.mark.parametrize("name", sorted(STACKERS))
-def test_save_load_round_trip_gives_identical_predictions(name, data, tmp_path):
+@pytest.mark.parametrize("name, quick", rows(STACKER_ROWS))
+def test_save_load_round_trip_gives_identical_predictions(name, quick, data, tmp_path):
     probs, y = data
-    stacker = make_stacker(name, **FAST[name]).fit(probs, y)
+    stacker = make_stacker(name, **quick).fit(probs, y)
     stacker.save(tmp_path / "model")
     loaded = load_stacker(tmp_path / "model")
     assert type(loaded) is type(stacker) and loaded.get_params() == stacker.get_params()
@@ -66,7 +66,7 @@ def test_save_load_round_trip_gives_identical_predictions(name, data, tmp_path):
 
 def test_xgboost_boosters_are_saved_in_xgboost_format(data, tmp_path):
     probs, y = data
-    XGBoostStacker(**FAST["xgboost"]).fit(probs, y).save(tmp_path)
+    XGBoostStacker(**QUICK_XGB).fit(probs, y).save(tmp_path)
     assert sorted(p.name for p in (tmp_path / "boosters").iterdir()) == [f"label_{j}.ubj" for j in range(8)]
 
 
@@ -95,33 +95,33 @@ def _log_loss(y, p):
     return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
-@pytest.mark.parametrize("name, params, fallback_kind", [("xgboost", {"prior_margin": False}, "linear"),
-                                                          ("xgboost", {"prior_margin": True}, "mean"),
-                                                          ("linear", {}, "mean")])
-def test_rare_labels_fall_back_and_are_listed(name, params, fallback_kind, data):
+@pytest.mark.parametrize("name, params, fallback, kind_of_label_6", [
+    ("xgboost", {**QUICK_XGB, "prior_margin": False}, ["6", "7"], "linear"),
+    ("xgboost", {**QUICK_XGB, "prior_margin": True}, ["6", "7"], "mean"),
+    ("linear", {}, ["7"], "linear")])
+def test_rare_labels_fall_back_and_are_listed(name, params, fallback, kind_of_label_6, data):
     probs, y = data
     y = y.copy()
     y[:, 6] = 0
     y[:4, 6] = 1  # 4 positives: below xgboost's 10, at linear's 3
     y[:, 7] = 0
     y[:2, 7] = 1  # 2 positives: below both
-    stacker = make_stacker(name, **FAST[name], **params).fit(probs, y)
-    assert stacker.fallback_labels_ == (["6", "7"] if name == "xgboost" else ["7"])
+    stacker = make_stacker(name, **params).fit(probs, y)
+    assert stacker.fallback_labels_ == fallback
     kinds = [kind for kind, _ in stacker.label_models_]
-    assert kinds[7] == "mean" and kinds[0] == name
-    assert kinds[6] == (fallback_kind if name == "xgboost" else "linear")
+    assert kinds[7] == "mean" and kinds[0] == name and kinds[6] == kind_of_label_6
     np.testing.assert_allclose(stacker.predict_proba(probs)[:, 7], probs[:, :, 7].mean(axis=1), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["linear", "xgboost"])
-def test_labels_fitted_in_parallel_predict_as_labels_fitted_one_at_a_time(name, data, monkeypatch):
+@pytest.mark.parametrize("name, quick", [("linear", {}), ("xgboost", QUICK_XGB)])
+def test_labels_fitted_in_parallel_predict_as_labels_fitted_one_at_a_time(name, quick, data, monkeypatch):
     probs, y = data
     asked = []
     parallel = per_label.Parallel
     monkeypatch.setattr(per_label, "Parallel",
                         lambda n_jobs, **kwargs: asked.append(n_jobs) or parallel(n_jobs=n_jobs, **kwargs))
-    one_at_a_time = make_stacker(name, **{**FAST[name], "n_jobs": 1}).fit(probs, y)
-    two_at_a_time = make_stacker(name, **{**FAST[name], "n_jobs": 2}).fit(probs, y)
+    one_at_a_time = make_stacker(name, **{**quick, "n_jobs": 1}).fit(probs, y)
+    two_at_a_time = make_stacker(name, **{**quick, "n_jobs": 2}).fit(probs, y)
     # every map over labels (the linear stacker's C search makes more than one) uses the stacker's n_jobs
     assert asked and asked == [1] * (len(asked) // 2) + [2] * (len(asked) // 2)
     np.testing.assert_array_equal(two_at_a_time.predict_proba(probs), one_at_a_time.predict_proba(probs))
@@ -163,11 +163,11 @@ def dependent_label():
     return probs, y, train, test, mean
 
 
-@pytest.mark.parametrize("name", ["linear", "xgboost", "xgboost_long", "grid_cnn"])
-def test_stackers_beat_the_mean_when_a_label_depends_on_others(name, dependent_label):
+# the grid's larger batches halve its steps per epoch (this test is about what it learns, not how fast)
+@pytest.mark.parametrize("name, params", [("linear", {}), ("xgboost", {"n_jobs": 1}), ("xgboost_long", {"n_jobs": 1}),
+                                          ("grid_cnn", {"batch_size": 256})])
+def test_stackers_beat_the_mean_when_a_label_depends_on_others(name, params, dependent_label):
     probs, y, train, test, mean_score = dependent_label
-    # the grid's larger batches halve its steps per epoch (this test is about what it learns, not how fast)
-    params = {"n_jobs": 1} if name.startswith("xgboost") else {"batch_size": 256} if name == "grid_cnn" else {}
     stacker = make_stacker(name, **params).fit(probs[train], y[train])
     score = best_global_threshold(y[test], stacker.predict_proba(probs[test]))[1]
     assert score > mean_score + 0.01, (score, mean_score)
@@ -227,13 +227,13 @@ def _held_out_log_loss(y, p):
 def test_xgboost_whose_trees_learn_nothing_predicts_the_members_mean(data):
     probs, y = data
     # learning_rate 0: every tree's leaves are scaled to zero, so each booster is its prior alone
-    stacker = XGBoostStacker(**FAST["xgboost"], learning_rate=0.0).fit(probs, y)
+    stacker = XGBoostStacker(**QUICK_XGB, learning_rate=0.0).fit(probs, y)
     np.testing.assert_allclose(stacker.predict_proba(probs), probs.mean(axis=1), atol=1e-5)
 
 
 def test_xgboost_without_prior_margin_does_not_predict_the_mean_when_trees_learn_nothing(data):
     probs, y = data  # the contrast that shows the previous test measures the prior, not luck
-    stacker = XGBoostStacker(**FAST["xgboost"], learning_rate=0.0, prior_margin=False).fit(probs, y)
+    stacker = XGBoostStacker(**QUICK_XGB, learning_rate=0.0, prior_margin=False).fit(probs, y)
     assert np.abs(stacker.predict_proba(probs) - probs.mean(axis=1)).max() > 0.2
 
 
@@ -277,11 +277,11 @@ def test_linear_fixed_c_is_used_and_a_bad_c_is_refused(data):
         make_stacker("linear", C=-1).fit(probs, y)
 
 
-@pytest.mark.parametrize("name, params", [("xgboost", {"prior_margin": False}), ("linear", {"prior_offset": False}),
-                                          ("linear", {"C": 0.1})])
+@pytest.mark.parametrize("name, params", [("xgboost", {**QUICK_XGB, "prior_margin": False}),
+                                          ("linear", {"prior_offset": False}), ("linear", {"C": 0.1})])
 def test_save_load_round_trip_without_the_prior(name, params, data, tmp_path):
     probs, y = data
-    stacker = make_stacker(name, **FAST[name], **params).fit(probs, y)
+    stacker = make_stacker(name, **params).fit(probs, y)
     stacker.save(tmp_path / "model")
     np.testing.assert_array_equal(load_stacker(tmp_path / "model").predict_proba(probs), stacker.predict_proba(probs))
 
@@ -328,21 +328,21 @@ def test_long_format_lets_a_rare_label_learn_from_the_common_ones():
 
 def test_long_format_whose_trees_learn_nothing_predicts_the_members_mean(data):
     probs, y = data
-    stacker = make_stacker("xgboost_long", **{**FAST["xgboost_long"], "learning_rate": 0.0}).fit(probs, y)
+    stacker = make_stacker("xgboost_long", **{**QUICK_LONG, "learning_rate": 0.0}).fit(probs, y)
     np.testing.assert_allclose(stacker.predict_proba(probs), probs.mean(axis=1), atol=1e-5)
 
 
 def test_long_format_rows_come_in_chunks_with_the_same_model(data):
     probs, y = data
-    whole = make_stacker("xgboost_long", **FAST["xgboost_long"], chunk_images=10_000).fit(probs, y)
-    chunked = make_stacker("xgboost_long", **FAST["xgboost_long"], chunk_images=64).fit(probs, y)
+    whole = make_stacker("xgboost_long", **QUICK_LONG, chunk_images=10_000).fit(probs, y)
+    chunked = make_stacker("xgboost_long", **QUICK_LONG, chunk_images=64).fit(probs, y)
     np.testing.assert_allclose(chunked.predict_proba(probs), whole.predict_proba(probs), atol=1e-6)
 
 
 def test_grid_stacker_that_learns_nothing_predicts_the_mean_log_odds(data):
     probs, y = data
     # learning rate 0: the weights stay at their start, the shared mix of 1/members and a zero correction
-    stacker = make_stacker("grid_cnn", **{**FAST["grid_cnn"], "learning_rate": 0.0}).fit(probs, y)
+    stacker = make_stacker("grid_cnn", **{**QUICK_GRID, "learning_rate": 0.0}).fit(probs, y)
     p = np.clip(probs.astype(np.float64), 1e-6, 1 - 1e-6)
     mean_log_odds = np.log(p / (1 - p)).mean(axis=1)
     np.testing.assert_allclose(stacker.predict_proba(probs), 1 / (1 + np.exp(-mean_log_odds)), atol=1e-5)
@@ -355,18 +355,18 @@ def test_grid_stacker_is_seeded_and_stops_on_inner_training_rows(data, monkeypat
     fit = keras.Model.fit
     monkeypatch.setattr(keras.Model, "fit", lambda self, x, y, validation_data, **kw: seen.append(
         (len(x), len(validation_data[0]))) or fit(self, x, y, validation_data=validation_data, **kw))
-    first = make_stacker("grid_cnn", **FAST["grid_cnn"]).fit(probs[:500], y[:500])
-    again = make_stacker("grid_cnn", **FAST["grid_cnn"]).fit(probs[:500], y[:500])
-    other = make_stacker("grid_cnn", **FAST["grid_cnn"], seed=1).fit(probs[:500], y[:500])
+    first = make_stacker("grid_cnn", **QUICK_GRID).fit(probs[:500], y[:500])
+    again = make_stacker("grid_cnn", **QUICK_GRID).fit(probs[:500], y[:500])
+    other = make_stacker("grid_cnn", **QUICK_GRID, seed=1).fit(probs[:500], y[:500])
     assert seen[0] == (400, 100)  # early stopping watches a fifth of the training rows, never others
     np.testing.assert_array_equal(first.predict_proba(probs[500:]), again.predict_proba(probs[500:]))
     assert np.abs(first.predict_proba(probs[500:]) - other.predict_proba(probs[500:])).max() > 1e-4
-    assert 1 <= first.best_epoch_ <= FAST["grid_cnn"]["epochs"]
+    assert 1 <= first.best_epoch_ <= QUICK_GRID["epochs"]
 
 
 def test_long_format_learns_on_each_images_candidates_and_keeps_the_mean_elsewhere(data):
     probs, y = data
-    stacker = make_stacker("xgboost_long", **FAST["xgboost_long"], candidates=3).fit(probs, y)
+    stacker = make_stacker("xgboost_long", **QUICK_LONG, candidates=3).fit(probs, y)
     out, mean = stacker.predict_proba(probs), probs.mean(axis=1)
     top3 = np.argsort(-mean, axis=1)[:, :3]
     inside = np.zeros(mean.shape, dtype=bool)
@@ -393,7 +393,7 @@ def test_cv_threshold_score_chooses_each_folds_threshold_on_the_other_folds(data
 
 def test_grid_fits_that_share_a_compiled_network_equal_a_fit_on_a_new_one(data):
     probs, y = data
-    params = {**FAST["grid_cnn"], "seed": 7}  # an architecture no other test builds: the first fit's network is new
+    params = {**QUICK_GRID, "seed": 7}  # an architecture no other test builds: the first fit's network is new
     first = make_stacker("grid_cnn", **params).fit(probs[:300], y[:300])
     make_stacker("grid_cnn", **params).fit(probs[300:], y[300:])  # trains the shared network on other rows
     again = make_stacker("grid_cnn", **params).fit(probs[:300], y[:300])  # the shared network, reset

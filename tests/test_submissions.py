@@ -139,6 +139,7 @@ def run_cli(*args):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
+@pytest.mark.integration
 def test_cli_exit_codes(tmp_path):
     test_json, label_map = write_test_json(tmp_path)
     good = tmp_path / "good.csv"
@@ -161,6 +162,7 @@ def test_cli_exit_codes(tmp_path):
     assert result.returncode == 2 and "absent.json" in result.stderr
 
 
+@pytest.mark.integration
 def test_cli_reads_zipped_test_json(tmp_path):
     import zipfile
     test_json, _ = write_test_json(tmp_path)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 
-from fashion_stack.ensemble.stackers.base import Stacker, register_stacker
+from fashion_stack.core.metrics import LOG_LOSS_EPS, cell_log_losses
+from fashion_stack.ensemble.stackers.base import Stacker, register_stacker, stacker_settings
 
 
 @register_stacker("mean")
+@stacker_settings
 class MeanStacker(Stacker):
     """The plain mean of members' probabilities: the baseline every stacker must beat."""
 
@@ -20,6 +22,7 @@ class MeanStacker(Stacker):
 
 
 @register_stacker("weighted")
+@stacker_settings
 class WeightedMeanStacker(Stacker):
     """A weighted mean of members, one non-negative weight per member shared by all labels
     (summing to 1), fitted by minimising log-loss over every (image, label) cell.
@@ -43,7 +46,7 @@ class WeightedMeanStacker(Stacker):
 
 
 def _log_loss_and_gradient(weights, cells, truth):
-    p = np.clip(cells @ weights, 1e-7, 1 - 1e-7)
-    loss = -np.mean(truth * np.log(p) + (1 - truth) * np.log(1 - p))
+    p = np.clip(cells @ weights, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
+    loss = np.mean(cell_log_losses(truth, p))
     dloss_dp = (p - truth) / (p * (1 - p)) / len(truth)
     return loss, cells.T @ dloss_dp

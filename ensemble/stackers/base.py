@@ -7,6 +7,7 @@ features.stacker_inputs.MemberStack or a 3-D array (images, members, labels).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,17 +17,20 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from fashion_stack.core import atomic
+from fashion_stack.core.config import as_plugin_spec
 from fashion_stack.core.log import get_logger
+from fashion_stack.core.metrics import PROBABILITY_FLOOR, logit  # noqa: F401 (the stackers' logit)
 from fashion_stack.core.registry import Registry
 from fashion_stack.features.stacker_inputs import MemberStack, StackerInputError
 
 STACKERS = Registry("stacker")
 MODEL_FILE = "stacker.joblib"
 NAME_FILE = "stacker.json"
-PROBABILITY_FLOOR = 1e-6  # probabilities are clipped to [floor, 1 - floor] before taking logits
 log = get_logger("stack")
 
 register_stacker = STACKERS.register
+# a stacker's settings as a dataclass: __init__ from the fields; scikit-learn's repr, no __eq__
+stacker_settings = dataclass(eq=False, repr=False)
 
 
 def make_stacker(name: str, **params) -> "Stacker":
@@ -34,12 +38,11 @@ def make_stacker(name: str, **params) -> "Stacker":
     return STACKERS.create(name, **params)
 
 
-def stacker_params(name: str, stack_config) -> dict:
-    """Constructor arguments for stacker `name` from fashion_stack.core.config.StackConfig: each stacker class
-    says which of the config's settings are its own (Stacker.params_from)."""
-    if name not in STACKERS:
-        make_stacker(name)  # raises, listing the valid names
-    return STACKERS[name].params_from(stack_config)
+def stacker_params(spec) -> dict:
+    """Every constructor argument of a configured stacker (a core.config.PluginSpec or a bare
+    name): its params checked against the settings the stacker class declares, defaults filled."""
+    spec = as_plugin_spec(spec)
+    return STACKERS.resolve(spec.name, spec.params, where=f"stack.{spec.name}")
 
 
 def load_stacker(directory: str | Path) -> "Stacker":
@@ -64,14 +67,15 @@ def as_member_stack(member_probs) -> MemberStack:
 
 
 class Stacker(BaseEstimator):
-    """Shared fit / predict plumbing; subclasses implement _fit(stack, y) and _predict(stack)."""
+    """Shared fit / predict plumbing; subclasses implement _fit(stack, y) and _predict(stack).
+
+    A stacker's settings are its dataclass fields, declared once on its class with their defaults
+    and constraints (`n_estimators: Annotated[int, Ge(1)] = 300`, core.registry): the dataclass
+    writes the `__init__` scikit-learn's get_params reads, and the config loader checks YAML
+    against the same fields. Register a subclass with `@register_stacker(name)` over
+    `@stacker_settings`."""
 
     name: ClassVar[str] = ""
-
-    @classmethod
-    def params_from(cls, stack_config) -> dict:
-        """This stacker's constructor arguments from fashion_stack.core.config.StackConfig (none by default)."""
-        return {}
 
     def fit(self, member_probs, y) -> "Stacker":
         stack = as_member_stack(member_probs)
@@ -118,12 +122,6 @@ def check_truth(y, stack: MemberStack) -> np.ndarray:
     if not np.isin(y, (0, 1)).all():
         raise StackerInputError("y must be a 0/1 multi-hot matrix")
     return y.astype(np.uint8)
-
-
-def logit(probs: np.ndarray) -> np.ndarray:
-    """Log-odds of probabilities clipped to [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR] (float64)."""
-    p = np.clip(np.asarray(probs, dtype=np.float64), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
-    return np.log(p / (1 - p))
 
 
 def log_loss_of_logit(y: np.ndarray, log_odds: np.ndarray) -> float:

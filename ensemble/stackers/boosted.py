@@ -4,20 +4,23 @@ from the members' mean log-odds by default, so a tree that adds nothing leaves t
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import xgboost as xgb
+from annotated_types import Ge, Interval
 
 from fashion_stack.core import atomic
-from fashion_stack.ensemble.stackers.base import Stacker, log, log_loss_of_logit, logit, register_stacker
+from fashion_stack.ensemble.stackers.base import (Stacker, log, log_loss_of_logit, logit, register_stacker,
+                                                  stacker_settings)
 from fashion_stack.ensemble.stackers.linear import LINEAR_MIN_POSITIVES, fit_logistic
 from fashion_stack.ensemble.stackers.per_label import PerLabelStacker, stratified_split, too_rare
 from fashion_stack.features.stacker_inputs import LABEL_FEATURE, long_features, select_context_labels
 
 
 @register_stacker("xgboost")
+@stacker_settings
 class XGBoostStacker(PerLabelStacker):
     """One small hist-GBDT per label on the label's ~20 features, early-stopped on a stratified
     inner split of the training rows and cut to its best iteration.
@@ -32,30 +35,21 @@ class XGBoostStacker(PerLabelStacker):
 
     primary = "xgboost"
 
-    def __init__(self, n_estimators: int = 300, max_depth: int = 3, learning_rate: float = 0.05,
-                 subsample: float = 0.8, colsample_bytree: float = 0.8,
-                 early_stopping_rounds: int = 20, min_positives: int = 10, n_jobs: int = 2,
-                 n_context: int = 8, max_bin: int = 64, inner_fraction: float = 0.2, seed: int = 0,
-                 prior_margin: bool = True, min_child_weight: float = 1.0, reg_lambda: float = 5.0):
-        self.n_estimators = n_estimators
-        self.max_depth = max_depth
-        self.learning_rate = learning_rate
-        self.subsample = subsample
-        self.colsample_bytree = colsample_bytree
-        self.early_stopping_rounds = early_stopping_rounds
-        self.min_positives = min_positives
-        self.n_jobs = n_jobs
-        self.n_context = n_context
-        self.max_bin = max_bin
-        self.inner_fraction = inner_fraction
-        self.seed = seed
-        self.prior_margin = prior_margin
-        self.min_child_weight = min_child_weight
-        self.reg_lambda = reg_lambda
-
-    @classmethod
-    def params_from(cls, stack_config) -> dict:
-        return dataclasses.asdict(stack_config.xgboost)
+    n_estimators: Annotated[int, Ge(1)] = 300  # at most; early stopping picks the number of trees
+    max_depth: Annotated[int, Ge(1)] = 3
+    learning_rate: Annotated[float, Ge(0)] = 0.05  # slow and shrunk: pools of a few hundred images overfit fast
+    subsample: Annotated[float, Interval(gt=0, le=1)] = 0.8
+    colsample_bytree: Annotated[float, Interval(gt=0, le=1)] = 0.8
+    early_stopping_rounds: Annotated[int, Ge(1)] = 20
+    min_positives: Annotated[int, Ge(1)] = 10  # rarer labels keep the members' mean (the linear model without prior_margin)
+    n_jobs: Annotated[int, Ge(1)] = 2  # labels fitted at a time
+    n_context: Annotated[int, Ge(0)] = 8  # other labels' mean probabilities per label's features (label correlation)
+    max_bin: Annotated[int, Ge(2)] = 64  # hist bins; ~20 probability columns need no more
+    inner_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.2  # training rows held out for early stopping
+    seed: int = 0
+    prior_margin: bool = True  # boost from the log-odds of the members' mean (trees learn corrections)
+    min_child_weight: Annotated[float, Ge(0)] = 1.0
+    reg_lambda: Annotated[float, Ge(0)] = 5.0  # L2 on leaf values
 
     def _booster_params(self) -> dict:
         return {"objective": "binary:logistic", "eval_metric": "logloss", "tree_method": "hist",
@@ -122,6 +116,7 @@ def _read_booster(path: Path) -> xgb.Booster:
 
 
 @register_stacker("xgboost_long")
+@stacker_settings
 class LongFormatXGBoostStacker(Stacker):
     """One XGBoost model over (image, label) rows (as the 2019 iMet winner stacked): each
     member's probability for the label and its rank within the image, pairwise products of the
@@ -142,31 +137,24 @@ class LongFormatXGBoostStacker(Stacker):
     keeps exactly the mean (fallback_labels_ = every label) when no tree improves the inner rows'
     log-loss. `n_jobs` is XGBoost's thread count."""
 
-    def __init__(self, n_estimators: int = 300, max_depth: int = 6, learning_rate: float = 0.1,
-                 subsample: float = 0.8, colsample_bytree: float = 0.8, min_child_weight: float = 5.0,
-                 reg_lambda: float = 5.0, max_bin: int = 64, early_stopping_rounds: int = 20,
-                 inner_fraction: float = 0.2, prior_margin: bool = True, n_context: int = 4,
-                 candidates: int = 48, n_jobs: int = 1, chunk_images: int = 2048, seed: int = 0):
-        self.n_estimators = n_estimators
-        self.max_depth = max_depth
-        self.learning_rate = learning_rate
-        self.subsample = subsample
-        self.colsample_bytree = colsample_bytree
-        self.min_child_weight = min_child_weight
-        self.reg_lambda = reg_lambda
-        self.max_bin = max_bin
-        self.early_stopping_rounds = early_stopping_rounds
-        self.inner_fraction = inner_fraction
-        self.prior_margin = prior_margin
-        self.n_context = n_context
-        self.candidates = candidates
-        self.n_jobs = n_jobs
-        self.chunk_images = chunk_images
-        self.seed = seed
-
-    @classmethod
-    def params_from(cls, stack_config) -> dict:
-        return dataclasses.asdict(stack_config.xgboost_long)
+    n_estimators: Annotated[int, Ge(1)] = 300
+    max_depth: Annotated[int, Ge(1)] = 6
+    learning_rate: Annotated[float, Ge(0)] = 0.1
+    subsample: Annotated[float, Interval(gt=0, le=1)] = 0.8
+    colsample_bytree: Annotated[float, Interval(gt=0, le=1)] = 0.8
+    min_child_weight: Annotated[float, Ge(0)] = 5.0
+    reg_lambda: Annotated[float, Ge(0)] = 5.0
+    max_bin: Annotated[int, Ge(2)] = 64
+    early_stopping_rounds: Annotated[int, Ge(1)] = 20
+    inner_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.2  # training images held out for early stopping
+    prior_margin: bool = True  # boost from the log-odds of the members' mean
+    n_context: Annotated[int, Ge(0)] = 4  # columns holding the mean probability of each label's best-correlated other labels
+    candidates: Annotated[int, Ge(0)] = 48  # rows: each image's most probable labels by the mean (0: all); the rest keep the mean
+    # XGBoost threads: one by default, since OpenMP threads that other processes' load preempts
+    # spin and stall (measured on 2 loaded cores: 2 threads took 7x the CPU and 10x the wall time of 1)
+    n_jobs: Annotated[int, Ge(1)] = 1
+    chunk_images: Annotated[int, Ge(1)] = 2048  # images turned into rows at a time (bounds the float rows in memory)
+    seed: int = 0
 
     def _booster_params(self) -> dict:
         return {"objective": "binary:logistic", "eval_metric": "logloss", "tree_method": "hist",

@@ -2,16 +2,18 @@
 to the members' mean log-odds."""
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar, Literal, Union
 
 import numpy as np
+from annotated_types import Ge, Gt
 from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from fashion_stack.ensemble.stackers.base import log, register_stacker
+from fashion_stack.core.metrics import cell_log_losses
+from fashion_stack.ensemble.stackers.base import log, register_stacker, stacker_settings
 from fashion_stack.ensemble.stackers.per_label import PerLabelStacker, logit_columns, too_rare
 from fashion_stack.features.stacker_inputs import label_features, select_context_labels
 
@@ -51,6 +53,7 @@ def _fit_prior_logistic(X, y_label, probability_columns, prior_logit, Cs, max_it
 
 
 @register_stacker("linear")
+@stacker_settings
 class LinearStacker(PerLabelStacker):
     """Per-label L2-regularised logistic regression on the label's features (probabilities as
     logits, standardised). With `prior_offset` (the default) the members' mean log-odds is a fixed
@@ -65,22 +68,14 @@ class LinearStacker(PerLabelStacker):
     primary = "linear"
     C_GRID: ClassVar[tuple] = (0.01, 0.03, 0.1, 0.3, 1.0)
 
-    def __init__(self, C="auto", n_context: int = 8, min_positives: int = LINEAR_MIN_POSITIVES,
-                 max_iter: int = 200, n_jobs: int = 2, prior_offset: bool = True, inner_folds: int = 3,
-                 seed: int = 0):
-        self.C = C
-        self.n_context = n_context
-        self.min_positives = min_positives
-        self.max_iter = max_iter
-        self.n_jobs = n_jobs
-        self.prior_offset = prior_offset
-        self.inner_folds = inner_folds
-        self.seed = seed
-
-    @classmethod
-    def params_from(cls, stack_config) -> dict:
-        # the context width and the number of parallel labels are shared with the XGBoost stacker
-        return {"n_context": stack_config.xgboost.n_context, "n_jobs": stack_config.xgboost.n_jobs}
+    C: Union[Literal["auto"], Annotated[float, Gt(0)]] = "auto"
+    n_context: Annotated[int, Ge(0)] = 8  # other labels' mean probabilities among each label's features
+    min_positives: Annotated[int, Ge(1)] = LINEAR_MIN_POSITIVES
+    max_iter: Annotated[int, Ge(1)] = 200
+    n_jobs: Annotated[int, Ge(1)] = 2  # labels fitted at a time
+    prior_offset: bool = True
+    inner_folds: Annotated[int, Ge(2)] = 3
+    seed: int = 0
 
     def _prepare(self, stack, y):
         if self.C != "auto":
@@ -110,8 +105,7 @@ class LinearStacker(PerLabelStacker):
             return losses
         X_fit, X_held = label_features(fit, j, context)[0], label_features(held, j, context)[0]
         for k, model in enumerate(self._fit_models(X_fit, y_fit, self.C_GRID)):
-            p = np.clip(self._predict_label("linear", model, X_held), 1e-7, 1 - 1e-7)
-            losses[k] = -np.sum(y_held * np.log(p) + (1 - y_held) * np.log(1 - p))
+            losses[k] = np.sum(cell_log_losses(y_held, self._predict_label("linear", model, X_held)))
         return losses
 
     def _fit_label(self, X, y_label):

@@ -10,7 +10,8 @@ from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
 from fashion_stack.core.log import progress
-from fashion_stack.ensemble.stackers.base import PROBABILITY_FLOOR, Stacker, log
+from fashion_stack.core.metrics import logit
+from fashion_stack.ensemble.stackers.base import Stacker, log
 from fashion_stack.features.stacker_inputs import PROBABILITY_FEATURES, label_features, select_context_labels
 
 
@@ -90,8 +91,7 @@ def logit_columns(X: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """X (float64 copy) with the probability `columns` as log-odds: the linear model is additive in
     log-odds, so it sees probability columns as logits."""
     out = np.asarray(X, dtype=np.float64).copy()
-    p = np.clip(out[:, columns], PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
-    out[:, columns] = np.log(p / (1 - p))
+    out[:, columns] = logit(out[:, columns])
     return out
 
 
