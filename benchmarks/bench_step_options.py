@@ -23,12 +23,12 @@ VARIANTS = (("off", 1), ("on", 1), ("off", 8), ("on", 8))
 
 
 def build(backbone: str, size: int, jit: str, spe: int, n_labels: int = 228):
-    from fashion_stack.core.config import MemberConfig
+    from fashion_stack.core.config import HardwareConfig, MemberConfig
     from fashion_stack.models import trainer
     from fashion_stack.models.devices import resolve_placement
     from fashion_stack.models.heads import build_member_model
-    member = MemberConfig(name="bench", backbone=backbone, input_size=size, weights=None, jit_compile=jit,
-                          steps_per_execution=spe, augment=True)
+    member = MemberConfig(name="bench", backbone=backbone, input_size=size, weights=None, augment=True,
+                          hardware=HardwareConfig(jit_compile=jit, steps_per_execution=spe))
     placement = resolve_placement(member)
     model = build_member_model(member, n_labels, precision=placement.precision_policy)
     trainer._compile(model, member, 1e-4, 10_000, placement)

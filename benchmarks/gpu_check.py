@@ -80,15 +80,16 @@ def _cpu_seconds() -> float:
 
 def train_and_infer(args, paths: list, labels: np.ndarray, devices: str) -> dict:
     import keras
-    from fashion_stack.core.config import MemberConfig
+    from fashion_stack.core.config import HardwareConfig, MemberConfig
     from fashion_stack.models import trainer
     from fashion_stack.models.devices import placement_scope, resolve_placement
     from fashion_stack.models.heads import build_member_model
     from fashion_stack.models.inputs import training_batches
 
     member = MemberConfig(name="check", backbone=args.backbone, input_size=args.size, weights=None,
-                          batch_size=args.batch, mixed_precision=args.precision, jit_compile="auto",
-                          data_parallel="on" if devices == "all" else "off", augment=True)
+                          batch_size=args.batch, augment=True,
+                          hardware=HardwareConfig(mixed_precision=args.precision, jit_compile="auto",
+                                                  data_parallel="on" if devices == "all" else "off"))
     placement = resolve_placement(member)
     global_batch = args.batch * placement.replicas
     with placement_scope(placement):

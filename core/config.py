@@ -104,6 +104,39 @@ def input_size_pair(value):
 
 
 @dataclass
+class HardwareConfig:
+    """A member's `hardware:` section: how it runs, not what it computes (older configs' flat
+    keys are read as this: see upgrade_hardware)."""
+    # Scale settings (issue: members at the competition's size). Enumerations are Literal so the
+    # loader refuses a typo when the config loads, not when the members stage reaches it.
+    # auto: bfloat16 where the accelerator computes it natively (NVIDIA compute capability >= 8,
+    # TPU), float16 with loss scaling on older GPUs, float32 on CPU (bf16 is emulated there, slower)
+    mixed_precision: Literal["auto", "bfloat16", "float16", "off"] = "auto"
+    # auto: XLA on JAX and on GPUs; off for TensorFlow on CPU, where XLA was measured slower
+    jit_compile: Literal["auto", "on", "off"] = "auto"
+    steps_per_execution: int = 1  # >1 runs several steps per host round trip (small models on GPUs)
+    # Data parallel over every visible accelerator (auto: when there are several; on: also the
+    # logical CPU devices, which is how it is tested without a GPU); batch_size is per device
+    data_parallel: Literal["auto", "on", "off"] = "auto"
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"  # learning rate x replicas (or sqrt)
+    # Resume within minutes: a checkpoint (weights, optimizer, RNG state, position in the epoch)
+    # every checkpoint_steps training steps (0: off) and every checkpoint_minutes (0: off), and at
+    # each epoch's end
+    checkpoint_steps: int = 0
+    checkpoint_minutes: float = 5.0
+    # Decoded-image cache for training (prediction is never cached). auto: memory when the
+    # member's training images fit cache_budget_gb, else disk under the run directory, else none
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"
+    cache_budget_gb: float = 4.0
+    reader: Literal["auto", "tfdata", "process"] = "auto"  # auto: tf.data on TensorFlow, processes elsewhere
+    reader_workers: Optional[int] = None  # decode processes/threads (None: the CPU count)
+    # What each of the member's units asks an executor for (--engine ray places it where these are
+    # free; a fraction of a GPU lets units share one). The local engine ignores them.
+    unit_cpus: Annotated[float, Gt(0)] = 1.0
+    unit_gpus: Annotated[float, Ge(0)] = 1.0
+
+
+@dataclass
 class MemberConfig:
     name: str = ""
     backbone: str = "tiny_cnn"
@@ -166,33 +199,10 @@ class MemberConfig:
     probe_of: list[str] = field(default_factory=list)
     probe_c: Annotated[list[Annotated[float, Gt(0)]], MinLen(1)] = field(default_factory=lambda: [0.0003, 0.001, 0.003])
     probe_inner_folds: Annotated[int, Ge(2)] = 3
-    # Scale settings (issue: members at the competition's size). Enumerations are Literal so the
-    # loader refuses a typo when the config loads, not when the members stage reaches it.
-    # auto: bfloat16 where the accelerator computes it natively (NVIDIA compute capability >= 8,
-    # TPU), float16 with loss scaling on older GPUs, float32 on CPU (bf16 is emulated there, slower)
-    mixed_precision: Literal["auto", "bfloat16", "float16", "off"] = "auto"
-    # auto: XLA on JAX and on GPUs; off for TensorFlow on CPU, where XLA was measured slower
-    jit_compile: Literal["auto", "on", "off"] = "auto"
-    steps_per_execution: int = 1  # >1 runs several steps per host round trip (small models on GPUs)
-    # Data parallel over every visible accelerator (auto: when there are several; on: also the
-    # logical CPU devices, which is how it is tested without a GPU); batch_size is per device
-    data_parallel: Literal["auto", "on", "off"] = "auto"
-    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"  # learning rate x replicas (or sqrt)
-    # Resume within minutes: a checkpoint (weights, optimizer, RNG state, position in the epoch)
-    # every checkpoint_steps training steps (0: off) and every checkpoint_minutes (0: off), and at
-    # each epoch's end
-    checkpoint_steps: int = 0
-    checkpoint_minutes: float = 5.0
-    # Decoded-image cache for training (prediction is never cached). auto: memory when the
-    # member's training images fit cache_budget_gb, else disk under the run directory, else none
-    cache: Literal["auto", "memory", "disk", "none"] = "auto"
-    cache_budget_gb: float = 4.0
-    reader: Literal["auto", "tfdata", "process"] = "auto"  # auto: tf.data on TensorFlow, processes elsewhere
-    reader_workers: Optional[int] = None  # decode processes/threads (None: the CPU count)
-    # What each of the member's units asks an executor for (--engine ray places it where these are
-    # free; a fraction of a GPU lets units share one). The local engine ignores them.
-    unit_cpus: Annotated[float, Gt(0)] = 1.0
-    unit_gpus: Annotated[float, Ge(0)] = 1.0
+    # how the member runs (precision, devices, checkpoints, image cache, reader, resources per
+    # unit): finished folds stay finished when it changes, but for precision and lr_scaling, which
+    # change the numbers (models.stage.member_hash)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
     seed: int = 0
 
     def __post_init__(self):
@@ -628,9 +638,33 @@ def _input_sides(settings: dict):
     return (settings["image_height"] if "image_height" in settings else width), width
 
 
+HARDWARE_KEYS = tuple(f.name for f in dataclasses.fields(HardwareConfig))  # flat member keys in older configs
+
+
+def upgrade_hardware(member):
+    """A member's run settings under `hardware:` (HardwareConfig): older configs wrote them flat
+    on the member. The same key both flat and under hardware is a one-line ConfigError."""
+    if not isinstance(member, dict) or not set(member) & set(HARDWARE_KEYS):
+        return member
+    member = dict(member)
+    hardware = member.get("hardware")
+    if hardware is None:
+        hardware = {}
+    if not isinstance(hardware, dict):
+        return member  # _build names hardware's wrong type
+    both = [k for k in HARDWARE_KEYS if k in member and k in hardware]
+    if both:
+        raise ConfigError(f"{both[0]} is set both flat and under hardware ({both[0]} and hardware.{both[0]}); "
+                          f"it belongs to the member's hardware section: keep hardware.{both[0]} alone")
+    member["hardware"] = {**hardware, **{k: member.pop(k) for k in HARDWARE_KEYS if k in member}}
+    return member
+
+
 def _member_over_defaults(defaults: dict, member: dict) -> dict:
     """member_defaults under one member; a member that sets its input (either spelling) sets it
-    over the defaults' input, side by side as the older keys always did."""
+    over the defaults' input, side by side as the older keys always did. Run settings in either
+    spelling merge key by key under hardware."""
+    defaults, member = upgrade_hardware(defaults), upgrade_hardware(member)
     if not set(member) & {"input_size", *OLD_INPUT_KEYS}:
         return _merge(defaults, member)
     rest = {k: v for k, v in defaults.items() if k not in ("input_size", *OLD_INPUT_KEYS)}
@@ -639,8 +673,8 @@ def _member_over_defaults(defaults: dict, member: dict) -> dict:
 
 def upgrade_member(member):
     """A member's settings in the current form: MOVED_MEMBER_KEYS folded into their plug-in, the
-    input as input_size (upgrade_input_size)."""
-    member = upgrade_input_size(member)
+    input as input_size (upgrade_input_size), run settings under hardware (upgrade_hardware)."""
+    member = upgrade_hardware(upgrade_input_size(member))
     if not isinstance(member, dict) or not set(member) & set(MOVED_MEMBER_KEYS):
         return member
     member = dict(member)

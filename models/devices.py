@@ -106,15 +106,15 @@ def resolve_placement(member, backend: Optional[str] = None) -> Placement:
     backend = backend or keras.backend.backend()
     found = visible_accelerators(backend)
     devices = found.devices
-    wanted = member.data_parallel
+    wanted = member.hardware.data_parallel
     parallel = wanted == "on" or (wanted == "auto" and found.kind != "cpu")
     if not parallel or backend not in ("tensorflow", "jax"):
         if parallel and len(devices) > 1:
             log.warning("%s: Keras on %s trains on one device (no multi-device fit); %d visible",
                         member.name, backend, len(devices))
         devices = devices[:1]
-    return Placement(backend, found.kind, tuple(devices), resolve_precision(member.mixed_precision, found),
-                     resolve_jit(member.jit_compile, backend, found.kind), max(1, int(member.steps_per_execution)))
+    return Placement(backend, found.kind, tuple(devices), resolve_precision(member.hardware.mixed_precision, found),
+                     resolve_jit(member.hardware.jit_compile, backend, found.kind), max(1, int(member.hardware.steps_per_execution)))
 
 
 def scaled_learning_rate(learning_rate: float, rule: str, replicas: int) -> float:

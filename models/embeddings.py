@@ -29,8 +29,8 @@ from fashion_stack.models.inputs import prediction_batches
 
 log = get_logger("members")
 # The member fields that change the embeddings; head fields (dropout, loss...) do not.
-EMBEDDING_FIELDS = ("backbone", "input_size", "weights", "resize", "pooling",
-                    "mixed_precision", "tta_flip")
+EMBEDDING_FIELDS = ("backbone", "input_size", "weights", "resize", "pooling", "tta_flip")
+EMBEDDING_HARDWARE_FIELDS = ("mixed_precision",)  # of member.hardware, hashed beside the fields above
 # (the image cache is not used here: each image passes through the trunk once)
 
 
@@ -55,6 +55,7 @@ class EmbeddingTable:
 
 def embedding_hash(member: MemberConfig) -> str:
     chosen = {name: getattr(member, name) for name in EMBEDDING_FIELDS}
+    chosen.update({name: getattr(member.hardware, name) for name in EMBEDDING_HARDWARE_FIELDS})
     chosen["pooling"] = dataclasses.asdict(pooling_of(member)) | {"name": as_plugin_spec(member.pooling).name}
     return digest(chosen)
 
@@ -90,8 +91,8 @@ def compute_embeddings(member: MemberConfig, paths: Sequence[str], spec: Optiona
     model = build_embedding_model(member, precision=resolve_placement(member).precision_policy, spec=spec)
     spec = input_spec_of(model)
     dtype = np.float16 if pooling_of(member).reads_map else np.float32
-    batches = prediction_batches(paths, spec.size, spec.resize, member.batch_size, reader=member.reader,
-                                 workers=member.reader_workers)
+    batches = prediction_batches(paths, spec.size, spec.resize, member.batch_size, reader=member.hardware.reader,
+                                 workers=member.hardware.reader_workers)
     plain, mirrored = [], []
     for images in progress(batches, desc=f"embed {member.name}", total=len(batches)):
         images = np.asarray(images, dtype=np.float32)

@@ -58,5 +58,5 @@ def resolve_plan(member: MemberConfig, config=None) -> MemberPlan:
             raise PlanError(f"member {member.name!r}: a probe's plan needs the config that holds its probed members")
         probed = tuple(resolve_plan(config.member(name)) for name in member.probe_of)
     spec = None if member.mode == "probe" else backbones.resolve_input_spec(member)
-    return MemberPlan(member, member.mode, spec, member.mixed_precision, member.data_parallel,
-                      Resources(cpus=member.unit_cpus, gpus=member.unit_gpus), probed)
+    return MemberPlan(member, member.mode, spec, member.hardware.mixed_precision, member.hardware.data_parallel,
+                      Resources(cpus=member.hardware.unit_cpus, gpus=member.hardware.unit_gpus), probed)

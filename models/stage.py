@@ -123,15 +123,18 @@ def _paths(rows: pd.DataFrame, pool_splits: tuple) -> dict:
     return {"pool": side(pool_splits), "train": side(("train",)), "test": side(("test",))}
 
 
-# Settings that change how fast a member trains, or where, but not what it learns: changing them
-# under finished folds is not a reason to retrain (data_parallel does change the global batch, and
-# so the learning rate; a fold finished on 8 GPUs is still a finished fold on 1).
-SPEED_FIELDS = ("steps_per_execution", "data_parallel", "checkpoint_steps", "checkpoint_minutes", "cache",
-                "cache_budget_gb", "reader", "reader_workers", "jit_compile", "unit_cpus", "unit_gpus")
+# The member's hardware section changes how fast it trains, or where, but not what it learns:
+# changing it under finished folds is not a reason to retrain (data_parallel does change the global
+# batch, and so the learning rate; a fold finished on 8 GPUs is still a finished fold on 1). Two of
+# its settings do change the numbers (float precision, the learning rate's scaling with replicas):
+# they stay in the hash, at the top level where they were before the section existed, so runs
+# finished before it keep their hashes.
+HASHED_HARDWARE_FIELDS = ("mixed_precision", "lr_scaling")
 
 
 def member_hash(member: MemberConfig, pool_name: str, label_ids, probed: list = ()) -> str:
-    settings = {k: v for k, v in dataclasses.asdict(member).items() if k not in SPEED_FIELDS}
+    settings = {k: v for k, v in dataclasses.asdict(member).items() if k != "hardware"}
+    settings.update({k: getattr(member.hardware, k) for k in HASHED_HARDWARE_FIELDS})
     blob = {"member": settings, "pool": pool_name, "labels": list(label_ids)}
     if probed:  # a probe's inputs are other members' embeddings: their trunk settings are its settings
         blob["probed"] = [embedding_hash(m) for m in probed]
@@ -282,7 +285,7 @@ class UnitJob:
 
 def unit_resources(member: MemberConfig) -> Resources:
     """What a unit asks an executor for (Ray places it where these are free); a plan carries it."""
-    return Resources(cpus=member.unit_cpus, gpus=member.unit_gpus)
+    return Resources(cpus=member.hardware.unit_cpus, gpus=member.hardware.unit_gpus)
 
 
 def compute_embeddings_unit(plan: MemberPlan, data: StageData, cache_dir: Path, redo: bool) -> int:
@@ -369,8 +372,8 @@ def member_resources(plan: MemberPlan, data: StageData, cache_root: Path) -> Mem
     universe = sorted({data.path_of[unit.train_side][i] for unit in data.units for i in unit.train_ids})
     rows = usable(data.manifest)
     content_of = dict(zip(rows["path"], rows["sha256"]))  # the disk cache is named by its rows' contents
-    cache = image_cache(member.cache, cache_root, universe, spec.size, spec.resize,
-                        int(member.cache_budget_gb * 2**30),
+    cache = image_cache(member.hardware.cache, cache_root, universe, spec.size, spec.resize,
+                        int(member.hardware.cache_budget_gb * 2**30),
                         contents=[content_of.get(path) or path for path in universe])
     get_logger("members").info(
         "%s trains on %d x %s (%s, XLA %s, %d step(s) per execution); image cache: %s", member.name,
@@ -474,8 +477,8 @@ class FineTune(Strategy):
         model = trainer.train_finetune(member, [data.path_of[unit.train_side][i] for i in unit.train_ids],
                                        train_labels, unit_dir, seed, where, callbacks, cache=resources.cache,
                                        placement=placement, head_embeddings=head_embeddings, spec=plan.input)
-        predict = dict(batch_size=member.batch_size, tta_flip=member.tta_flip, reader=member.reader,
-                       workers=member.reader_workers, replicas=placement.replicas, tta_scales=member.tta_scales)
+        predict = dict(batch_size=member.batch_size, tta_flip=member.tta_flip, reader=member.hardware.reader,
+                       workers=member.hardware.reader_workers, replicas=placement.replicas, tta_scales=member.tta_scales)
         oof = trainer.predict_images(model, [data.path_of["pool"][i] for i in unit.predict_ids],
                                      desc=f"{where} oof", **predict)
         test = trainer.predict_images(model, [data.path_of["test"][i] for i in data.test],

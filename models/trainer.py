@@ -419,7 +419,7 @@ def _fit_phase(model, member: MemberConfig, phase: Phase, epoch_data: EpochData,
     if restored:
         log.info("%s %s: resuming at epoch %d, step %d of %d", where, phase.name, position.epoch + 1,
                  position.step, steps)
-    checkpoint = StepCheckpoint(path, fold_dir, phase.name, steps, member.checkpoint_steps, member.checkpoint_minutes,
+    checkpoint = StepCheckpoint(path, fold_dir, phase.name, steps, member.hardware.checkpoint_steps, member.hardware.checkpoint_minutes,
                                 rows, where, images_per_epoch)
     # the selector scores an epoch before the checkpoint records it as trained: a kill between the
     # two retrains the epoch's tail and scores it again, never leaves a trained epoch unscored
@@ -459,7 +459,7 @@ def _run_phases(model, member: MemberConfig, phases: list, data_for_phase: Calla
                 model.load_weights(str(previous))
             if has_trunk:
                 set_trainable(model, member.backbone, phase.name, pretrained=is_pretrained(member.weights))
-            rate = scaled_learning_rate(phase.learning_rate, member.lr_scaling, placement.replicas)
+            rate = scaled_learning_rate(phase.learning_rate, member.hardware.lr_scaling, placement.replicas)
             _compile(model, member, rate, phase.epochs * steps, placement, phase.name)
             _fit_phase(model, member, phase, data_for_phase(number), steps, fold_dir, where, images_per_epoch,
                        callbacks, selector_for(phase) if selector_for else None)
@@ -516,8 +516,8 @@ def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarra
 
         def selector_for(phase: Phase) -> EpochSelector:
             def predict(model):
-                return predict_images(model, inner_paths, member.batch_size, reader=member.reader,
-                                      workers=member.reader_workers, desc=f"{where} inner", replicas=placement.replicas)
+                return predict_images(model, inner_paths, member.batch_size, reader=member.hardware.reader,
+                                      workers=member.hardware.reader_workers, desc=f"{where} inner", replicas=placement.replicas)
             return EpochSelector(fold_dir, phase.name, predict, inner_labels, member.patience, where)
     steps = steps_per_epoch(len(paths), global_batch, drop_remainder)
 
@@ -525,7 +525,7 @@ def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarra
         base = _epoch_base(phases, number)
         return lambda epoch, skip: training_batches(
             paths, labels, spec.size, spec.resize, global_batch, seed=seed, epoch=base + epoch, skip_batches=skip,
-            drop_remainder=drop_remainder, cache=cache, reader=member.reader, workers=member.reader_workers)
+            drop_remainder=drop_remainder, cache=cache, reader=member.hardware.reader, workers=member.hardware.reader_workers)
 
     head = None
     if member.head_init == "embeddings":

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fashion_stack.core.config import MemberConfig, PipelineConfig
+from fashion_stack.core.config import HARDWARE_KEYS, HardwareConfig, MemberConfig, PipelineConfig
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.rundir import RunDir
 from fashion_stack.datasets.folds import write_folds
@@ -65,4 +65,14 @@ def tiny_member(name: str = "tiny", **overrides) -> MemberConfig:
     settings = dict(name=name, backbone="tiny_cnn", input_size=16, weights=None, batch_size=8,
                     head_epochs=1, finetune_epochs=1, learning_rate=3e-3, augment=False)
     settings.update(overrides)
-    return MemberConfig(**settings)
+    return MemberConfig(**grouped(settings))
+
+
+def grouped(settings: dict) -> dict:
+    """Member settings with the run settings (mixed_precision, reader, unit_cpus...) written flat,
+    as tests find them handy, gathered into the member's HardwareConfig."""
+    settings = dict(settings)
+    hardware = {k: settings.pop(k) for k in HARDWARE_KEYS if k in settings}
+    if hardware:
+        settings["hardware"] = HardwareConfig(**hardware)
+    return settings

@@ -50,9 +50,10 @@ def test_a_bad_member_default_is_named_as_a_member_default(tmp_path, text, messa
 
 def test_the_competition_config_states_its_shared_member_settings_once():
     config = load_config("imaterialist2018")
-    shared = {"weights": "imagenet", "head_epochs": 1, "finetune_epochs": 3, "mixed_precision": "auto", "tta_flip": True}
+    shared = {"weights": "imagenet", "head_epochs": 1, "finetune_epochs": 3, "tta_flip": True}
     for member in config.members:
         assert {key: getattr(member, key) for key in shared} == shared, member.name
+        assert member.hardware.mixed_precision == "auto", member.name
     assert {m.name: (m.backbone, m.batch_size) for m in config.members} == {
         "inception_v3": ("inception_v3", 64), "resnet50": ("resnet50", 64), "xception": ("xception", 64),
         "densenet201": ("densenet201", 48)}
@@ -82,12 +83,11 @@ def test_the_kaggle_overlay_is_the_competition_config_with_the_notebooks_paths_a
     kaggle, competition = load_config("kaggle"), load_config("imaterialist2018")
     assert [m.name for m in kaggle.members] == [m.name for m in competition.members]
     assert kaggle.data.dir.startswith("/kaggle/input/") and kaggle.data.pool == competition.data.pool
-    assert all(m.data_parallel == "auto" and m.checkpoint_minutes > 0 for m in kaggle.members)
+    assert all(m.hardware.data_parallel == "auto" and m.hardware.checkpoint_minutes > 0 for m in kaggle.members)
     assert kaggle.tensorboard.enabled and kaggle.kaggle.competition == "imaterialist-challenge-fashion-2018"
     differing = {f.name for f in dataclasses.fields(MemberConfig)
                  if getattr(kaggle.members[0], f.name) != getattr(competition.members[0], f.name)}
-    assert differing <= {"data_parallel", "mixed_precision", "batch_size", "checkpoint_minutes", "cache",
-                         "reader_workers"}  # the overlay changes where and how, not which model
+    assert differing <= {"hardware", "batch_size"}  # the overlay changes where and how, not which model
 
 
 def test_shipped_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):

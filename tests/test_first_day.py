@@ -117,7 +117,7 @@ def test_the_smoke_overlay_shrinks_any_config(config_name):
     assert [m.backbone for m in smoke.members] == [m.backbone for m in full.members]  # same members
     for member in smoke.members:
         assert member.weights is None and member.finetune_epochs + member.head_epochs == 1
-        assert member.input_size == (96, 96) and member.batch_size == 16 and member.reader_workers == 2
+        assert member.input_size == (96, 96) and member.batch_size == 16 and member.hardware.reader_workers == 2
     stackers = {spec.name: spec.params for spec in smoke.stack.stackers}
     assert smoke.download.workers <= 4 and stackers["grid_cnn"]["epochs"] <= 5
 
