@@ -177,7 +177,19 @@ def peak_memory_mb():
         with open("/proc/self/status") as handle:
             for line in handle:
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+                    return round(int(line.split()[1]) / 1024)
+    except OSError:
+        pass
+    return None
+
+
+def resident_memory_mb():
+    """This process's resident memory now (VmRSS), in MB."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024)
     except OSError:
         pass
     return None

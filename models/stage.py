@@ -339,6 +339,9 @@ def release_models() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+    from fashion_stack.pipeline import peak_memory_mb, resident_memory_mb
+    get_logger("members").info("unit's model released: resident memory %s MB (peak so far %s MB)",
+                               resident_memory_mb(), peak_memory_mb())
 
 
 _RESOURCES = ProcessCache("member resources", "the current member's placement and image cache, shared by its units")
