@@ -146,7 +146,7 @@ def test_cli_exit_codes(tmp_path):
     good.write_text(GOOD)
     result = run_cli(good, "--test", test_json, "--label-map", label_map)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == "valid: 4 rows"
+    assert result.stdout.strip().splitlines()[-1] == "valid: 4 rows" and "against 4 test ids" in result.stdout
 
     bad = tmp_path / "bad.csv"
     bad.write_text("image_id,label_id\n1,1 99\n2,3\n3,4\n")
