@@ -14,6 +14,8 @@ from typing import Any, Iterator
 
 import pandas as pd
 
+from fashion_stack.core.process import status_field
+
 
 _UMASK = os.umask(0)  # at import; _umask() reads the current one where the system tells it
 os.umask(_UMASK)
@@ -22,14 +24,11 @@ os.umask(_UMASK)
 def _umask() -> int:
     """The process's umask now. Linux reports it in /proc/self/status (reading it there does not
     set it, which other threads could observe); elsewhere the one read at import."""
+    value = status_field("Umask")
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return _UMASK
+        return int(value, 8) if value is not None else _UMASK
+    except ValueError:
+        return _UMASK
 
 
 # In every temporary's name: what a write killed before its rename leaves behind is recognisable

@@ -691,16 +691,23 @@ def upgrade_member(member):
     return member
 
 
+def _shared_member_settings(values: dict, key: str, choices: dict) -> dict:
+    """`values[key]` (member_defaults or every_member) popped and checked as member settings on
+    their own, so that their typos are named as theirs: a mapping, without a name."""
+    shared = values.pop(key, None) or {}
+    if not isinstance(shared, dict):
+        raise ConfigError(f"{key}: expected a mapping of member settings, got {_shown(shared)}")
+    if "name" in shared:
+        raise ConfigError(f"{key}.name: every member names itself; remove name from {key}")
+    _build(MemberConfig, upgrade_member(shared), key, choices)
+    return shared
+
+
 def apply_member_defaults(values: dict, choices: dict) -> dict:
     """`member_defaults` (any member setting but its name) merged under every entry of `members`:
     settings the members share are written once; a member's own value wins."""
     values = dict(values)
-    defaults = values.pop("member_defaults", None) or {}
-    if not isinstance(defaults, dict):
-        raise ConfigError(f"member_defaults: expected a mapping of member settings, got {_shown(defaults)}")
-    if "name" in defaults:
-        raise ConfigError("member_defaults.name: every member names itself; remove name from member_defaults")
-    _build(MemberConfig, upgrade_member(defaults), "member_defaults", choices)  # its own typos are named as its own
+    defaults = _shared_member_settings(values, "member_defaults", choices)
     members = values.get("members")
     if defaults and isinstance(members, list):  # a member's own input (either spelling) wins over the defaults'
         members = [_member_over_defaults(defaults, m) if isinstance(m, dict) else m for m in members]
@@ -754,12 +761,7 @@ def apply_every_member(values: dict, choices: dict) -> dict:
     overlay (configs/overlays/smoke.yaml) forces on whatever members a config has. The opposite
     of member_defaults, where the member's own value wins."""
     values = dict(values)
-    forced = values.pop("every_member", None) or {}
-    if not isinstance(forced, dict):
-        raise ConfigError(f"every_member: expected a mapping of member settings, got {_shown(forced)}")
-    if "name" in forced:
-        raise ConfigError("every_member.name: every member names itself; remove name from every_member")
-    _build(MemberConfig, upgrade_member(forced), "every_member", choices)
+    forced = _shared_member_settings(values, "every_member", choices)
     if forced and isinstance(values.get("members"), list):
         values["members"] = [upgrade_member(_member_over_defaults(upgrade_member(m), forced))
                              if isinstance(m, dict) else m for m in values["members"]]

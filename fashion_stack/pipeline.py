@@ -23,6 +23,7 @@ from fashion_stack.core import atomic  # noqa: E402 (after the environment it re
 from fashion_stack.core.config import ConfigError, dump_config, load_config, overlay_values, parse_override
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.log import setup_logging
+from fashion_stack.core.process import peak_memory_mb, reset_peak_memory
 from fashion_stack.core.rundir import RunDir, RunDirError, StaleArtifactError, environment_record, run_lock, unwritable
 
 # name -> (entry point, what it writes). Order is the order of the pipeline.
@@ -159,40 +160,6 @@ def run_stage(name: str, ctx: StageContext, log) -> dict:
              f", peak memory {peak:.0f} MB" if peak is not None else "")
     _record_stage(ctx, name, summary["seconds"], peak)
     return summary
-
-
-def reset_peak_memory() -> None:
-    """Starts this process's peak-RSS count afresh (Linux: 5 > /proc/self/clear_refs), so each
-    stage's peak is its own, not the largest of the stages before it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        pass
-
-
-def peak_memory_mb():
-    """This process's peak resident memory since the last reset_peak_memory (VmHWM), in MB."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024)
-    except OSError:
-        pass
-    return None
-
-
-def resident_memory_mb():
-    """This process's resident memory now (VmRSS), in MB."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return round(int(line.split()[1]) / 1024)
-    except OSError:
-        pass
-    return None
 
 
 def _record_stage(ctx: StageContext, name: str, seconds: float, peak_mb) -> None:

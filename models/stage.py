@@ -23,6 +23,7 @@ from fashion_stack.core.config import MemberConfig
 from fashion_stack.core.executor import Resources, Task
 from fashion_stack.core.lineage import digest
 from fashion_stack.core.log import get_logger
+from fashion_stack.core.process import peak_memory_mb, resident_memory_mb
 from fashion_stack.core.metrics import score_probabilities
 from fashion_stack.core.registry import ProcessCache, Registry
 from fashion_stack.core.rundir import DONE, is_done, mark_done, read_done, upstream_digest
@@ -339,7 +340,6 @@ def release_models() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
-    from fashion_stack.pipeline import peak_memory_mb, resident_memory_mb
     get_logger("members").info("unit's model released: resident memory %s MB (peak so far %s MB)",
                                resident_memory_mb(), peak_memory_mb())
 
