@@ -108,3 +108,21 @@ def test_probe_with_more_features_than_rows_equals_scikit_learn_through_the_row_
         reference = sklearn_linear.LogisticRegression(C=0.05, max_iter=5000, tol=1e-10).fit(z, y[:, j])
         np.testing.assert_allclose(probe.predict(x)[:, j], reference.predict_proba(z)[:, 1], atol=2e-4)
         np.testing.assert_allclose(probe.coef[:, j], reference.coef_[0], rtol=1e-3, atol=1e-4)
+
+
+def test_probe_matches_scikit_learn_on_correlated_features_and_a_rare_label():
+    # CNN embeddings are strongly correlated (a few directions carry most of the variance) and
+    # some labels have a handful of positives: the case where a solver stopping early is visible
+    rng = np.random.default_rng(3)
+    n, dim = 300, 120
+    factors = rng.normal(size=(n, 6))
+    x = factors @ rng.normal(size=(6, dim)) * 3 + 0.3 * rng.normal(size=(n, dim))
+    score = factors[:, 0] + 0.5 * factors[:, 1]
+    y = np.column_stack([score > 0.5, score > 2.2]).astype(np.float32)  # the second: a few positives
+    assert 3 <= y[:, 1].sum() <= 15
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    for c in (0.001, 0.1):
+        probe = fit_probe(x, y, [c], inner_folds=2)
+        for j in range(y.shape[1]):
+            reference = sklearn_linear.LogisticRegression(C=c, max_iter=10000, tol=1e-12).fit(z, y[:, j])
+            np.testing.assert_allclose(probe.predict(x)[:, j], reference.predict_proba(z)[:, 1], atol=2e-4)
