@@ -145,6 +145,11 @@ class MemberConfig:
     # image_size / image_height are read as this: see upgrade_input_size)
     input_size: Optional[tuple[Annotated[int, Ge(16)], ...]] = None
     weights: Optional[str] = None  # "imagenet", a local .h5 / .weights.h5 path, or None
+    # the band of the photo the member sees, [top, bottom] as fractions of its height (e.g. [0, 0.5]
+    # the upper body, [0.5, 1] the lower): the band fills input_size, so it is a zoom. Members that
+    # look at different regions see small items (sunglasses, watches, shoes) at a larger scale and
+    # make different errors, which is what a stacker can combine. null: the whole photo
+    region: Optional[tuple[Annotated[float, Interval(ge=0, le=1)], ...]] = None
     # "finetune" (two phases), "frozen" (embeddings once, heads per fold) or "probe" (per-label
     # logistic regression on other frozen members' embeddings; see probe_of)
     mode: Literal["finetune", "frozen", "probe"] = "finetune"
@@ -208,6 +213,8 @@ class MemberConfig:
     def __post_init__(self):
         # code that builds a member by hand may write input_size=64 or [320, 224]: one form, (h, w)
         self.input_size = input_size_pair(self.input_size)
+        if self.region is not None:
+            self.region = tuple(float(edge) for edge in self.region)
 
 
 @dataclass
@@ -854,6 +861,14 @@ def validate(config: PipelineConfig) -> None:
         if member.input_size is not None and len(member.input_size) != 2:
             raise ConfigError(f"members[{position}] ({member.name}).input_size is {list(member.input_size)}; write "
                               "[height, width], one number for a square, or null for the backbone's native size")
+        if member.region is not None:
+            if len(member.region) != 2 or not member.region[0] < member.region[1]:
+                raise ConfigError(f"members[{position}] ({member.name}).region is {list(member.region)}; write "
+                                  "[top, bottom], fractions of the photo's height with top < bottom (e.g. [0, 0.5])")
+            if member.resize != "stretch" or member.mode == "probe":
+                raise ConfigError(f"members[{position}] ({member.name}): region needs resize: stretch (the band is "
+                                  f"cut from the stretched photo) and a trunk (mode finetune or frozen); it has "
+                                  f"resize {member.resize!r}, mode {member.mode!r}")
         if member.ema_decay > 0 and member.epoch_selection == "inner_split":
             raise ConfigError(f"members[{position}] ({member.name}): ema_decay with epoch_selection inner_split "
                               "is not supported (the inner split scores the raw weights); use one of them")

@@ -80,10 +80,20 @@ class InputSpec:
     """What a member's images look like on their way into the model: resolved once from the
     member config, saved inside the model (its input shape and preprocess layer), and read back
     from the model for prediction, as timm's models carry their pretrained config."""
-    height: int
+    height: int  # what the readers decode to
     width: int
     resize: str  # "stretch" | "pad" | "crop"
     preprocess_style: str
+    # rows the model cuts off the top and bottom before the trunk (a member's region): the trunk
+    # sees (height - crop_top - crop_bottom) x width
+    crop_top: int = 0
+    crop_bottom: int = 0
+
+    @property
+    def trunk_size(self):
+        """What the trunk takes, in the readers' form (an int when square)."""
+        height = self.height - self.crop_top - self.crop_bottom
+        return height if height == self.width else (height, self.width)
 
     @property
     def size(self):
@@ -106,8 +116,16 @@ def resolve_input_spec(member) -> InputSpec:
     the backbone's native square (non-square inputs: tall photos keep their aspect, e.g. 320 x 224,
     in a fully convolutional trunk)."""
     height, width = member.input_size if member.input_size is not None else (None, None)
-    return InputSpec(resolve_size(member.backbone, height), resolve_size(member.backbone, width), member.resize,
-                     backbone_spec(member.backbone).preprocess_style)
+    height, width = resolve_size(member.backbone, height), resolve_size(member.backbone, width)
+    style = backbone_spec(member.backbone).preprocess_style
+    region = getattr(member, "region", None)
+    if region is None or tuple(region) == (0.0, 1.0):
+        return InputSpec(height, width, member.resize, style)
+    # the whole photo is read taller, so that the band [top, bottom] of it is `height` rows
+    top, bottom = region
+    decoded = int(round(height / (bottom - top)))
+    crop_top = min(int(round(top * decoded)), decoded - height)
+    return InputSpec(decoded, width, member.resize, style, crop_top, decoded - height - crop_top)
 
 
 def input_spec_of(model: keras.Model) -> InputSpec:
@@ -119,7 +137,22 @@ def input_spec_of(model: keras.Model) -> InputSpec:
     if layer.resize is None:
         raise BackboneError(f"model {model.name!r} was saved without its resize policy (made by an older "
                             "version); rerun its members stage with --redo members")
-    return InputSpec(int(model.input_shape[1]), int(model.input_shape[2]), layer.resize, layer.style)
+    try:
+        (crop_top, crop_bottom), _ = model.get_layer(REGION_LAYER).cropping
+    except ValueError:
+        crop_top = crop_bottom = 0
+    return InputSpec(int(model.input_shape[1]), int(model.input_shape[2]), layer.resize, layer.style,
+                     int(crop_top), int(crop_bottom))
+
+
+REGION_LAYER = "region"
+
+
+def region_crop(spec: InputSpec, x):
+    """The member's region cut from the preprocessed photo (a no-op without one)."""
+    if not (spec.crop_top or spec.crop_bottom):
+        return x
+    return keras.layers.Cropping2D(((spec.crop_top, spec.crop_bottom), (0, 0)), name=REGION_LAYER)(x)
 
 
 def create_backbone(name: str, input_size=None, weights: Optional[str] = None) -> keras.Model:

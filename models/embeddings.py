@@ -30,6 +30,8 @@ from fashion_stack.models.inputs import prediction_batches
 log = get_logger("members")
 # The member fields that change the embeddings; head fields (dropout, loss...) do not.
 EMBEDDING_FIELDS = ("backbone", "input_size", "weights", "resize", "pooling", "tta_flip")
+# fields added after runs existed: hashed only when set, so those runs keep their caches
+HASHED_WHEN_SET = ("region",)
 EMBEDDING_HARDWARE_FIELDS = ("mixed_precision",)  # of member.hardware, hashed beside the fields above
 # (the image cache is not used here: each image passes through the trunk once)
 
@@ -55,6 +57,7 @@ class EmbeddingTable:
 
 def embedding_hash(member: MemberConfig) -> str:
     chosen = {name: getattr(member, name) for name in EMBEDDING_FIELDS}
+    chosen.update({name: getattr(member, name) for name in HASHED_WHEN_SET if getattr(member, name) is not None})
     chosen.update({name: getattr(member.hardware, name) for name in EMBEDDING_HARDWARE_FIELDS})
     chosen["pooling"] = dataclasses.asdict(pooling_of(member)) | {"name": as_plugin_spec(member.pooling).name}
     return digest(chosen)

@@ -13,7 +13,8 @@ from keras import layers, ops
 
 from fashion_stack.core.config import MemberConfig, as_plugin_spec
 from fashion_stack.core.registry import Registry
-from fashion_stack.models.backbones import ImagePreprocess, InputSpec, backbone_spec, create_backbone, is_pretrained, resolve_input_spec
+from fashion_stack.models.backbones import (ImagePreprocess, InputSpec, backbone_spec, create_backbone, is_pretrained,
+                                             region_crop, resolve_input_spec)
 from fashion_stack.models.inputs import augmentation_layers
 
 PHASES = ("head", "top", "all")
@@ -202,12 +203,12 @@ def build_member_model(member: MemberConfig, n_labels: int, precision: str = "fl
     """
     spec = spec or resolve_input_spec(member)
     with precision_policy(precision):
-        trunk = create_backbone(member.backbone, spec.size, member.weights)
+        trunk = create_backbone(member.backbone, spec.trunk_size, member.weights)
         inputs = keras.Input(spec.shape, name="image")
         x = inputs
         for layer in augmentation_layers(member.seed) if member.augment else []:
             x = layer(x)
-        x = ImagePreprocess(spec.preprocess_style, spec.resize, name="preprocess")(x)
+        x = region_crop(spec, ImagePreprocess(spec.preprocess_style, spec.resize, name="preprocess")(x))
         x = trunk(x, training=False if is_pretrained(member.weights) else None)
         outputs = classifier_head(pool_features(x, member), n_labels, member)
         # built inside the policy so compile() wraps the optimizer in loss scaling when mixed
@@ -221,9 +222,9 @@ def build_embedding_model(member: MemberConfig, precision: str = "float32",
     7 x 7 x 1280 map is 49 times a pooled vector). `spec` as for build_member_model."""
     spec = spec or resolve_input_spec(member)
     with precision_policy(precision):
-        trunk = create_backbone(member.backbone, spec.size, member.weights)
+        trunk = create_backbone(member.backbone, spec.trunk_size, member.weights)
         inputs = keras.Input(spec.shape, name="image")
-        x = ImagePreprocess(spec.preprocess_style, spec.resize, name="preprocess")(inputs)
+        x = region_crop(spec, ImagePreprocess(spec.preprocess_style, spec.resize, name="preprocess")(inputs))
         x = pool_features(trunk(x, training=False), member)
         dtype = "float16" if pooling_of(member).reads_map else "float32"
         outputs = layers.Activation("linear", dtype=dtype, name="embedding")(x)

@@ -31,7 +31,7 @@ from fashion_stack.datasets.folds import read_folds
 from fashion_stack.datasets.manifest import POOLS, ManifestDigests, manifest_labels, pool_ids, read_manifest, test_ids, usable
 from fashion_stack.models import trainer
 from fashion_stack.models.devices import resolve_placement, share_gpu
-from fashion_stack.models.embeddings import embedding_hash, member_embeddings
+from fashion_stack.models.embeddings import HASHED_WHEN_SET, embedding_hash, member_embeddings
 from fashion_stack.models.probe import LinearProbe, fit_probe, probe_features
 from fashion_stack.models import probe as probe_model
 from fashion_stack.models.inputs import image_cache
@@ -134,7 +134,8 @@ HASHED_HARDWARE_FIELDS = ("mixed_precision", "lr_scaling")
 
 
 def member_hash(member: MemberConfig, pool_name: str, label_ids, probed: list = ()) -> str:
-    settings = {k: v for k, v in dataclasses.asdict(member).items() if k != "hardware"}
+    settings = {k: v for k, v in dataclasses.asdict(member).items()
+                if k != "hardware" and not (k in HASHED_WHEN_SET and v is None)}
     settings.update({k: getattr(member.hardware, k) for k in HASHED_HARDWARE_FIELDS})
     blob = {"member": settings, "pool": pool_name, "labels": list(label_ids)}
     if probed:  # a probe's inputs are other members' embeddings: their trunk settings are its settings
