@@ -11,16 +11,23 @@ pipeline recorded them (stage_times.json: the process's high-water mark, reset a
 start, so each figure is that stage's own, or what the process still holds from earlier stages).
 A stage whose units ran in child processes (the members' hardware.isolation "member", the default)
 has peak_MB = the pipeline process's peak (process_MB) + the largest child's own peak (child_MB):
-the children run one at a time, so that bounds what was resident at once. --counts sets the
-stand-in's train, validation and test images (default 250,200,50: 500 images).
+the children run one at a time, so that bounds what was resident at once. It counts twice the
+pages both processes map from the same files (TensorFlow's libraries, about 0.65 GB), so the table
+also gives tree_PSS_MB: every 0.5 s the benchmark sums the proportional set size (shared pages
+divided among the processes sharing them) over the pipeline's whole process tree, and keeps each
+stage's largest sum (the stage the log last said was starting; a sample can miss a peak shorter
+than 0.5 s). --counts sets the stand-in's
+train, validation and test images (default 250,200,50: 500 images).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,7 +53,12 @@ def measure(imat_dir: Path, out: Path, overrides: list, counts=(250, 200, 50)) -
         started = time.perf_counter()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         with open(out / "pipeline.log", "w") as log:
-            code = subprocess.call(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+            pipeline = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+            samples = TreeSampler(pipeline.pid, out / "pipeline.log")
+            try:
+                code = pipeline.wait()
+            finally:
+                samples.stop()
         wall = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"the pipeline failed (exit {code}); see {out / 'pipeline.log'}")
@@ -55,14 +67,86 @@ def measure(imat_dir: Path, out: Path, overrides: list, counts=(250, 200, 50)) -
     table = pd.DataFrame([{"stage": name, "seconds": times[name]["seconds"], "peak_MB": times[name]["peak_memory_mb"],
                            # older runs recorded only the total (no children then)
                            "process_MB": times[name].get("process_peak_memory_mb", times[name]["peak_memory_mb"]),
-                           "child_MB": times[name].get("child_peak_memory_mb")}
+                           "child_MB": times[name].get("child_peak_memory_mb"),
+                           "tree_PSS_MB": samples.peaks.get(name)}
                           for name in STAGES if name in times])
-    table["child_MB"] = table["child_MB"].astype("Int64")
+    for column in ("child_MB", "tree_PSS_MB"):
+        table[column] = table[column].astype("Int64")
     # the run's peak is the largest stage's: the kernel's own maximum (getrusage) is reset with the
     # high-water mark at each stage's start, so it cannot be read for the whole run
     table.loc[len(table)] = {"stage": "whole run", "seconds": round(wall, 1), "peak_MB": table["peak_MB"].max(),
-                             "process_MB": table["process_MB"].max(), "child_MB": table["child_MB"].max()}
+                             "process_MB": table["process_MB"].max(), "child_MB": table["child_MB"].max(),
+                             "tree_PSS_MB": max(samples.peaks.values(), default=None)}
     return table
+
+
+STAGE_START = re.compile(r"INFO stage (\w+): starting")
+
+
+class TreeSampler:
+    """Every `interval_s`, the sum of Pss (/proc/PID/smaps_rollup) over a process and all its
+    descendants, in a thread until stop(); `peaks`: the largest sum per stage, the stage being the
+    one the pipeline's log last said was starting."""
+
+    def __init__(self, root_pid: int, log_path: Path, interval_s: float = 0.5):
+        self.root_pid, self.log_path, self.interval_s = root_pid, Path(log_path), interval_s
+        self.peaks: dict = {}  # stage -> MB
+        self._stage, self._offset = "start-up", 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = sum(_pss_kib(pid) for pid in _tree(self.root_pid)) / 1024
+            self._follow_log()  # after the sum: a stage that started meanwhile gets the sample
+            if total:
+                self.peaks[self._stage] = max(self.peaks.get(self._stage, 0), round(total))
+            self._stop.wait(self.interval_s)
+
+    def _follow_log(self) -> None:
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except OSError:
+            return
+        cut = data.rfind(b"\n") + 1  # whole lines only; the rest is read again next time
+        self._offset += cut
+        starts = STAGE_START.findall(data[:cut].decode("utf-8", "replace"))
+        if starts:
+            self._stage = starts[-1]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _tree(root: int) -> list:
+    children: dict = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def parse_counts(text: str) -> tuple:
