@@ -134,6 +134,12 @@ class HardwareConfig:
     # free; a fraction of a GPU lets units share one). The local engine ignores them.
     unit_cpus: Annotated[float, Gt(0)] = 1.0
     unit_gpus: Annotated[float, Ge(0)] = 1.0
+    # Local engine: "member" trains the member's units (its folds, its embeddings pass) in a child
+    # process of their own, which ends with them, so the memory TensorFlow/Keras keeps after a
+    # model is released goes back to the system before the next member (issue 23: four backbones
+    # in one process peaked at 6.6 GB); "none": in the pipeline's own process (a few seconds less
+    # per member: no fresh TensorFlow import). --engine ray ignores it.
+    isolation: Literal["member", "none"] = "member"
 
 
 @dataclass

@@ -1,6 +1,15 @@
-"""Where a stage's independent units run: in this process, one after another (`local`, the
+"""Where a stage's independent units run: on this machine, one after another (`local`, the
 default), or as Ray core tasks on a cluster (`ray`). A stage hands its units over as `Task`s and
 gets their results back in the same order; it does not know which executor ran them.
+
+Locally a task runs in this process, or, when it names a `child`, in a child process ("spawn":
+a fresh interpreter, never a fork of this TensorFlow process) that a map call's consecutive tasks
+naming the same child share and that ends with them, so what they allocated (a backbone's
+TensorFlow/Keras state, which stays in a process however its models are released) goes back to
+the system. The child's log records come to this process's logger; its error stops the map with
+UnitFailed naming the unit (finished units stay done); Ctrl-C here interrupts it and ends it,
+and a child whose parent died ends itself. Each child reports its own peak memory
+(core.process.note_child_peak) for the stage's memory log.
 
 A unit is already independent, resumable and atomically written (its DONE.json last), so an
 executor adds only placement: Ray places each task where its resources (CPUs, GPUs, fractions of
@@ -15,14 +24,21 @@ from __future__ import annotations
 
 import csv
 import logging
+import logging.handlers
+import multiprocessing
 import os
+import pickle
 import platform
+import signal
+import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from fashion_stack.core.log import LOGGER_NAME, format_seconds, get_logger
+from fashion_stack.core.process import note_child_peak, peak_memory_mb
 
 log = get_logger("executor")
 ENGINES = ("local", "ray")
@@ -47,6 +63,10 @@ class Task:
     args: tuple = ()
     resources: Resources = field(default_factory=Resources)
     log_path: Optional[Path] = None  # the unit's own log, beside its artifacts
+    # Local engine: a name here runs the task in a child process of its own, shared by the map
+    # call's consecutive tasks of the same name (one member's units) and ended after them; None:
+    # in this process. Ray ignores it (its tasks run in its worker processes anyway).
+    child: Optional[str] = None
 
 
 def run_task(task: Task, engine: str = "local", attempt_file: Optional[str] = None) -> dict:
@@ -63,7 +83,8 @@ def run_task(task: Task, engine: str = "local", attempt_file: Optional[str] = No
     node = platform.node()
     started = time.perf_counter()
     try:
-        get_logger("executor").info("%s %s: started on %s (attempt %d)", task.stage, task.key, node, attempt)
+        get_logger("executor").info("%s %s: started on %s in process %d (attempt %d)", task.stage, task.key, node,
+                                    os.getpid(), attempt)
         result = task.fn(*task.args)
     finally:
         if handler is not None:
@@ -118,7 +139,8 @@ class StageProgress:
 
 
 class LocalExecutor:
-    """Today's loop: each unit in this process, in order."""
+    """Each unit in order: in this process, or, for tasks that name a `child`, in a child process
+    of their own (see the module's docstring)."""
     name = "local"
 
     def __init__(self, run_root: Optional[Path] = None):
@@ -126,13 +148,203 @@ class LocalExecutor:
         self.progress = StageProgress()
 
     def map(self, tasks: Sequence[Task]) -> list:
-        results = []
-        for number, task in enumerate(tasks, start=1):
-            outcome = run_task(task)
+        tasks = list(tasks)
+        results: list = [None] * len(tasks)
+        finished = 0
+
+        def done(number: int, outcome: dict) -> None:
+            nonlocal finished
+            task = tasks[number]
+            finished += 1
             _record(self.run_root, task, self.name, outcome, "done")
-            log.info("%s", self.progress.finished(task, outcome["seconds"], batch=(number, len(tasks))))
-            results.append(outcome["result"])
+            log.info("%s", self.progress.finished(task, outcome["seconds"], batch=(finished, len(tasks))))
+            results[number] = outcome["result"]
+
+        for child, numbers in _runs_of_children(tasks):
+            if child is None:
+                for number in numbers:
+                    done(number, run_task(tasks[number]))
+            else:
+                run_in_child(child, [tasks[n] for n in numbers], lambda index, outcome: done(numbers[index], outcome),
+                             on_failure=lambda task, error: _record(self.run_root, task, self.name, {
+                                 "node": platform.node(), "seconds": float("nan"), "attempt": 1}, f"failed: {error}"),
+                             finished_before=lambda: finished)
         return results
+
+
+def _runs_of_children(tasks: Sequence[Task]) -> list:
+    """(child, task numbers) for each run of consecutive tasks naming the same child; None's
+    tasks run here, each on its own."""
+    runs: list = []
+    for number, task in enumerate(tasks):
+        if runs and task.child is not None and runs[-1][0] == task.child:
+            runs[-1][1].append(number)
+        else:
+            runs.append((task.child, [number]))
+    return runs
+
+
+# ---- the child process of the local engine --------------------------------------------------
+
+STOP_WAIT_S = 10.0  # after Ctrl-C here: how long the child has to stop on its own before it is ended
+EXIT_WAIT_S = 60.0  # after its last unit: how long the child may take to exit (interpreter teardown)
+
+
+def run_in_child(child: str, tasks: Sequence[Task], on_done: Callable, on_failure: Callable = None,
+                 finished_before: Callable = None) -> None:
+    """Runs `tasks` in order in one fresh child process; on_done(index, outcome) here as each
+    finishes. A unit's error, or the child's death, raises UnitFailed naming the unit."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    level = logging.getLogger(LOGGER_NAME).getEffectiveLevel()
+    process = context.Process(target=_child_main, args=(sender, list(tasks), level, os.getpid()),
+                              name=f"fashion-stack {child}")
+    try:
+        process.start()  # pickles the tasks: a task that cannot travel fails here, before any work
+    except Exception as err:  # noqa: BLE001 - said with the setting that avoids it
+        sender.close()
+        receiver.close()
+        raise UnitFailed(f"{tasks[0].stage} units of {child} cannot be sent to a child process "
+                         f"({type(err).__name__}: {err}); run them in this process instead "
+                         "(the member's hardware.isolation: none)") from err
+    sender.close()  # ours: the child's death then ends receiving (EOFError)
+    log.info("%s: %d unit(s) of %s run in child process %d", tasks[0].stage, len(tasks), child, process.pid)
+    index, peak = 0, None
+    try:
+        while True:
+            try:
+                message = receiver.recv()
+            except EOFError:  # the child died without a word: killed, out of memory, a crash
+                process.join()
+                task = tasks[min(index, len(tasks) - 1)]
+                if on_failure:
+                    on_failure(task, f"child exit {process.exitcode}")
+                raise UnitFailed(
+                    f"{task.stage} unit {task.key}: its child process {process.pid} ended with exit code "
+                    f"{process.exitcode} ({_signal_name(process.exitcode)}) before finishing it; "
+                    f"{_kept(finished_before)}(its log: {task.log_path})") from None
+            kind = message[0]
+            if kind == "log":
+                record = message[1]
+                logging.getLogger(record.name).handle(record)
+            elif kind == "done":
+                _, index, outcome, peak = message
+                on_done(index, outcome)
+                index += 1
+            elif kind == "failed":
+                _, index, error, text, peak = message
+                task = tasks[index]
+                if isinstance(error, KeyboardInterrupt):  # Ctrl-C reached the child first: it is ours
+                    raise KeyboardInterrupt(f"{task.stage} unit {task.key} interrupted")
+                if on_failure:
+                    on_failure(task, type(error).__name__ if error is not None else "?")
+                cause = f"{type(error).__name__}: {error}" if error is not None else text.strip().splitlines()[-1]
+                failure = UnitFailed(f"{task.stage} unit {task.key} failed in its child process {process.pid}: "
+                                     f"{cause}; {_kept(finished_before)}(its log: {task.log_path})")
+                failure.child_traceback = text
+                raise failure from error
+            elif kind == "end":
+                peak = message[1]
+                break
+        process.join(EXIT_WAIT_S)
+    finally:
+        note_child_peak(peak)
+        _stop(process)
+        receiver.close()
+
+
+def _kept(finished_before: Optional[Callable]) -> str:
+    count = finished_before() if finished_before else 0
+    return f"the {count} unit(s) finished before it stay done, rerun to do the rest "
+
+
+def _signal_name(exitcode) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            pass
+    return "no error reported"
+
+
+def _stop(process) -> None:
+    """Ends a child that is still running (this process is being interrupted or failed): Ctrl-C
+    first, so its own cleanup runs, then SIGTERM, then SIGKILL. Never leaves it behind."""
+    if process.pid is None:
+        return
+    if process.is_alive():
+        try:
+            os.kill(process.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        process.join(STOP_WAIT_S)
+    if process.is_alive():
+        process.terminate()
+        process.join(STOP_WAIT_S)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
+class _Forward(logging.handlers.QueueHandler):
+    """The child's log handler: each record, made picklable (QueueHandler.prepare formats it),
+    goes to the parent over the pipe, where its own logger handles it."""
+
+    def __init__(self, send: Callable):
+        super().__init__(None)
+        self.send = send
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        self.send(("log", record))
+
+
+def _child_main(sender, tasks: list, level: int, parent_pid: int) -> None:
+    """The child's whole life: its tasks in order, each outcome (with this process's peak memory
+    so far) or the first error sent back, then the end."""
+    lock = threading.Lock()
+
+    def send(message) -> None:
+        with lock:
+            sender.send(message)
+
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.handlers[:] = [_Forward(send)]
+    logger.setLevel(level)
+    logger.propagate = False
+    threading.Thread(target=_end_with_parent, args=(parent_pid,), daemon=True).start()
+    for index, task in enumerate(tasks):
+        try:
+            outcome = run_task(task)
+        except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it
+            send(("failed", index, _portable(err), traceback.format_exc(), peak_memory_mb()))
+            sender.close()
+            return
+        send(("done", index, outcome, peak_memory_mb()))
+    send(("end", peak_memory_mb()))
+    sender.close()
+
+
+def _portable(err: BaseException) -> Optional[BaseException]:
+    """The error itself when it survives pickling (the parent raises UnitFailed from it), else
+    None (the parent then quotes the traceback's last line)."""
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:  # noqa: BLE001 - any error type may refuse pickling
+        return None
+
+
+def _end_with_parent(parent_pid: int, interval_s: float = 1.0) -> None:
+    """A child whose parent died (killed outright, with no chance to end it) interrupts its unit,
+    as Ctrl-C would, and exits: no orphan keeps training."""
+    while os.getppid() == parent_pid:
+        time.sleep(interval_s)
+    try:  # to the main thread, so that a blocking call there is interrupted too
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+    except (AttributeError, OSError):
+        pass
+    time.sleep(STOP_WAIT_S)
+    os._exit(1)
 
 
 class RayExecutor:

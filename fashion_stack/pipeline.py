@@ -23,7 +23,7 @@ from fashion_stack.core import atomic  # noqa: E402 (after the environment it re
 from fashion_stack.core.config import ConfigError, dump_config, load_config, overlay_values, parse_override
 from fashion_stack.core.context import StageContext
 from fashion_stack.core.log import setup_logging
-from fashion_stack.core.process import peak_memory_mb, reset_peak_memory
+from fashion_stack.core.process import child_peak_memory_mb, peak_memory_mb, reset_peak_memory
 from fashion_stack.core.rundir import RunDir, RunDirError, StaleArtifactError, environment_record, run_lock, unwritable
 
 # name -> (entry point, what it writes). Order is the order of the pipeline.
@@ -144,7 +144,11 @@ def build_context(args, stages=None) -> StageContext:
                         executor=executor)
 
 
-STAGE_TIMES = "stage_times.json"  # each stage's latest wall time and peak memory, for the report's summary
+# each stage's latest wall time and peak memory, for the report's summary. peak_memory_mb: this
+# process's high-water mark during the stage, plus the largest peak of a child process that ran
+# units of it (the local engine's isolated members, one child at a time: an upper bound of what
+# was resident at once); process_peak_memory_mb and child_peak_memory_mb (null: no child) its parts
+STAGE_TIMES = "stage_times.json"
 
 
 def run_stage(name: str, ctx: StageContext, log) -> dict:
@@ -155,21 +159,24 @@ def run_stage(name: str, ctx: StageContext, log) -> dict:
     reset_peak_memory()
     summary = entry(ctx) or {}
     summary["seconds"] = round(time.time() - started, 1)
-    peak = peak_memory_mb()
+    own, child = peak_memory_mb(), child_peak_memory_mb()
+    peak = None if own is None else own + (child or 0)
+    parts = f" (this process {own} MB + largest child process {child} MB)" if child is not None else ""
     log.info("stage %s: done in %.1f s%s", name, summary["seconds"],
-             f", peak memory {peak:.0f} MB" if peak is not None else "")
-    _record_stage(ctx, name, summary["seconds"], peak)
+             f", peak memory {peak:.0f} MB{parts}" if peak is not None else "")
+    _record_stage(ctx, name, summary["seconds"], peak, own, child)
     return summary
 
 
-def _record_stage(ctx: StageContext, name: str, seconds: float, peak_mb) -> None:
+def _record_stage(ctx: StageContext, name: str, seconds: float, peak_mb, own_mb=None, child_mb=None) -> None:
     path = ctx.run.root / STAGE_TIMES
     try:
         record = atomic.read_json(path) if path.exists() else {}
     except (OSError, ValueError):
         record = {}
-    record[name] = {"seconds": seconds, "peak_memory_mb": None if peak_mb is None else round(peak_mb),
-                    "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    rounded = [None if mb is None else round(mb) for mb in (peak_mb, own_mb, child_mb)]
+    record[name] = {"seconds": seconds, "peak_memory_mb": rounded[0], "process_peak_memory_mb": rounded[1],
+                    "child_peak_memory_mb": rounded[2], "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     atomic.write_json(path, record)
 
 

@@ -11,7 +11,8 @@ whole config.
 - precision and devices: the member's requests (mixed_precision, data_parallel), resolved to a
   dtype policy and devices where the unit runs (models.devices.resolve_placement), since an
   executor may place units on other machines.
-- resources: what each unit asks an executor for.
+- resources: what each unit asks an executor for; child: the local engine's child process its
+  units share (hardware.isolation "member": the member's name), or None (the driver's process).
 - probed: the plans of the members a probe reads.
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ class MemberPlan:
     devices: str  # the requested data parallelism ("auto", "on", "off")
     resources: Resources  # what one unit asks an executor for
     probed: tuple = ()  # MemberPlans of the frozen members a probe reads
+    child: Optional[str] = None  # Task.child of the member's units: its name when isolated, else None
 
     @property
     def name(self) -> str:
@@ -59,4 +61,5 @@ def resolve_plan(member: MemberConfig, config=None) -> MemberPlan:
         probed = tuple(resolve_plan(config.member(name)) for name in member.probe_of)
     spec = None if member.mode == "probe" else backbones.resolve_input_spec(member)
     return MemberPlan(member, member.mode, spec, member.hardware.mixed_precision, member.hardware.data_parallel,
-                      Resources(cpus=member.hardware.unit_cpus, gpus=member.hardware.unit_gpus), probed)
+                      Resources(cpus=member.hardware.unit_cpus, gpus=member.hardware.unit_gpus), probed,
+                      member.name if member.hardware.isolation == "member" else None)

@@ -180,7 +180,7 @@ def run_member(ctx, member: MemberConfig, data: StageData, callbacks=()) -> dict
     if shared:  # what every unit reads (embeddings), made before the units
         ctx.run_units(shared)
     ctx.run_units([Task("members", f"{member.name}/{job.unit.name}", train_unit, (job,), plan.resources,
-                        job.unit_dir / "unit.log") for job in jobs])
+                        job.unit_dir / "unit.log", child=plan.child) for job in jobs])
     trained = len(jobs)
     # the member-level files follow from the units' recorded outputs and the pool's labels (scores)
     member_inputs = {"units": {unit.name: upstream_digest(member_dir / unit.name, "members") for unit in data.units},
@@ -459,7 +459,7 @@ class FineTune(Strategy):
         # LP-FT: one pass through the pretrained trunk for every unit's head
         return [Task("members", f"{plan.name}/head_embeddings", compute_head_embeddings_unit,
                      (plan, data, member_dir / HEAD_EMBEDDINGS, redo), plan.resources,
-                     member_dir / "head_embeddings.log")]
+                     member_dir / "head_embeddings.log", child=plan.child)]
 
     def unit_inputs(self, job):
         share_gpu(job.plan.resources.gpus)
@@ -492,7 +492,8 @@ class Frozen(Strategy):
 
     def shared_tasks(self, ctx, plan, data, member_dir, redo):
         return [Task("members", f"{plan.name}/embeddings", compute_embeddings_unit,
-                     (plan, data, member_dir / "embeddings", redo), plan.resources, member_dir / "embeddings.log")]
+                     (plan, data, member_dir / "embeddings", redo), plan.resources, member_dir / "embeddings.log",
+                     child=plan.child)]
 
     def unit_inputs(self, job):  # the embeddings unit has made them: this reads the cache
         return _embeddings(job.plan, job.data, job.unit_dir.parent / "embeddings", redo=False)
@@ -513,7 +514,8 @@ class Probe(Strategy):
         # the probed members' caches (made already when they ran first)
         return [Task("members", f"{plan.name}/embeddings of {other.name}", compute_embeddings_unit,
                      (other, data, ctx.run.member_dir(other.name) / "embeddings", False),
-                     other.resources, member_dir / f"embeddings_{other.name}.log") for other in plan.probed]
+                     other.resources, member_dir / f"embeddings_{other.name}.log", child=plan.child)
+                for other in plan.probed]
 
     def unit_inputs(self, job):  # the probed members' caches, made before the units
         members_dir = job.unit_dir.parent.parent

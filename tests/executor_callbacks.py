@@ -46,3 +46,17 @@ def unit_that_finishes(value, folder: str):
 
 def unit_whose_worker_always_dies():
     os._exit(1)
+
+
+class FailOnFit(keras.callbacks.Callback):
+    """Raises at the start of the `at`-th fit, counted in a file (across processes)."""
+
+    def __init__(self, path: str, at: int):
+        super().__init__()
+        self.path, self.at = path, at
+
+    def on_train_begin(self, logs=None):
+        with open(self.path, "a") as handle:
+            handle.write("1\n")
+        if len(Path(self.path).read_text().splitlines()) == self.at:
+            raise RuntimeError(f"fit {self.at} refused")

@@ -62,8 +62,11 @@ def make_run(root: Path, n_train: int = 24, n_validation: int = 12, n_test: int 
 
 
 def tiny_member(name: str = "tiny", **overrides) -> MemberConfig:
+    """A member that trains in seconds. In the test's own process (isolation "none"), so spies and
+    callbacks see its training and no test pays a TensorFlow start per member; tests/test_isolation.py
+    and the pipeline's end-to-end tests run members in their child processes (the default)."""
     settings = dict(name=name, backbone="tiny_cnn", input_size=16, weights=None, batch_size=8,
-                    head_epochs=1, finetune_epochs=1, learning_rate=3e-3, augment=False)
+                    head_epochs=1, finetune_epochs=1, learning_rate=3e-3, augment=False, isolation="none")
     settings.update(overrides)
     return MemberConfig(**grouped(settings))
 
