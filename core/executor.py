@@ -247,6 +247,9 @@ def run_in_child(child: str, tasks: Sequence[Task], on_done: Callable, on_failur
                 peak = message[1]
                 break
         process.join(EXIT_WAIT_S)
+        if process.is_alive():  # stuck in its exit (a process of its own it waits for): said, then ended
+            log.warning("%s: child process %d of %s has not exited %.0f s after its last unit; ending it",
+                        tasks[0].stage, process.pid, child, EXIT_WAIT_S)
     finally:
         note_child_peak(peak)
         _stop(process)

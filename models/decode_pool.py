@@ -15,6 +15,7 @@ Each task is one batch: the worker reads the rows it can from the image cache, d
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.util
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -42,6 +43,13 @@ def decode_pool(workers: int) -> ProcessPoolExecutor:
     if pool is None:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
         _POOLS[workers] = pool
+        # In a multiprocessing child (the local engine's member process) the exit joins its own
+        # children before the interpreter's exit hooks would shut the pool down, so the child
+        # would wait for idle workers forever: a finalizer that multiprocessing runs before that
+        # join shuts the pools down first, and before the pool's queue closes its feeder thread
+        # (its own finalizer, priority 10), or the workers' stop signal would never be sent.
+        # Elsewhere it runs at exit, as the pools' own hook would.
+        multiprocessing.util.Finalize(None, shutdown_pools, exitpriority=100)
     return pool
 
 

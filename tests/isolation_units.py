@@ -37,3 +37,11 @@ def unit_that_sleeps(folder: str):
     import time
     Path(folder, "sleeping.pid").write_text(str(os.getpid()))
     time.sleep(600)
+
+
+def unit_with_a_decode_pool(folder: str):
+    """Starts the JAX reader's decode pool (worker processes of the child) and says its worker's pid."""
+    from fashion_stack.models.decode_pool import decode_pool
+    worker = decode_pool(1).submit(os.getpid).result()
+    Path(folder, "worker.pid").write_text(str(worker))
+    return worker

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from isolation_units import (unit_reporting_its_process, unit_that_allocates, unit_that_fails,  # noqa: E402
-                             unit_whose_process_dies)
+                             unit_whose_process_dies, unit_with_a_decode_pool)
 
 
 @pytest.fixture
@@ -108,6 +108,16 @@ def test_a_childs_peak_memory_is_reported_to_the_stage(tmp_path):
     if peak_memory_mb() is not None:
         reset_peak_memory()
         assert child_peak_memory_mb() is None
+
+
+def test_a_child_with_worker_processes_of_its_own_exits_and_takes_them_along(tmp_path, caplog):
+    # the decode pool (JAX's reader) in a member's child: its exit once waited for the idle
+    # workers, 60 s, until the parent ended it and left them running
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+        LocalExecutor(tmp_path).map([Task("test", "pool", unit_with_a_decode_pool, (str(tmp_path),), child="m")])
+    assert time.monotonic() - started < 30 and "has not exited" not in caplog.text
+    assert _gone(int((tmp_path / "worker.pid").read_text()), 10)
 
 
 def test_isolation_is_a_member_hardware_setting_checked_at_load(tmp_path):
