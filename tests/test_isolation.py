@@ -134,7 +134,10 @@ def test_isolation_is_a_member_hardware_setting_checked_at_load(tmp_path):
 def _parent_with_a_sleeping_child(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(
-        "import sys\n"
+        "import signal, sys\n"
+        # as at a terminal: a shell that started the test run in the background (CI under `&`)
+        # hands it SIGINT ignored, and Python keeps that, so Ctrl-C would never reach the parent
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         f"sys.path[:0] = {[str(HERE.parent), str(HERE)]!r}\n"
         "from fashion_stack.core.executor import LocalExecutor, Task\n"
         "from isolation_units import unit_that_sleeps\n"
