@@ -12,7 +12,8 @@ members stage does), so after a pipeline run it costs only the probes (seconds e
   first; by default the two whole-photo trunks),
 - the views' probes stacked by the mean of their log-odds and by the linear stacker (5-fold
   second level inside each training part: nested, like the stack stage).
-Scores: pooled micro-F1 with a global threshold chosen on the other folds (nested), and each
+Scores: pooled micro-F1 with a global threshold chosen on the other folds (nested; the
+project's threshold grid, core.metrics.best_global_threshold), and each
 row's fold-paired difference against the plain probe (mean and 95% t interval over the k folds).
 The stacked rows are two candidates: the better of them is a maximum over two.
 """
@@ -23,23 +24,20 @@ import time
 
 import numpy as np
 
-from fashion_stack.core.metrics import micro_f1
+from fashion_stack.core.metrics import best_global_threshold, logit, micro_f1
 from fashion_stack.ensemble.comparison import fold_paired
 from fashion_stack.ensemble.stackers.base import make_stacker
 from fashion_stack.models.plan import resolve_plan
 from fashion_stack.models.probe import fit_probe, probe_features
 from fashion_stack.models.stage import _embeddings, load_stage_data
 
-THRESHOLDS = np.round(np.arange(0.05, 0.95, 0.01), 2)
-
-
 def nested_global(y: np.ndarray, probs: np.ndarray, fold: np.ndarray) -> tuple:
     """(pooled micro-F1, per-fold micro-F1s): each fold's threshold chosen on the other folds."""
     chosen = np.zeros(y.shape, bool)
     for k in np.unique(fold):
         train, held = fold != k, fold == k
-        best = max(THRESHOLDS, key=lambda t: micro_f1(y[train], probs[train] >= t))
-        chosen[held] = probs[held] >= best
+        threshold, _ = best_global_threshold(y[train], probs[train])
+        chosen[held] = probs[held] >= threshold
     return micro_f1(y, chosen), [micro_f1(y[fold == k], chosen[fold == k]) for k in np.unique(fold)]
 
 
@@ -97,7 +95,7 @@ def main(argv=None) -> int:
         print(f"probe {name}: {time.perf_counter() - start:.1f} s", flush=True)
     rows[f"plain probe ({' + '.join(plain)})"] = probe_oof([tables[n] for n in plain], ids, y, fold, probe_settings)
     singles = [rows[f"probe {name}"] for name in views]
-    logits = np.mean([np.log(np.clip(p, 1e-6, 1 - 1e-6) / np.clip(1 - p, 1e-6, 1)) for p in singles], axis=0)
+    logits = np.mean([logit(p) for p in singles], axis=0)
     rows["views stacked: mean"] = (1 / (1 + np.exp(-logits))).astype(np.float32)
     rows["views stacked: linear"] = stacked_oof(singles, y, fold, "linear")
 
