@@ -137,6 +137,10 @@ def member_hash(member: MemberConfig, pool_name: str, label_ids, probed: list = 
     settings = {k: v for k, v in dataclasses.asdict(member).items()
                 if k != "hardware" and not (k in HASHED_WHEN_SET and v is None)}
     settings.update({k: getattr(member.hardware, k) for k in HASHED_HARDWARE_FIELDS})
+    # newer than the runs above, and it changes the numbers only when it splits a batch: hashed
+    # then, so a member without accumulation (or with micro_batch_size = batch_size) keeps its hash
+    if trainer.accumulation_steps(member) > 1:
+        settings["micro_batch_size"] = member.hardware.micro_batch_size
     blob = {"member": settings, "pool": pool_name, "labels": list(label_ids)}
     if probed:  # a probe's inputs are other members' embeddings: their trunk settings are its settings
         blob["probed"] = [embedding_hash(m) for m in probed]
