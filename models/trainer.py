@@ -553,7 +553,7 @@ def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarra
 
         def selector_for(phase: Phase) -> EpochSelector:
             def predict(model):
-                return predict_images(model, inner_paths, member.batch_size, reader=member.hardware.reader,
+                return predict_images(model, inner_paths, member.batch_size // accumulation_steps(member), reader=member.hardware.reader,
                                       workers=member.hardware.reader_workers, desc=f"{where} inner", replicas=placement.replicas)
             return EpochSelector(fold_dir, phase.name, predict, inner_labels, member.patience, where)
     # gradient accumulation: fit's steps are micro-batches, micro_batches of them per optimizer step
