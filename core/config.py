@@ -140,6 +140,16 @@ class HardwareConfig:
     # in one process peaked at 6.6 GB); "none": in the pipeline's own process (a few seconds less
     # per member: no fresh TensorFlow import). --engine ray ignores it.
     isolation: Literal["member", "none"] = "member"
+    # Gradient accumulation (issue 23: a member's training memory is mostly the activations its
+    # batch holds for the backward pass, about 40 MB an image for densenet201 at 96 px). A fine-tuned
+    # member then runs each batch_size batch as batch_size / micro_batch_size micro-batches and
+    # steps its optimizer once per batch, on their mean gradient: the optimizer, the learning-rate
+    # schedule and the epoch's batches stay those of batch_size, the activations are held for one
+    # micro-batch. It must divide batch_size. null: no accumulation (one pass per batch). Exact up
+    # to float order when nothing in the model depends on the micro-batch (BatchNorm frozen, as in
+    # a pretrained trunk, no dropout or augmentation draws); a trunk trained from scratch computes
+    # its BatchNorm statistics per micro-batch, and random draws differ, so it is in the member's hash.
+    micro_batch_size: Optional[Annotated[int, Ge(1)]] = None
 
 
 @dataclass
@@ -875,12 +885,29 @@ def validate(config: PipelineConfig) -> None:
                 raise ConfigError(f"members[{position}] ({member.name}): region needs resize: stretch (the band is "
                                   f"cut from the stretched photo) and a trunk (mode finetune or frozen); it has "
                                   f"resize {member.resize!r}, mode {member.mode!r}")
+        micro = member.hardware.micro_batch_size
+        if micro is not None and micro != member.batch_size:
+            where = f"members[{position}] ({member.name}).hardware.micro_batch_size"
+            if member.mode != "finetune":
+                raise ConfigError(f"{where} is {micro} but the member's mode is {member.mode!r}: only a fine-tuned "
+                                  "member accumulates gradients (its head trains on cached embeddings); remove it")
+            if micro > member.batch_size or member.batch_size % micro:
+                raise ConfigError(f"{where} is {micro}, which does not divide batch_size {member.batch_size}; "
+                                  f"use a divisor of it (e.g. {_largest_divisor_up_to(member.batch_size, micro)}) "
+                                  "or null")
+            if member.ema_decay > 0:
+                raise ConfigError(f"{where} with ema_decay is not supported (Keras updates the weight average at "
+                                  "every micro-batch, not once per batch); use one of them")
         if member.ema_decay > 0 and member.epoch_selection == "inner_split":
             raise ConfigError(f"members[{position}] ({member.name}): ema_decay with epoch_selection inner_split "
                               "is not supported (the inner split scores the raw weights); use one of them")
     if config.decision.min_labels > config.decision.max_labels:
         raise ConfigError(f"decision: min_labels {config.decision.min_labels} is above max_labels "
                           f"{config.decision.max_labels}")
+
+
+def _largest_divisor_up_to(number: int, limit: int) -> int:
+    return max(d for d in range(1, min(number, limit) + 1) if number % d == 0)
 
 
 _SECTION_TYPES = {"stack": StackConfig, "decision": DecisionConfig}

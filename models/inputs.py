@@ -63,20 +63,52 @@ def load_image(path: str, size, resize: str) -> np.ndarray:
 
 def training_batches(paths: Sequence[str], labels: np.ndarray, size, resize: str, batch_size: int, *,
                      seed: int, epoch: int, skip_batches: int = 0, drop_remainder: bool = False,
-                     cache: Optional[ImageCache] = None, reader: str = "auto", workers: Optional[int] = None):
+                     cache: Optional[ImageCache] = None, reader: str = "auto", workers: Optional[int] = None,
+                     micro_batch_size: Optional[int] = None):
     """One epoch of (images, labels) batches in epoch_order(len(paths), seed, epoch), less the first
-    `skip_batches` (never decoded): a tf.data.Dataset or a keras PyDataset, for Model.fit."""
+    `skip_batches` (never decoded): a tf.data.Dataset or a keras PyDataset, for Model.fit.
+
+    With `micro_batch_size` (a divisor of batch_size, for gradient accumulation) each batch comes
+    as batch_size / micro_batch_size consecutive micro-batches, with a third element, sample
+    weights (accumulation_order), and `skip_batches` counts micro-batches."""
     check_policy(resize)
     _check_inputs(paths, labels)
     n_batches = steps_per_epoch(len(paths), batch_size, drop_remainder)
-    if not 0 <= skip_batches <= n_batches:
-        raise ValueError(f"skip_batches {skip_batches} is outside this epoch's 0..{n_batches} batches")
-    order = epoch_order(len(paths), seed, epoch)[skip_batches * batch_size:n_batches * batch_size]
+    order = epoch_order(len(paths), seed, epoch)[:n_batches * batch_size]
+    weights = None
+    if micro_batch_size is not None:
+        order, weights = accumulation_order(order, batch_size, micro_batch_size)
+        batch_size = micro_batch_size
+    n_steps = math.ceil(len(order) / batch_size)
+    if not 0 <= skip_batches <= n_steps:
+        raise ValueError(f"skip_batches {skip_batches} is outside this epoch's 0..{n_steps} batches")
+    order = order[skip_batches * batch_size:]
+    weights = None if weights is None else weights[skip_batches * batch_size:]
     rows = None if cache is None else cache.rows(paths)
     _check_cache(cache, size, resize)
     if resolve_reader(reader) == "tfdata":
-        return _tf_batches(paths, labels, order, size, resize, batch_size, cache, rows)
-    return ProcessBatches(paths, labels, order, size, resize, batch_size, cache, rows, workers)
+        return _tf_batches(paths, labels, order, size, resize, batch_size, cache, rows, weights)
+    return ProcessBatches(paths, labels, order, size, resize, batch_size, cache, rows, workers, weights)
+
+
+def accumulation_order(order: np.ndarray, batch_size: int, micro_batch_size: int) -> tuple:
+    """(order, sample weights) for gradient accumulation: every batch_size batch of `order` cut into
+    micro-batches, each batch's mean loss their mean. A full batch's images weigh 1. A short last
+    batch of r images is padded to batch_size with repeats of its own images weighing 0, and its r
+    images weigh batch_size / r: the mean over the micro-batches of (sum of weight x loss) /
+    micro_batch_size is then that batch's mean loss, as one pass over it computes, and the
+    optimizer steps once per batch (Keras steps every batch_size / micro_batch_size micro-batches)."""
+    if micro_batch_size < 1 or batch_size % micro_batch_size:
+        raise ValueError(f"micro_batch_size {micro_batch_size} does not divide batch_size {batch_size}")
+    order = np.asarray(order)
+    weights = np.ones(len(order), np.float32)
+    short = (-len(order)) % batch_size
+    if short:
+        tail = len(order) % batch_size
+        weights[-tail:] = batch_size / tail
+        order = np.concatenate([order, np.resize(order[-tail:], short)])
+        weights = np.concatenate([weights, np.zeros(short, np.float32)])
+    return order, weights
 
 
 def prediction_batches(paths: Sequence[str], size, resize: str, batch_size: int, *, reader: str = "auto",
@@ -104,13 +136,13 @@ class ProcessBatches(keras.utils.PyDataset):
     one asked for. Keras iterates it in order from one thread (workers=1 here means Keras adds no
     threads of its own: the parallelism is in the decode pool)."""
 
-    def __init__(self, paths, labels, order, size, resize, batch_size, cache, rows, workers):
+    def __init__(self, paths, labels, order, size, resize, batch_size, cache, rows, workers, weights=None):
         super().__init__(workers=1, use_multiprocessing=False)
         # object array: shares the caller's str objects (a unicode array would copy at 4 bytes a character)
         self.paths = np.array([str(p) for p in paths], dtype=object)
         self.labels = None if labels is None else np.asarray(labels)
         self.order, self.size, self.resize, self.batch_size = order, size, resize, batch_size
-        self.cache, self.rows = cache, rows
+        self.cache, self.rows, self.weights = cache, rows, weights
         self.decode_workers = workers or default_workers()  # not `workers`: that is PyDataset's own thread count
         self._in_flight: dict = {}
         self._lock = threading.Lock()
@@ -131,7 +163,10 @@ class ProcessBatches(keras.utils.PyDataset):
         images = pending.result().astype(np.float32)
         if self.labels is None:
             return images
-        return images, self.labels[self._batch_rows(index)].astype(np.float32)
+        labels = self.labels[self._batch_rows(index)].astype(np.float32)
+        if self.weights is None:
+            return images, labels
+        return images, labels, self.weights[index * self.batch_size:(index + 1) * self.batch_size]
 
     def __iter__(self):
         for index in range(len(self)):
@@ -149,7 +184,7 @@ class ProcessBatches(keras.utils.PyDataset):
 # ---- the tf.data reader (TensorFlow) -------------------------------------------------------
 
 
-def _tf_batches(paths, labels, order, size, resize, batch_size, cache, rows):
+def _tf_batches(paths, labels, order, size, resize, batch_size, cache, rows, weights=None):
     import tensorflow as tf
 
     height, width = as_hw(size)
@@ -166,6 +201,10 @@ def _tf_batches(paths, labels, order, size, resize, batch_size, cache, rows):
         all_labels = tf.constant(np.asarray(labels))
         data = tf.data.Dataset.zip(images, positions.map(lambda p: tf.gather(all_labels, p)))
         to_float = lambda x, y: (tf.cast(x, tf.float32), tf.cast(y, tf.float32))  # noqa: E731
+        if weights is not None:
+            data = tf.data.Dataset.zip(images, positions.map(lambda p: tf.gather(all_labels, p)),
+                                       tf.data.Dataset.from_tensor_slices(np.asarray(weights, np.float32)))
+            to_float = lambda x, y, w: (tf.cast(x, tf.float32), tf.cast(y, tf.float32), w)  # noqa: E731
     else:
         data = images
         to_float = lambda x: tf.cast(x, tf.float32)  # noqa: E731

@@ -137,6 +137,10 @@ def member_hash(member: MemberConfig, pool_name: str, label_ids, probed: list = 
     settings = {k: v for k, v in dataclasses.asdict(member).items()
                 if k != "hardware" and not (k in HASHED_WHEN_SET and v is None)}
     settings.update({k: getattr(member.hardware, k) for k in HASHED_HARDWARE_FIELDS})
+    # newer than the runs above, and it changes the numbers only when it splits a batch: hashed
+    # then, so a member without accumulation (or with micro_batch_size = batch_size) keeps its hash
+    if trainer.accumulation_steps(member) > 1:
+        settings["micro_batch_size"] = member.hardware.micro_batch_size
     blob = {"member": settings, "pool": pool_name, "labels": list(label_ids)}
     if probed:  # a probe's inputs are other members' embeddings: their trunk settings are its settings
         blob["probed"] = [embedding_hash(m) for m in probed]
@@ -478,7 +482,9 @@ class FineTune(Strategy):
         model = trainer.train_finetune(member, [data.path_of[unit.train_side][i] for i in unit.train_ids],
                                        train_labels, unit_dir, seed, where, callbacks, cache=resources.cache,
                                        placement=placement, head_embeddings=head_embeddings, spec=plan.input)
-        predict = dict(batch_size=member.batch_size, tta_flip=member.tta_flip, reader=member.hardware.reader,
+        # with micro-batches, prediction holds no more images at once than training did (BatchNorm
+        # infers per image, so the batch changes nothing but float order)
+        predict = dict(batch_size=member.batch_size // trainer.accumulation_steps(member), tta_flip=member.tta_flip, reader=member.hardware.reader,
                        workers=member.hardware.reader_workers, replicas=placement.replicas, tta_scales=member.tta_scales)
         oof = trainer.predict_images(model, [data.path_of["pool"][i] for i in unit.predict_ids],
                                      desc=f"{where} oof", **predict)

@@ -346,6 +346,32 @@ def chosen_epochs(fold_dir: Path) -> dict:
 # ---- training ------------------------------------------------------------------------------
 
 
+def accumulation_steps(member: MemberConfig) -> int:
+    """Micro-batches per optimizer step (hardware.micro_batch_size): 1 without accumulation."""
+    micro = member.hardware.micro_batch_size
+    return 1 if micro is None else max(1, member.batch_size // micro)
+
+
+@keras.saving.register_keras_serializable(package="fashion")
+class PerOptimizerStep(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule over optimizer steps, for an optimizer that accumulates gradients: Keras reads a
+    schedule at its count of micro-batches, this one at that count // `micro_batches`, so the rate
+    of each optimizer step is the one the same schedule gives without accumulation."""
+
+    def __init__(self, schedule, micro_batches: int):
+        self.schedule, self.micro_batches = schedule, int(micro_batches)
+
+    def __call__(self, step):
+        return self.schedule(keras.ops.floor_divide(step, self.micro_batches))
+
+    def get_config(self):
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule), "micro_batches": self.micro_batches}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.optimizers.schedules.deserialize(config["schedule"]), config["micro_batches"])
+
+
 @keras.saving.register_keras_serializable(package="fashion")
 class LayerwiseAdam(keras.optimizers.Adam):
     """Adam whose step for each variable is scaled by a factor (layer-wise learning rates), and
@@ -386,7 +412,10 @@ def layerwise_factors(model: keras.Model, floor: float) -> dict:
 
 
 def _compile(model: keras.Model, member: MemberConfig, learning_rate: float, total_steps: int,
-             placement: Placement, phase: str = "head") -> None:
+             placement: Placement, phase: str = "head", micro_batches: int = 1) -> None:
+    """`total_steps`: the phase's optimizer steps. `micro_batches` > 1: the optimizer accumulates
+    that many micro-batches' gradients per step (Keras's gradient_accumulation_steps; Adam's bias
+    correction already counts optimizer steps, the schedule is made to: PerOptimizerStep)."""
     total_steps = max(1, total_steps)
     tuning = phase in ("top", "all")  # the recipe's options apply to the phase that trains the trunk
     warmup = int(round(member.warmup_fraction * total_steps)) if tuning else 0
@@ -397,7 +426,14 @@ def _compile(model: keras.Model, member: MemberConfig, learning_rate: float, tot
         schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps, alpha=0.05)
     factors = layerwise_factors(model, member.trunk_lr_floor) if tuning else {}
     ema = tuning and member.ema_decay > 0
-    optimizer = LayerwiseAdam(schedule, factors=factors, use_ema=ema, ema_momentum=member.ema_decay if ema else 0.99)
+    accumulate = {}
+    if micro_batches > 1:
+        if ema:  # core.config refuses the pair; a member built in code meets it here
+            raise ValueError(f"member {member.name!r}: hardware.micro_batch_size with ema_decay is not supported")
+        schedule = PerOptimizerStep(schedule, micro_batches)
+        accumulate = {"gradient_accumulation_steps": micro_batches}
+    optimizer = LayerwiseAdam(schedule, factors=factors, use_ema=ema, ema_momentum=member.ema_decay if ema else 0.99,
+                              **accumulate)
     # a mixed_float16 model gets Keras's loss-scaling optimizer from compile; bfloat16 needs none
     model.compile(optimizer=optimizer, loss=member_loss(member),
                   jit_compile=placement.jit_compile, steps_per_execution=placement.steps_per_execution)
@@ -447,9 +483,10 @@ def _fit_phase(model, member: MemberConfig, phase: Phase, epoch_data: EpochData,
 
 def _run_phases(model, member: MemberConfig, phases: list, data_for_phase: Callable[[int], EpochData], steps: int,
                 fold_dir: Path, where: str, images_per_epoch: int, placement: Placement, callbacks: Sequence = (),
-                has_trunk: bool = True, selector_for: Optional[Callable] = None) -> keras.Model:
+                has_trunk: bool = True, selector_for: Optional[Callable] = None, micro_batches: int = 1) -> keras.Model:
     """Each phase: skip if its weights exist, else start from the previous phase's weights and
-    train (from its checkpoint, if any)."""
+    train (from its checkpoint, if any). `steps`: fit's steps per epoch, micro-batches when
+    `micro_batches` > 1 (then `steps` / micro_batches optimizer steps)."""
     fold_dir.mkdir(parents=True, exist_ok=True)
     previous: Optional[Path] = None
     for number, phase in enumerate(phases):
@@ -460,7 +497,7 @@ def _run_phases(model, member: MemberConfig, phases: list, data_for_phase: Calla
             if has_trunk:
                 set_trainable(model, member.backbone, phase.name, pretrained=is_pretrained(member.weights))
             rate = scaled_learning_rate(phase.learning_rate, member.hardware.lr_scaling, placement.replicas)
-            _compile(model, member, rate, phase.epochs * steps, placement, phase.name)
+            _compile(model, member, rate, phase.epochs * steps // micro_batches, placement, phase.name, micro_batches)
             _fit_phase(model, member, phase, data_for_phase(number), steps, fold_dir, where, images_per_epoch,
                        callbacks, selector_for(phase) if selector_for else None)
             _swap_in_average(model)  # with ema_decay, the phase's weight average becomes its result
@@ -516,16 +553,20 @@ def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarra
 
         def selector_for(phase: Phase) -> EpochSelector:
             def predict(model):
-                return predict_images(model, inner_paths, member.batch_size, reader=member.hardware.reader,
+                return predict_images(model, inner_paths, member.batch_size // accumulation_steps(member), reader=member.hardware.reader,
                                       workers=member.hardware.reader_workers, desc=f"{where} inner", replicas=placement.replicas)
             return EpochSelector(fold_dir, phase.name, predict, inner_labels, member.patience, where)
-    steps = steps_per_epoch(len(paths), global_batch, drop_remainder)
+    # gradient accumulation: fit's steps are micro-batches, micro_batches of them per optimizer step
+    micro_batches = accumulation_steps(member)
+    micro_batch = global_batch // micro_batches if micro_batches > 1 else None
+    steps = steps_per_epoch(len(paths), global_batch, drop_remainder) * micro_batches
 
     def data_for_phase(number: int) -> EpochData:
         base = _epoch_base(phases, number)
         return lambda epoch, skip: training_batches(
             paths, labels, spec.size, spec.resize, global_batch, seed=seed, epoch=base + epoch, skip_batches=skip,
-            drop_remainder=drop_remainder, cache=cache, reader=member.hardware.reader, workers=member.hardware.reader_workers)
+            drop_remainder=drop_remainder, cache=cache, reader=member.hardware.reader, workers=member.hardware.reader_workers,
+            micro_batch_size=micro_batch)
 
     head = None
     if member.head_init == "embeddings":
@@ -538,7 +579,7 @@ def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarra
         if head is not None:
             copy_head(head, model)
         return _run_phases(model, member, phases, data_for_phase, steps, Path(fold_dir), where, len(paths),
-                           placement, callbacks, selector_for=selector_for)
+                           placement, callbacks, selector_for=selector_for, micro_batches=micro_batches)
 
 
 def copy_head(head: keras.Model, model: keras.Model) -> None:

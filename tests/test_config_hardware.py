@@ -12,7 +12,8 @@ from fashion_stack.core.config import (HARDWARE_KEYS, ConfigError, HardwareConfi
 RUN_SETTINGS = {"mixed_precision": "bfloat16", "jit_compile": "on", "steps_per_execution": 4,
                 "data_parallel": "off", "lr_scaling": "sqrt", "checkpoint_steps": 50, "checkpoint_minutes": 0.5,
                 "cache": "disk", "cache_budget_gb": 2.5, "reader": "process", "reader_workers": 3,
-                "unit_cpus": 2.0, "unit_gpus": 0.5, "isolation": "none"}
+                "unit_cpus": 2.0, "unit_gpus": 0.5, "isolation": "none",
+                "micro_batch_size": 8}  # = the tests' batch_size: no split, so not in the hash
 
 
 def load(tmp_path, values: dict, overrides=()):
@@ -97,7 +98,7 @@ def test_runs_finished_before_the_section_keep_their_member_hash():
     flat.update(dataclasses.asdict(member.hardware))
     old_speed_fields = ("steps_per_execution", "data_parallel", "checkpoint_steps", "checkpoint_minutes", "cache",
                         "cache_budget_gb", "reader", "reader_workers", "jit_compile", "unit_cpus", "unit_gpus",
-                        "isolation")  # newer than the section, and no more in the hash than the others
+                        "isolation", "micro_batch_size")  # newer than the section, and no more in the hash than the others
     old = digest({"member": {k: v for k, v in flat.items() if k not in old_speed_fields},
                   "pool": "train", "labels": ["1"]})
     assert member_hash(member, "train", ["1"]) == old
