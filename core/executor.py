@@ -165,11 +165,14 @@ class LocalExecutor:
                 for number in numbers:
                     done(number, run_task(tasks[number]))
             else:
-                run_in_child(child, [tasks[n] for n in numbers], lambda index, outcome: done(numbers[index], outcome),
-                             on_failure=lambda task, error: _record(self.run_root, task, self.name, {
-                                 "node": platform.node(), "seconds": float("nan"), "attempt": 1}, f"failed: {error}"),
-                             finished_before=lambda: finished)
+                run_in_child(child, [tasks[n] for n in numbers],
+                             on_done=lambda index, outcome, numbers=numbers: done(numbers[index], outcome),
+                             on_failure=self._failed, finished_before=lambda: finished)
         return results
+
+    def _failed(self, task: Task, error: str) -> None:
+        outcome = {"node": platform.node(), "seconds": float("nan"), "attempt": 1}
+        _record(self.run_root, task, self.name, outcome, f"failed: {error}")
 
 
 def _runs_of_children(tasks: Sequence[Task]) -> list:
