@@ -266,6 +266,10 @@ class AblationConfig:
     # members themselves), another stacker's name, or "chosen" (the decide stage's chosen stacker,
     # refitted for every subset x fold: on the stand-in 5 times the stack stage's time)
     stacker: str = "mean"
+    # named groups of members, each also left out as a whole ("without views:head_feet"): members
+    # that overlap (a view's frozen head and its probe; views of the same region) can each be
+    # within noise alone and still add together
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -842,6 +846,11 @@ def validate(config: PipelineConfig) -> None:
     names = [m.name for m in config.members]
     if len(set(names)) != len(names) or any(not n for n in names):
         raise ConfigError(f"members need unique, non-empty names; got {names}")
+    for group, members in config.ablation.groups.items():
+        unknown = [m for m in members if m not in names]
+        if unknown or not members:
+            raise ConfigError(f"ablation.groups.{group}: {unknown or 'no members'}; list some of the config's "
+                              f"members: {names}")
     for key in ("min_labels", "max_labels"):
         value = getattr(config.decision, key)
         if value > COMPETITION_MAX_LABELS:

@@ -31,22 +31,29 @@ from fashion_stack.reports.run_data import (BEST_MEMBER_RULE, RunDataError, best
 from fashion_stack.reports.tables import markdown_table
 
 
-def member_subsets(members: list) -> list:
-    """(subset name, kind, members): the full set, each leave-one-out, each single member."""
+def member_subsets(members: list, groups: dict = None) -> list:
+    """(subset name, kind, members): the full set, each leave-one-out, each single member, then each
+    of `groups` (name -> members) left out as a whole ("without group NAME"). A group is taken as
+    far as its members are in the stack; one with none or all of them is left out of the table."""
     subsets = [("all members", "full", list(members))]
     if len(members) > 1:
         subsets += [(f"without {m}", "leave_one_out", [x for x in members if x != m]) for m in members]
         subsets += [(f"only {m}", "single", [m]) for m in members]
+    for name, group in (groups or {}).items():
+        kept = [x for x in members if x not in set(group)]
+        if 0 < len(kept) < len(members):
+            subsets.append((f"without group {name}", "leave_group_out", kept))
     return subsets
 
 
 def ablation_table(member_stack: MemberStack, y_true: np.ndarray, folds: np.ndarray, stacker_name: str,
                    stacker_settings: dict, rule_name: str, rule_settings: dict, metric: str = "micro",
-                   n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """One row per member subset: nested-CV micro-F1 and samples-F1 overall and per fold, the
-    change of `metric` against the full ensemble overall and per fold, and its bootstrap 95%
-    interval. `y_true` and `folds` are in `member_stack.image_ids` order."""
-    subsets = member_subsets(list(member_stack.member_names))
+                   n_bootstrap: int = 1000, seed: int = 0, groups: dict = None) -> pd.DataFrame:
+    """One row per member subset (member_subsets: `groups` adds a row per group left out):
+    nested-CV micro-F1 and samples-F1 overall and per fold, the change of `metric` against the
+    full ensemble overall and per fold, and its bootstrap 95% interval. `y_true` and `folds` are in
+    `member_stack.image_ids` order."""
+    subsets = member_subsets(list(member_stack.member_names), groups)
     labels_of: dict = {}  # two members: "without a" is "only b"; fit each distinct subset once
     for _, _, members in progress(subsets, desc="ablation subsets", unit="subset"):
         if tuple(members) not in labels_of:
@@ -104,7 +111,11 @@ def run_ablate(ctx: StageContext) -> dict:
     table = ablation_table(member_stack, y_true, folds, stacker_name,
                            stacker_params(_configured(ctx.config.stack.stackers, stacker_name)), rule["rule"],
                            rule_params(_configured(ctx.config.decision.rules, rule["rule"]), ctx, label_space), metric,
-                           ctx.config.ablation.bootstrap, ctx.config.ablation.seed)
+                           ctx.config.ablation.bootstrap, ctx.config.ablation.seed, ctx.config.ablation.groups)
+    skipped = [name for name in ctx.config.ablation.groups if f"without group {name}" not in set(table["subset"])]
+    if skipped:
+        log.warning("ablation.groups %s: none or all of their members are in this run's stack; no row for them",
+                    skipped)
     _write(ctx, table, stacker_name, rule, metric)
     mark_done(unit, config_hash, ctx.run.folds_hash(), inputs_hash=inputs_hash, subsets=len(table), artifacts=paths)
     full = table.iloc[0]

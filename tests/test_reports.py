@@ -221,6 +221,29 @@ def test_ablation_rows_and_scores_match_an_independent_computation(tmp_path, fix
         assert (ctx.run.report_dir / name).stat().st_size > 0
 
 
+def test_ablation_leaves_each_group_out_as_a_whole(tmp_path, fixed_decision, caplog):
+    ctx = build_run(tmp_path)
+    ctx.config.ablation.groups = {"weak_pair": ["m_a", "m_c"], "everyone": list(MEMBERS)}
+    summary = run_ablate(ctx)
+    table = pd.read_csv(ctx.run.report_dir / "ablation.csv").set_index("subset")
+    assert summary["subsets"] == 8  # the 7 rows above and one group; a group of every member has no row
+    row = table.loc["without group weak_pair"]
+    assert row["kind"] == "leave_group_out" and row["members"] == "m_b"
+    # leaving the pair out is the same subset as keeping m_b alone, fitted independently above
+    assert row["micro_f1"] == pytest.approx(table.loc["only m_b", "micro_f1"], abs=1e-12)
+    assert "everyone" in caplog.text and "no row" in caplog.text
+
+
+def test_ablation_groups_must_name_the_configs_members(tmp_path):
+    from fashion_stack.core.config import ConfigError, load_config
+    path = tmp_path / "groups.yaml"
+    path.write_text("name: x\nmembers: [{name: a}, {name: b}]\nablation: {groups: {pair: [a, c]}}\n")
+    with pytest.raises(ConfigError, match=r"ablation.groups.pair: \['c'\]; list some of the config's members"):
+        load_config(path)
+    path.write_text("name: x\nmembers: [{name: a}, {name: b}]\nablation: {groups: {pair: [a, b]}}\n")
+    assert load_config(path).ablation.groups == {"pair": ["a", "b"]}
+
+
 def test_ablation_is_skipped_when_done_and_redone_on_request(tmp_path, fixed_decision, monkeypatch):
     ctx = build_run(tmp_path)
     run_ablate(ctx)
