@@ -112,10 +112,15 @@ def run_ablate(ctx: StageContext) -> dict:
                            stacker_params(_configured(ctx.config.stack.stackers, stacker_name)), rule["rule"],
                            rule_params(_configured(ctx.config.decision.rules, rule["rule"]), ctx, label_space), metric,
                            ctx.config.ablation.bootstrap, ctx.config.ablation.seed, ctx.config.ablation.groups)
-    skipped = [name for name in ctx.config.ablation.groups if f"without group {name}" not in set(table["subset"])]
-    if skipped:
-        log.warning("ablation.groups %s: none or all of their members are in this run's stack; no row for them",
-                    skipped)
+    in_stack = set(member_stack.member_names)
+    for name, group in ctx.config.ablation.groups.items():
+        absent = [m for m in group if m not in in_stack]
+        if f"without group {name}" not in set(table["subset"]):
+            log.warning("ablation.groups.%s: none or all of its members are in this run's stack; no row for it "
+                        "(not in the stack: %s)", name, absent or "none")
+        elif absent:
+            log.warning("ablation.groups.%s: %s not in this run's stack; the group's row leaves out the rest",
+                        name, absent)
     _write(ctx, table, stacker_name, rule, metric)
     mark_done(unit, config_hash, ctx.run.folds_hash(), inputs_hash=inputs_hash, subsets=len(table), artifacts=paths)
     full = table.iloc[0]

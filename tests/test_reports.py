@@ -234,11 +234,22 @@ def test_ablation_leaves_each_group_out_as_a_whole(tmp_path, fixed_decision, cap
     assert "everyone" in caplog.text and "no row" in caplog.text
 
 
-def test_ablation_groups_must_name_the_configs_members(tmp_path):
+def test_ablation_group_names_absent_from_the_stack_are_listed(tmp_path, fixed_decision, caplog):
+    ctx = build_run(tmp_path)  # an overlay that replaced the members list keeps its base's groups
+    ctx.config.ablation.groups = {"typo": ["m_a", "m_x"], "gone": ["old_member"]}
+    run_ablate(ctx)
+    table = pd.read_csv(ctx.run.report_dir / "ablation.csv").set_index("subset")
+    assert table.loc["without group typo", "members"] == "m_b m_c"
+    assert "without group gone" not in table.index
+    assert "ablation.groups.typo: ['m_x'] not in this run's stack" in caplog.text
+    assert "ablation.groups.gone: none or all of its members" in caplog.text and "old_member" in caplog.text
+
+
+def test_an_empty_ablation_group_is_refused_at_load(tmp_path):
     from fashion_stack.core.config import ConfigError, load_config
     path = tmp_path / "groups.yaml"
-    path.write_text("name: x\nmembers: [{name: a}, {name: b}]\nablation: {groups: {pair: [a, c]}}\n")
-    with pytest.raises(ConfigError, match=r"ablation.groups.pair: \['c'\]; list some of the config's members"):
+    path.write_text("name: x\nmembers: [{name: a}, {name: b}]\nablation: {groups: {pair: []}}\n")
+    with pytest.raises(ConfigError, match=r"ablation.groups.pair is empty; list some of the config's members"):
         load_config(path)
     path.write_text("name: x\nmembers: [{name: a}, {name: b}]\nablation: {groups: {pair: [a, b]}}\n")
     assert load_config(path).ablation.groups == {"pair": ["a", "b"]}
