@@ -96,3 +96,17 @@ def test_the_hash_changes_only_when_a_batch_is_split():
     assert member_hash(tiny_member(batch_size=8, micro_batch_size=4), "train", ["1"]) != base
     validate(_config(batch_size=8, micro_batch_size=8))  # no split: accepted, nothing changes
     assert HardwareConfig().micro_batch_size is None
+
+
+def test_a_trained_member_keeps_no_traced_train_step_and_still_trains(tmp_path, images):
+    """Each phase's traced train step is dropped once its weights are saved (densenet201's is about
+    0.75 GB of graph), so prediction does not hold it beside its own; Keras traces it again on demand."""
+    paths, labels, trunk = images
+    member = tiny_member(weights=trunk, batch_size=6, head_epochs=1, finetune_epochs=1, unfreeze="top",
+                         checkpoint_minutes=0)
+    model = trainer.train_finetune(member, paths, labels, tmp_path / "released", seed=3)
+    assert model.train_function is None
+    x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    before = [np.asarray(w).copy() for w in model.trainable_weights]
+    model.train_on_batch(x, labels[:4].astype("float32"))
+    assert any(np.abs(np.asarray(w) - b).max() > 0 for w, b in zip(model.trainable_weights, before))
