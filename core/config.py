@@ -266,7 +266,7 @@ class AblationConfig:
     # members themselves), another stacker's name, or "chosen" (the decide stage's chosen stacker,
     # refitted for every subset x fold: on the stand-in 5 times the stack stage's time)
     stacker: str = "mean"
-    # named groups of members, each also left out as a whole ("without views:head_feet"): members
+    # named groups of members, each also left out as a whole ("without group head_feet"): members
     # that overlap (a view's frozen head and its probe; views of the same region) can each be
     # within noise alone and still add together
     groups: dict[str, list[str]] = field(default_factory=dict)

@@ -199,12 +199,11 @@ def _tf_batches(paths, labels, order, size, resize, batch_size, cache, rows, wei
         images = _tf_cached_images(positions, cache, decode, all_paths, tf.constant(rows), height, width)
     if labels is not None:
         all_labels = tf.constant(np.asarray(labels))
-        data = tf.data.Dataset.zip(images, positions.map(lambda p: tf.gather(all_labels, p)))
-        to_float = lambda x, y: (tf.cast(x, tf.float32), tf.cast(y, tf.float32))  # noqa: E731
-        if weights is not None:
-            data = tf.data.Dataset.zip(images, positions.map(lambda p: tf.gather(all_labels, p)),
-                                       tf.data.Dataset.from_tensor_slices(np.asarray(weights, np.float32)))
-            to_float = lambda x, y, w: (tf.cast(x, tf.float32), tf.cast(y, tf.float32), w)  # noqa: E731
+        parts = [images, positions.map(lambda p: tf.gather(all_labels, p))]
+        if weights is not None:  # micro-batches' sample weights, already float32
+            parts.append(tf.data.Dataset.from_tensor_slices(np.asarray(weights, np.float32)))
+        data = tf.data.Dataset.zip(*parts)
+        to_float = lambda x, y, *w: (tf.cast(x, tf.float32), tf.cast(y, tf.float32), *w)  # noqa: E731
     else:
         data = images
         to_float = lambda x: tf.cast(x, tf.float32)  # noqa: E731

@@ -482,9 +482,7 @@ class FineTune(Strategy):
         model = trainer.train_finetune(member, [data.path_of[unit.train_side][i] for i in unit.train_ids],
                                        train_labels, unit_dir, seed, where, callbacks, cache=resources.cache,
                                        placement=placement, head_embeddings=head_embeddings, spec=plan.input)
-        # with micro-batches, prediction holds no more images at once than training did (BatchNorm
-        # infers per image, so the batch changes nothing but float order)
-        predict = dict(batch_size=member.batch_size // trainer.accumulation_steps(member), tta_flip=member.tta_flip, reader=member.hardware.reader,
+        predict = dict(batch_size=trainer.prediction_batch_size(member), tta_flip=member.tta_flip, reader=member.hardware.reader,
                        workers=member.hardware.reader_workers, replicas=placement.replicas, tta_scales=member.tta_scales)
         oof = trainer.predict_images(model, [data.path_of["pool"][i] for i in unit.predict_ids],
                                      desc=f"{where} oof", **predict)

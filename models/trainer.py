@@ -352,6 +352,12 @@ def accumulation_steps(member: MemberConfig) -> int:
     return 1 if micro is None else max(1, member.batch_size // micro)
 
 
+def prediction_batch_size(member: MemberConfig) -> int:
+    """Images per prediction batch: with micro-batches, no more than training held at once
+    (BatchNorm infers per image, so the batch changes nothing but float order)."""
+    return member.batch_size // accumulation_steps(member)
+
+
 @keras.saving.register_keras_serializable(package="fashion")
 class PerOptimizerStep(keras.optimizers.schedules.LearningRateSchedule):
     """A schedule over optimizer steps, for an optimizer that accumulates gradients: Keras reads a
@@ -565,7 +571,7 @@ def train_finetune(member: MemberConfig, paths: Sequence[str], labels: np.ndarra
 
         def selector_for(phase: Phase) -> EpochSelector:
             def predict(model):
-                return predict_images(model, inner_paths, member.batch_size // accumulation_steps(member), reader=member.hardware.reader,
+                return predict_images(model, inner_paths, prediction_batch_size(member), reader=member.hardware.reader,
                                       workers=member.hardware.reader_workers, desc=f"{where} inner", replicas=placement.replicas)
             return EpochSelector(fold_dir, phase.name, predict, inner_labels, member.patience, where)
     # gradient accumulation: fit's steps are micro-batches, micro_batches of them per optimizer step

@@ -40,7 +40,8 @@ def member_subsets(members: list, groups: dict = None) -> list:
         subsets += [(f"without {m}", "leave_one_out", [x for x in members if x != m]) for m in members]
         subsets += [(f"only {m}", "single", [m]) for m in members]
     for name, group in (groups or {}).items():
-        kept = [x for x in members if x not in set(group)]
+        group = set(group)
+        kept = [x for x in members if x not in group]
         if 0 < len(kept) < len(members):
             subsets.append((f"without group {name}", "leave_group_out", kept))
     return subsets
