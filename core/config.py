@@ -170,7 +170,7 @@ class MemberConfig:
     # logistic regression on other frozen members' embeddings; see probe_of)
     mode: Literal["finetune", "frozen", "probe"] = "finetune"
     resize: ResizePolicy = "pad"
-    # how the feature map becomes label scores, a head plug-in (models.heads.POOLINGS) with its own
+    # how the feature map becomes label scores, a head plug-in (models.poolings.POOLINGS) with its own
     # settings: avg, max, bands {bands}, csra {lam, temperature}
     pooling: PluginSpec = field(default_factory=lambda: plugin("avg"))
     dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.2

@@ -88,13 +88,13 @@ def registered_choices(stages=None) -> dict:
     """The plug-in registries above core (backbones, heads, losses, stackers, decision rules),
     keyed by the config path that names them: the config check refuses a bad name, or a bad
     setting of a plug-in (its declared params), before any work. Only those the requested stages
-    use (None: all of them): importing the model registries imports Keras."""
+    use (None: all of them). None of them imports Keras: their plug-ins build Keras objects when called."""
     wanted = set(STAGES) if stages is None else set(stages)
     choices = {}
     if wanted & {"members"}:
         from fashion_stack.core.config import BACKBONE_MIN_SIZES
         from fashion_stack.models.backbones import BACKBONES
-        from fashion_stack.models.heads import POOLINGS
+        from fashion_stack.models.poolings import POOLINGS
         from fashion_stack.models.losses import LOSSES
         choices.update({"members.backbone": BACKBONES, "members.pooling": POOLINGS, "members.loss": LOSSES})
         choices[BACKBONE_MIN_SIZES] = {name: spec.min_size for name, spec in BACKBONES.items()}

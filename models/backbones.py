@@ -12,9 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import keras
-from keras import layers, ops
-
 from fashion_stack.core.registry import Registry
 
 
@@ -29,20 +26,24 @@ class BackboneSpec:
     min_size: int  # smallest input keras.applications accepts
     preprocess_style: str  # "tf" | "caffe" | "torch"
     top_blocks_after: str  # layers after this one form the "top blocks" that phase 2 unfreezes
-    builder: Callable  # (input_shape, weights) -> keras.Model without its classifier
+    builder: Callable  # (input_shape, weights) -> keras.Model without its classifier (imports Keras when called)
 
     def preprocess(self, images):
         """Images in 0..255 (RGB, channels last) -> what the trunk expects."""
+        from fashion_stack.models.layers import preprocess_images
         return preprocess_images(images, self.preprocess_style)
 
 
 BACKBONES = Registry("backbone", name_attribute=None)  # name -> BackboneSpec (core.registry)
+# how a trunk's ImageNet weights expect their inputs scaled (models.layers has one function per name)
+PREPROCESS_STYLES = ("tf", "caffe", "torch", "tf128")
+REGION_LAYER = "region"  # the layer that cuts a member's region from the photo (models.layers.region_crop)
 
 
 def register_backbone(name: str, native_size: int, min_size: int, preprocess_style: str, top_blocks_after: str):
     """Decorator: register `builder(input_shape, weights) -> keras.Model` under `name` in BACKBONES."""
-    if preprocess_style not in _STYLES:
-        raise BackboneError(f"backbone {name!r}: preprocess style {preprocess_style!r} is not one of {sorted(_STYLES)}")
+    if preprocess_style not in PREPROCESS_STYLES:
+        raise BackboneError(f"backbone {name!r}: preprocess style {preprocess_style!r} is not one of {sorted(PREPROCESS_STYLES)}")
 
     def decorate(builder: Callable) -> Callable:
         try:
@@ -128,7 +129,7 @@ def resolve_input_spec(member) -> InputSpec:
     return InputSpec(decoded, width, member.resize, style, crop_top, decoded - height - crop_top)
 
 
-def input_spec_of(model: keras.Model) -> InputSpec:
+def input_spec_of(model) -> InputSpec:
     """The InputSpec a member or embedding model was built with."""
     try:
         layer = model.get_layer("preprocess")
@@ -145,17 +146,7 @@ def input_spec_of(model: keras.Model) -> InputSpec:
                      int(crop_top), int(crop_bottom))
 
 
-REGION_LAYER = "region"
-
-
-def region_crop(spec: InputSpec, x):
-    """The member's region cut from the preprocessed photo (a no-op without one)."""
-    if not (spec.crop_top or spec.crop_bottom):
-        return x
-    return keras.layers.Cropping2D(((spec.crop_top, spec.crop_bottom), (0, 0)), name=REGION_LAYER)(x)
-
-
-def create_backbone(name: str, input_size=None, weights: Optional[str] = None) -> keras.Model:
+def create_backbone(name: str, input_size=None, weights: Optional[str] = None):
     """The trunk without its classifier, for `input_size` RGB inputs: an int (square) or
     (height, width); the trunks here are fully convolutional, so any shape above their minimum.
 
@@ -215,82 +206,27 @@ def is_pretrained(weights: Optional[str]) -> bool:
     return weights is not None
 
 
-# ---- preprocessing -------------------------------------------------------------------------
-
-_IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
-_IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
-_IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
-
-
-def _tf_style(x):
-    return x / 127.5 - 1.0
-
-
-def _caffe_style(x):
-    bgr = ops.flip(x, axis=-1)
-    return bgr - ops.convert_to_tensor(_IMAGENET_MEAN_BGR, dtype=x.dtype)
-
-
-def _torch_style(x):
-    mean = ops.convert_to_tensor(_IMAGENET_MEAN_RGB, dtype=x.dtype)
-    std = ops.convert_to_tensor(_IMAGENET_STD_RGB, dtype=x.dtype)
-    return (x / 255.0 - mean) / std
-
-
-def _tf128_style(x):
-    # EfficientNetV2-S/M/L scale their inputs themselves with Rescaling(1/128, offset=-1), not
-    # quite "tf"'s x / 127.5 - 1 (their B variants use "torch")
-    return x / 128.0 - 1.0
-
-
-_STYLES = {"tf": _tf_style, "caffe": _caffe_style, "torch": _torch_style, "tf128": _tf128_style}
-
-
-def preprocess_images(images, style: str):
-    if style not in _STYLES:
-        raise BackboneError(f"unknown preprocess style {style!r}; use one of {sorted(_STYLES)}")
-    images = ops.convert_to_tensor(images)
-    if "float" not in keras.backend.standardize_dtype(images.dtype):
-        images = ops.cast(images, "float32")
-    return _STYLES[style](images)
-
-
-@keras.saving.register_keras_serializable(package="fashion")
-class ImagePreprocess(layers.Layer):
-    """A backbone's preprocessing as a layer, so a saved model carries its own pairing."""
-
-    def __init__(self, style: str, resize: Optional[str] = None, **kwargs):
-        super().__init__(**kwargs)
-        if style not in _STYLES:
-            raise BackboneError(f"unknown preprocess style {style!r}; use one of {sorted(_STYLES)}")
-        self.style = style
-        self.resize = resize  # the resize policy the images were made with (see InputSpec)
-
-    def call(self, images):
-        return _STYLES[self.style](ops.cast(images, self.compute_dtype))
-
-    def get_config(self):
-        return {**super().get_config(), "style": self.style, "resize": self.resize}
-
-
 # ---- the registered trunks ---------------------------------------------------------------
 
 
-def _application(constructor):
+def _application(constructor: str):
+    """A keras.applications trunk by its constructor's name, looked up when a trunk is built (so
+    registering it imports no Keras)."""
     def build(shape, weights):
-        return constructor(include_top=False, weights=weights, input_shape=shape)
+        import keras
+        return getattr(keras.applications, constructor)(include_top=False, weights=weights, input_shape=shape)
     return build
 
 
-register_backbone("inception_v3", 299, 75, "tf", "mixed8")(_application(keras.applications.InceptionV3))
-register_backbone("resnet50", 224, 32, "caffe", "conv4_block6_out")(_application(keras.applications.ResNet50))
-register_backbone("xception", 299, 71, "tf", "block12_sepconv3_bn")(_application(keras.applications.Xception))
-register_backbone("densenet201", 224, 32, "torch", "pool4_pool")(_application(keras.applications.DenseNet201))
-register_backbone("mobilenet_v2", 224, 32, "tf", "block_15_add")(_application(keras.applications.MobileNetV2))
+register_backbone("inception_v3", 299, 75, "tf", "mixed8")(_application("InceptionV3"))
+register_backbone("resnet50", 224, 32, "caffe", "conv4_block6_out")(_application("ResNet50"))
+register_backbone("xception", 299, 71, "tf", "block12_sepconv3_bn")(_application("Xception"))
+register_backbone("densenet201", 224, 32, "torch", "pool4_pool")(_application("DenseNet201"))
+register_backbone("mobilenet_v2", 224, 32, "tf", "block_15_add")(_application("MobileNetV2"))
 # MobileNet V1 (alpha 1.0): plain depthwise-separable stacks, no residuals: a different ImageNet
 # trunk from V2 for a stack to combine. Preprocessing as keras.applications.mobilenet's ("tf",
 # [-1, 1]); top blocks: the last two separable blocks (12 and 13)
-register_backbone("mobilenet", 224, 32, "tf", "conv_pw_11_relu")(_application(keras.applications.MobileNet))
+register_backbone("mobilenet", 224, 32, "tf", "conv_pw_11_relu")(_application("MobileNet"))
 
 
 @register_backbone("tiny_cnn", 64, 16, "tf", "tiny_block3_pool")
@@ -300,6 +236,8 @@ def tiny_cnn(shape, weights):
     blocks of 16-32-64 filters 0.41 (the frequency floor), 32-64-128 0.53, these four 0.61."""
     if weights == "imagenet":
         raise BackboneError("tiny_cnn has no ImageNet weights; use weights null or a local file")
+    import keras
+    from keras import layers
     inputs = keras.Input(shape)
     x = inputs
     for block, filters in enumerate((24, 48, 96, 192), start=1):
@@ -313,20 +251,22 @@ def tiny_cnn(shape, weights):
 # ---- modern trunks (keras.applications, 2021-2022) -----------------------------------------
 
 
-def _application_without_preprocessing(constructor):
+def _application_without_preprocessing(constructor: str):
     """EfficientNetV2 and ConvNeXt scale their inputs inside the trunk by default; here that is the
     ImagePreprocess layer's job, as for every other trunk (one place, saved with the model), so the
     trunk is built without it. Their ImageNet weights load the same: those layers hold no weights."""
     def build(shape, weights):
-        return constructor(include_top=False, weights=weights, input_shape=shape, include_preprocessing=False)
+        import keras
+        return getattr(keras.applications, constructor)(include_top=False, weights=weights, input_shape=shape,
+                                                        include_preprocessing=False)
     return build
 
 
 # top blocks: the last stage (EfficientNetV2: block6* and the top conv; ConvNeXt: the last
 # downsampling and stage 3), as the last one or two blocks are for the older trunks
 register_backbone("efficientnetv2_b0", 224, 32, "torch", "block5e_add")(
-    _application_without_preprocessing(keras.applications.EfficientNetV2B0))
+    _application_without_preprocessing("EfficientNetV2B0"))
 register_backbone("efficientnetv2_s", 384, 32, "tf128", "block5i_add")(
-    _application_without_preprocessing(keras.applications.EfficientNetV2S))
+    _application_without_preprocessing("EfficientNetV2S"))
 register_backbone("convnext_tiny", 224, 32, "torch", "convnext_tiny_stage_2_block_8_identity")(
-    _application_without_preprocessing(keras.applications.ConvNeXtTiny))
+    _application_without_preprocessing("ConvNeXtTiny"))

@@ -23,9 +23,7 @@ from fashion_stack.core.lineage import HASH_CHARS, digest
 from fashion_stack.core.log import get_logger, progress
 from fashion_stack.core.rundir import DONE, mark_done, read_done
 from fashion_stack.models.backbones import InputSpec, input_spec_of
-from fashion_stack.models.devices import resolve_placement
-from fashion_stack.models.heads import build_embedding_model, pooling_layer_name, pooling_of
-from fashion_stack.models.inputs import prediction_batches
+from fashion_stack.models.poolings import pooling_layer_name, pooling_of
 
 log = get_logger("members")
 # The member fields that change the embeddings; head fields (dropout, loss...) do not.
@@ -91,6 +89,11 @@ def compute_embeddings(member: MemberConfig, paths: Sequence[str], spec: Optiona
     """(features, mirrored features or None), one row per path, in order: float32 vectors, or
     float16 feature maps for a head that reads the map. `spec`: the member's InputSpec as its plan
     resolved it (models.plan); None resolves it when the model is built."""
+    # Keras and the readers are imported here, in the process that runs the trunk (a member's
+    # child), not where the cache is only checked or read (the pipeline's process)
+    from fashion_stack.models.devices import resolve_placement
+    from fashion_stack.models.heads import build_embedding_model
+    from fashion_stack.models.inputs import prediction_batches
     model = build_embedding_model(member, precision=resolve_placement(member).precision_policy, spec=spec)
     spec = input_spec_of(model)
     dtype = np.float16 if pooling_of(member).reads_map else np.float32

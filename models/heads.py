@@ -3,149 +3,19 @@ train in each fine-tuning phase."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Annotated, ClassVar, Optional
+from typing import Optional
 
 import keras
 import numpy as np
-from annotated_types import Ge, Gt
-from keras import layers, ops
+from keras import layers
 
-from fashion_stack.core.config import MemberConfig, as_plugin_spec
-from fashion_stack.core.registry import Registry
-from fashion_stack.models.backbones import (ImagePreprocess, InputSpec, backbone_spec, create_backbone, is_pretrained,
-                                             region_crop, resolve_input_spec)
+from fashion_stack.core.config import MemberConfig
+from fashion_stack.models.backbones import InputSpec, backbone_spec, create_backbone, is_pretrained, resolve_input_spec
 from fashion_stack.models.inputs import augmentation_layers
+from fashion_stack.models.layers import ImagePreprocess, region_crop
+from fashion_stack.models.poolings import pooling_layer_name, pooling_of
 
 PHASES = ("head", "top", "all")
-
-
-@keras.saving.register_keras_serializable(package="fashion")
-class BandPooling(layers.Layer):
-    """(batch, height, width, channels) -> (batch, bands * channels): the average over each of
-    `bands` horizontal bands, top to bottom, concatenated. A standing person's head, torso and
-    legs fall in different bands, so a label seen only at the feet (shoes) keeps its place."""
-
-    def __init__(self, bands: int = 3, **kwargs):
-        super().__init__(**kwargs)
-        self.bands = int(bands)
-
-    def _edges(self, height: int) -> list:
-        if height < self.bands:
-            raise ValueError(f"band pooling into {self.bands} bands needs a feature map at least {self.bands} "
-                             f"rows high, got {height}; raise the member's input size or lower its pooling's bands "
-                             "setting")
-        return [round(k * height / self.bands) for k in range(self.bands + 1)]
-
-    def build(self, input_shape):
-        self._edges(int(input_shape[1]))
-
-    def call(self, feature_map):
-        edges = self._edges(int(feature_map.shape[1]))
-        return ops.concatenate([ops.mean(feature_map[:, top:bottom], axis=(1, 2))
-                                for top, bottom in zip(edges[:-1], edges[1:])], axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.bands * input_shape[3])
-
-    def get_config(self):
-        return {**super().get_config(), "bands": self.bands}
-
-
-@keras.saving.register_keras_serializable(package="fashion")
-class ClassResidualAttention(layers.Layer):
-    """CSRA (Zhu & Wu, "Residual Attention: A Simple but Effective Method for Multi-Label
-    Recognition", ICCV 2021): a 1x1 classifier scores every position for every label, s[p, j];
-    the logit is the average score plus `lam` times an attention-weighted score,
-        logit_j = mean_p s[p, j] + lam * sum_p softmax_p(T * s[., j])[p] * s[p, j],
-    so a label that shows in a few positions (a belt, sunglasses) is not averaged away."""
-
-    def __init__(self, n_labels: int, lam: float = 0.1, temperature: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.n_labels, self.lam, self.temperature = int(n_labels), float(lam), float(temperature)
-
-    def build(self, input_shape):
-        self.kernel = self.add_weight(shape=(int(input_shape[-1]), self.n_labels), initializer="glorot_uniform",
-                                      name="kernel")
-        self.bias = self.add_weight(shape=(self.n_labels,), initializer="zeros", name="bias")
-
-    def call(self, feature_map):
-        scores = ops.matmul(feature_map, ops.cast(self.kernel, feature_map.dtype))
-        scores = scores + ops.cast(self.bias, feature_map.dtype)  # (batch, h, w, labels)
-        scores = ops.reshape(scores, (-1, scores.shape[1] * scores.shape[2], self.n_labels))
-        base = ops.mean(scores, axis=1)
-        attention = ops.softmax(self.temperature * scores, axis=1)
-        return base + self.lam * ops.sum(attention * scores, axis=1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.n_labels)
-
-    def get_config(self):
-        return {**super().get_config(), "n_labels": self.n_labels, "lam": self.lam,
-                "temperature": self.temperature}
-
-
-POOLINGS = Registry("pooling")
-
-
-class Pooling:
-    """How a member turns the trunk's feature map into label scores: a head plug-in registered in
-    POOLINGS, its settings its dataclass fields (core.registry)."""
-    reads_map: ClassVar[bool] = False  # the head works on the feature map itself (the frozen path caches the map, float16)
-
-    def pool_layer(self, name: str):
-        """A layer map -> vector (poolings that do not read the map)."""
-        raise NotImplementedError
-
-    def label_layer(self, n_labels: int):
-        """A layer map -> per-label logits (poolings that read the map)."""
-        raise NotImplementedError
-
-
-@POOLINGS.register("avg")
-@dataclass(frozen=True)
-class AveragePooling(Pooling):
-    def pool_layer(self, name: str):
-        return layers.GlobalAveragePooling2D(name=name)
-
-
-@POOLINGS.register("max")
-@dataclass(frozen=True)
-class MaxPooling(Pooling):
-    def pool_layer(self, name: str):
-        return layers.GlobalMaxPooling2D(name=name)
-
-
-@POOLINGS.register("bands")
-@dataclass(frozen=True)
-class BandsPooling(Pooling):
-    """The average over horizontal bands (head, torso, legs), concatenated (BandPooling)."""
-    bands: Annotated[int, Ge(1)] = 3
-
-    def pool_layer(self, name: str):
-        return BandPooling(self.bands, name=name)
-
-
-@POOLINGS.register("csra")
-@dataclass(frozen=True)
-class ResidualAttentionPooling(Pooling):
-    """Class-specific residual attention (ClassResidualAttention) over the feature map."""
-    reads_map: ClassVar[bool] = True
-    lam: Annotated[float, Ge(0)] = 0.1  # weight of the attention term
-    temperature: Annotated[float, Gt(0)] = 1.0  # softmax temperature over positions
-
-    def label_layer(self, n_labels: int):
-        return ClassResidualAttention(n_labels, self.lam, self.temperature, name="csra")
-
-
-def pooling_of(member) -> Pooling:
-    """The member's pooling plug-in, built with its settings (a name or {name, params})."""
-    spec = as_plugin_spec(member.pooling)
-    return POOLINGS.create(spec.name, **POOLINGS.resolve(spec.name, spec.params, where=f"pooling {spec.name}"))
-
-
-def pooling_layer_name(member) -> str:
-    return f"{as_plugin_spec(member.pooling).name}_pool"
 
 
 @contextmanager

@@ -7,43 +7,15 @@ asymmetric losses down-weight the many easy negatives that plain cross-entropy a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import keras
 from annotated_types import Ge, Interval
-from keras import ops
 
 from fashion_stack.core.config import as_plugin_spec
 from fashion_stack.core.registry import Registry
 
-
-@keras.saving.register_keras_serializable(package="fashion")
-class AsymmetricLoss(keras.losses.Loss):
-    """Ridnik et al., "Asymmetric Loss For Multi-Label Classification" (ICCV 2021).
-
-    positives: -(1 - p)^gamma_pos * log(p)
-    negatives: -p_m^gamma_neg * log(1 - p_m), with p_m = max(p - clip, 0)
-    averaged over labels (as binary cross-entropy is) so learning rates carry over between losses.
-    """
-
-    def __init__(self, gamma_pos: float = 0.0, gamma_neg: float = 4.0, clip: float = 0.05,
-                 name: str = "asymmetric_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.gamma_pos = gamma_pos
-        self.gamma_neg = gamma_neg
-        self.clip = clip
-
-    def call(self, y_true, y_pred):
-        eps = keras.backend.epsilon()
-        y_true = ops.cast(y_true, y_pred.dtype)
-        p = ops.clip(y_pred, eps, 1.0 - eps)
-        shifted = ops.maximum(p - self.clip, 0.0) if self.clip > 0 else p
-        positive = y_true * ops.power(1.0 - p, self.gamma_pos) * ops.log(p)
-        negative = (1.0 - y_true) * ops.power(shifted, self.gamma_neg) * ops.log(ops.clip(1.0 - shifted, eps, 1.0))
-        return -ops.mean(positive + negative, axis=-1)
-
-    def get_config(self):
-        return {**super().get_config(), "gamma_pos": self.gamma_pos, "gamma_neg": self.gamma_neg, "clip": self.clip}
+if TYPE_CHECKING:  # Keras is imported where a loss is built, not where the plug-ins are registered
+    import keras
 
 
 LOSSES = Registry("loss function")
@@ -55,6 +27,7 @@ class BinaryCrossEntropyLoss:
     """Plain binary cross-entropy, averaged over labels."""
 
     def build(self) -> keras.losses.Loss:
+        import keras
         return keras.losses.BinaryCrossentropy()
 
 
@@ -66,6 +39,7 @@ class FocalLoss:
     gamma: Annotated[float, Ge(0)] = 2.0
 
     def build(self) -> keras.losses.Loss:
+        import keras
         # class balancing off because per-label positive rates differ by 1000x and one alpha for
         # all of them would favour some labels arbitrarily
         return keras.losses.BinaryFocalCrossentropy(gamma=self.gamma, apply_class_balancing=False)
@@ -82,6 +56,7 @@ class AsymmetricLossSettings:
     clip: Annotated[float, Interval(ge=0, lt=1)] = 0.05
 
     def build(self) -> keras.losses.Loss:
+        from fashion_stack.models.layers import AsymmetricLoss
         return AsymmetricLoss(gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg, clip=self.clip)
 
 

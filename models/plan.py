@@ -63,3 +63,9 @@ def resolve_plan(member: MemberConfig, config=None) -> MemberPlan:
     return MemberPlan(member, member.mode, spec, member.hardware.mixed_precision, member.hardware.data_parallel,
                       Resources(cpus=member.hardware.unit_cpus, gpus=member.hardware.unit_gpus), probed,
                       member.name if member.hardware.isolation == "member" else None)
+
+
+def accumulation_steps(member: MemberConfig) -> int:
+    """Micro-batches per optimizer step (hardware.micro_batch_size): 1 without accumulation."""
+    micro = member.hardware.micro_batch_size
+    return 1 if micro is None else max(1, member.batch_size // micro)

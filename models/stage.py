@@ -14,6 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -29,14 +30,15 @@ from fashion_stack.core.registry import ProcessCache, Registry
 from fashion_stack.core.rundir import DONE, is_done, mark_done, read_done, upstream_digest
 from fashion_stack.datasets.folds import read_folds
 from fashion_stack.datasets.manifest import POOLS, ManifestDigests, manifest_labels, pool_ids, read_manifest, test_ids, usable
-from fashion_stack.models import trainer
-from fashion_stack.models.devices import resolve_placement, share_gpu
 from fashion_stack.models.embeddings import HASHED_WHEN_SET, embedding_hash, member_embeddings
+from fashion_stack.models.image_cache import image_cache
 from fashion_stack.models.probe import LinearProbe, fit_probe, probe_features
 from fashion_stack.models import probe as probe_model
-from fashion_stack.models.inputs import image_cache
-from fashion_stack.models.plan import STRATEGY_NAMES, MemberPlan, PlanError, resolve_plan
-from fashion_stack.models.tensorboard_logs import training_log_callbacks
+from fashion_stack.models.plan import STRATEGY_NAMES, MemberPlan, PlanError, accumulation_steps, resolve_plan
+# Keras (models.trainer, .devices, .tensorboard_logs) is imported inside the functions that train or
+# predict, which run in a member's child process: the pipeline's own process plans the units and
+# gathers their files without it (about 0.6 GB of TensorFlow it would otherwise hold beside a
+# training child; tests/test_isolation.py checks it).
 
 STARTED = "STARTED.json"
 MODES = STRATEGY_NAMES  # the member config's `mode`: the name of its plan's strategy (STRATEGIES below)
@@ -139,7 +141,7 @@ def member_hash(member: MemberConfig, pool_name: str, label_ids, probed: list = 
     settings.update({k: getattr(member.hardware, k) for k in HASHED_HARDWARE_FIELDS})
     # newer than the runs above, and it changes the numbers only when it splits a batch: hashed
     # then, so a member without accumulation (or with micro_batch_size = batch_size) keeps its hash
-    if trainer.accumulation_steps(member) > 1:
+    if accumulation_steps(member) > 1:
         settings["micro_batch_size"] = member.hardware.micro_batch_size
     blob = {"member": settings, "pool": pool_name, "labels": list(label_ids)}
     if probed:  # a probe's inputs are other members' embeddings: their trunk settings are its settings
@@ -320,6 +322,7 @@ def probed_members(config, member: MemberConfig) -> list:
 
 def train_unit(job: UnitJob) -> dict:
     """One (member, unit), wherever an executor placed it: its devices are resolved there."""
+    from fashion_stack.models.tensorboard_logs import training_log_callbacks
     plan = job.plan
     inputs = STRATEGIES.get_entry(plan.strategy).unit_inputs(job)
     callbacks = list(job.callbacks) + training_log_callbacks(job.run_root, plan.name, job.unit.name, job.config)
@@ -372,6 +375,7 @@ class MemberResources:
 def member_resources(plan: MemberPlan, data: StageData, cache_root: Path) -> MemberResources:
     """Resolved once per member. The cache covers every image any unit trains on (all folds), so
     it is filled once and reused by every epoch and every fold; prediction is never cached."""
+    from fashion_stack.models.devices import resolve_placement
     member, spec = plan.member, plan.input
     placement = resolve_placement(member)
     universe = sorted({data.path_of[unit.train_side][i] for unit in data.units for i in unit.train_ids})
@@ -392,6 +396,7 @@ def run_unit(plan: MemberPlan, unit: Unit, unit_dir: Path, data: StageData, conf
     """Train the unit's model (resuming) by the plan's strategy, predict its held-out ids and the
     test set, write its files, and mark it done last. `inputs`: what the strategy's unit_inputs
     gave (embeddings, or the member's placement and image cache)."""
+    from fashion_stack.models import trainer
     started = time.perf_counter()
     member = plan.member
     where = f"{member.name} {unit.name}"
@@ -399,10 +404,11 @@ def run_unit(plan: MemberPlan, unit: Unit, unit_dir: Path, data: StageData, conf
     train_labels = data.labels(list(unit.train_ids), unit.train_side)
     strategy = STRATEGIES.get_entry(plan.strategy)
     fitted = strategy.fit_predict(plan, unit, unit_dir, data, train_labels, seed, where, inputs, callbacks)
+    model_file = fitted.model_file or trainer.MODEL_FILE
     if isinstance(fitted.model, LinearProbe):
-        fitted.model.save(unit_dir / fitted.model_file)
+        fitted.model.save(unit_dir / model_file)
     else:
-        trainer.save_model(fitted.model, unit_dir / fitted.model_file)
+        trainer.save_model(fitted.model, unit_dir / model_file)
     label_ids = data.label_space.label_ids
     predictions.write(unit_dir / "oof.parquet", predictions.make_table(unit.predict_ids, fitted.oof, label_ids))
     predictions.write(unit_dir / "test.parquet", predictions.make_table(data.test, fitted.test, label_ids))
@@ -412,7 +418,7 @@ def run_unit(plan: MemberPlan, unit: Unit, unit_dir: Path, data: StageData, conf
               **fitted.scores}
     trainer.remove_checkpoints(unit_dir)  # model.keras now holds the final weights
     mark_done(unit_dir, config_hash, data.folds_hash, inputs_hash=lineage,
-              artifacts=["oof.parquet", "test.parquet", fitted.model_file], trained_ids=list(unit.train_ids),
+              artifacts=["oof.parquet", "test.parquet", model_file], trained_ids=list(unit.train_ids),
               predicted_ids=list(unit.predict_ids), n_test=len(data.test), seconds=scores["seconds"], scores=scores,
               placement=fitted.placed)
     return scores
@@ -428,7 +434,7 @@ class Fitted:
     oof: np.ndarray
     test: np.ndarray
     placed: dict  # where it trained (DONE.json's placement)
-    model_file: str = trainer.MODEL_FILE
+    model_file: Optional[str] = None  # None: a Keras model's (models.trainer.MODEL_FILE)
     scores: dict = dataclasses.field(default_factory=dict)  # the strategy's own entries in the unit's scores
 
 
@@ -466,10 +472,12 @@ class FineTune(Strategy):
                      member_dir / "head_embeddings.log", child=plan.child)]
 
     def unit_inputs(self, job):
+        from fashion_stack.models.devices import share_gpu
         share_gpu(job.plan.resources.gpus)
         return _resources_for(job.plan, job.data, job.run_root / "cache" / "images", job.config_hash)
 
     def fit_predict(self, plan, unit, unit_dir, data, train_labels, seed, where, inputs, callbacks):
+        from fashion_stack.models import trainer
         member = plan.member
         resources = inputs or member_resources(plan, data, unit_dir / "cache")
         placement = resources.placement
@@ -503,6 +511,7 @@ class Frozen(Strategy):
         return _embeddings(job.plan, job.data, job.unit_dir.parent / "embeddings", redo=False)
 
     def fit_predict(self, plan, unit, unit_dir, data, train_labels, seed, where, inputs, callbacks):
+        from fashion_stack.models import trainer
         member, embeddings = plan.member, inputs
         model = trainer.train_head(member, embeddings.rows([f"{unit.train_side}:{i}" for i in unit.train_ids]),
                                    train_labels, unit_dir, seed, where, callbacks)
@@ -540,6 +549,7 @@ class Probe(Strategy):
 
 def _epoch_scores(member: MemberConfig, unit_dir: Path) -> dict:
     """The epoch the inner split of the training folds chose, per phase (epoch_selection inner_split)."""
+    from fashion_stack.models import trainer
     return {"chosen_epochs": trainer.chosen_epochs(unit_dir)} if member.epoch_selection != "fixed" else {}
 
 
@@ -549,6 +559,7 @@ STRATEGIES.add("probe", Probe())
 
 
 def _predict_frozen(model, member: MemberConfig, embeddings, keys: list) -> np.ndarray:
+    from fashion_stack.models import trainer
     mirrored = embeddings.rows(keys, mirrored=True) if member.tta_flip else None
     return trainer.predict_embeddings(model, embeddings.rows(keys), mirrored)
 

@@ -40,6 +40,7 @@ from fashion_stack.models.devices import Placement, placement_scope, resolve_pla
 from fashion_stack.models.heads import build_head_model, build_member_model, set_trainable
 from fashion_stack.models.inputs import epoch_order, prediction_batches, steps_per_epoch, training_batches
 from fashion_stack.models.losses import member_loss
+from fashion_stack.models.plan import accumulation_steps
 from fashion_stack.core.metrics import score_probabilities
 
 HISTORY = "history.csv"
@@ -344,12 +345,6 @@ def chosen_epochs(fold_dir: Path) -> dict:
 
 
 # ---- training ------------------------------------------------------------------------------
-
-
-def accumulation_steps(member: MemberConfig) -> int:
-    """Micro-batches per optimizer step (hardware.micro_batch_size): 1 without accumulation."""
-    micro = member.hardware.micro_batch_size
-    return 1 if micro is None else max(1, member.batch_size // micro)
 
 
 def prediction_batch_size(member: MemberConfig) -> int:

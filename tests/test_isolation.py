@@ -238,3 +238,35 @@ def test_a_member_unit_failing_in_its_child_names_it_and_a_rerun_keeps_the_finis
     assert not (ctx.run.fold_dir("tiny", 1) / "DONE.json").exists()
     summary = run_member(ctx, member, load_stage_data(ctx))
     assert (summary["units_trained"], summary["units_skipped"]) == (1, 1)
+
+
+PARENT_SCRIPT = """
+import json, logging, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from models_synthetic import make_run, tiny_member
+from fashion_stack.core.log import LOGGER_NAME
+from fashion_stack.pipeline import registered_choices, run_stage
+
+if __name__ == "__main__":  # the child process is spawned: it imports this file again
+    registered_choices()  # every plug-in registry the config check reads
+    ctx = make_run(Path({root!r}), k=2)
+    ctx.config.members = [tiny_member("tiny", head_epochs=0, finetune_epochs=1, isolation="member")]
+    run_stage("members", ctx, logging.getLogger(LOGGER_NAME))
+    print(json.dumps({{name: name in sys.modules for name in ("keras", "tensorflow", "jax", "torch")}}))
+"""
+
+
+@pytest.mark.integration
+def test_the_pipeline_process_checks_every_plug_in_and_runs_isolated_members_without_importing_keras(tmp_path):
+    """A child per member holds the framework; the pipeline process that checks the config,
+    plans the units and gathers their predictions never imports Keras or TensorFlow, so it stays
+    small (about 0.2 GB, not TensorFlow's 0.8 GB) while a child trains beside it."""
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT_SCRIPT.format(tests=str(HERE), root=str(tmp_path / "run_root")))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert imported == {"keras": False, "tensorflow": False, "jax": False, "torch": False}
+    assert (tmp_path / "run_root" / "run" / "members" / "tiny" / "fold1" / "DONE.json").exists()

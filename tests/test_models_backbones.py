@@ -8,7 +8,8 @@ keras = pytest.importorskip("keras")
 
 from conftest import shared_path  # noqa: E402
 from fashion_stack.models.backbones import (BackboneError, backbone_names, backbone_spec, create_backbone,  # noqa: E402
-                              preprocess_images, resolve_size)
+                                             resolve_size)
+from fashion_stack.models.layers import preprocess_images  # noqa: E402
 from fashion_stack.models.heads import build_member_model, set_trainable, trunk_of  # noqa: E402
 from fashion_stack.models.trainer import load_model, save_model  # noqa: E402
 from models_synthetic import tiny_member  # noqa: E402

@@ -8,7 +8,8 @@ keras = pytest.importorskip("keras")
 
 from fashion_stack.core.config import plugin  # noqa: E402
 from fashion_stack.models.heads import build_head_model, build_member_model, set_trainable, trunk_of  # noqa: E402
-from fashion_stack.models.losses import AsymmetricLoss, get_loss, member_loss  # noqa: E402
+from fashion_stack.models.layers import AsymmetricLoss  # noqa: E402
+from fashion_stack.models.losses import get_loss, member_loss  # noqa: E402
 from fashion_stack.models.trainer import load_model, save_model  # noqa: E402
 from models_synthetic import tiny_member  # noqa: E402
 

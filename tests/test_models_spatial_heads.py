@@ -10,8 +10,9 @@ from fashion_stack.core.config import ConfigError, MemberConfig, load_config
 from fashion_stack.models import trainer
 from fashion_stack.models.backbones import input_spec_of
 from fashion_stack.models.embeddings import pool_cached_maps
-from fashion_stack.models.heads import POOLINGS as POOLING_REGISTRY
-from fashion_stack.models.heads import BandPooling, ClassResidualAttention, build_embedding_model, build_head_model, build_member_model
+from fashion_stack.models.heads import build_embedding_model, build_head_model, build_member_model
+from fashion_stack.models.layers import BandPooling, ClassResidualAttention
+from fashion_stack.models.poolings import POOLINGS as POOLING_REGISTRY
 
 POOLINGS = ("avg", "max", "bands", "csra")
 assert set(POOLINGS) == set(POOLING_REGISTRY)  # a new pooling gets its expected shapes below
