@@ -37,6 +37,13 @@ class StageContext:
         if progress is not None:
             progress.plan(stage, total)
 
+    def plan_more_units(self, stage: str, count: int) -> None:
+        """Units the stage finds it must run once under way (a member's shared embeddings pass),
+        added to its total so that "stage done" is said after the last, not before it."""
+        progress = getattr(self.executor, "progress", None)
+        if progress is not None:
+            progress.add(stage, count)
+
     def unit_skipped(self, stage: str) -> None:
         """A planned unit that is already done counts as done without running."""
         progress = getattr(self.executor, "progress", None)

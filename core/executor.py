@@ -117,6 +117,11 @@ class StageProgress:
     def plan(self, stage: str, total: int) -> None:
         self.plans[stage] = {"total": int(total), "done": 0, "seconds": 0.0, "run": 0}
 
+    def add(self, stage: str, count: int) -> None:
+        """Units found once the stage is under way (a member's shared embeddings pass)."""
+        if stage in self.plans:
+            self.plans[stage]["total"] += int(count)
+
     def skipped(self, stage: str, count: int = 1) -> None:
         if stage in self.plans:
             self.plans[stage]["done"] += count

@@ -184,6 +184,7 @@ def run_member(ctx, member: MemberConfig, data: StageData, callbacks=()) -> dict
                             tuple(callbacks)))
     shared = strategy.shared_tasks(ctx, plan, data, member_dir, redo) if jobs else []
     if shared:  # what every unit reads (embeddings), made before the units
+        ctx.plan_more_units("members", len(shared))
         ctx.run_units(shared)
     ctx.run_units([Task("members", f"{member.name}/{job.unit.name}", train_unit, (job,), plan.resources,
                         job.unit_dir / "unit.log", child=plan.child) for job in jobs])

@@ -237,6 +237,10 @@ def test_stage_progress_counts_units_across_members_with_an_eta():
     second = progress_.finished(Task("members", "b/fold0", print), 30.0)
     assert first == "members: 2/6 units done (a/fold1 in 10 s); 4 left, ETA 40 s"
     assert second == "members: 3/6 units done (b/fold0 in 30 s); 3 left, ETA 60 s"
+    progress_.add("members", 1)  # a shared pass found under way counts too: "stage done" after it
+    last = [progress_.finished(Task("members", key, print), 5.0) for key in ("b/embeddings", "b/fold1", "c/fold0", "c/fold1")]
+    assert last[2] == "members: 6/7 units done (c/fold0 in 5 s); 1 left, ETA 11 s"
+    assert last[3].startswith("members: 7/7 units done (c/fold1 in 5 s); stage done")
     # a stage that announced nothing keeps the per-call count
     assert StageProgress().finished(Task("stack", "xgboost/fold0", print), 2.0, batch=(1, 3)) == \
         "stack: unit 1/3 xgboost/fold0 done in 2 s"
@@ -290,3 +294,20 @@ def test_two_fresh_runs_of_one_config_give_the_same_numbers(tmp_path):
     print(json.dumps({"first": first["rule"], "second": second["rule"],
                       "members": {m: s["micro_f1@best"] for m, s in first["members"].items()}}))
     assert first == second
+
+
+def test_the_members_stage_counts_a_frozen_members_embeddings_pass_and_says_done_after_the_last_unit(
+        tmp_path, caplog):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from models_synthetic import make_run, tiny_member
+    from fashion_stack.core.log import LOGGER_NAME
+    from fashion_stack.pipeline import run_stage
+    ctx = make_run(tmp_path, k=2)
+    ctx.config.members = [tiny_member("fr", mode="frozen", frozen_epochs=1)]
+    with caplog.at_level(logging.INFO, logger=LOGGER_NAME):
+        run_stage("members", ctx, logging.getLogger(LOGGER_NAME))
+    counts = [r.getMessage() for r in caplog.records if "units done" in r.getMessage()]
+    # two folds and the embeddings pass they share: three units, "stage done" only after the last
+    assert [line.split(" units done")[0] for line in counts] == ["members: 1/3", "members: 2/3", "members: 3/3"]
+    assert "fr/embeddings" in counts[0] and counts[-1].endswith("stage done")
+    assert not any("stage done" in line for line in counts[:-1])
