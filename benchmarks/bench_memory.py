@@ -1,7 +1,7 @@
 """Peak memory per stage of the real competition config on the stand-in (500 images at 96 px).
 
     python -m benchmarks.bench_memory --imat-dir ../shared/data/imat2018 --out /tmp/mem [--set KEY=VALUE ...]
-                                      [--counts 250,200,50]
+                                      [--counts 250,200,50] [--overlay smoke]
 
 Builds benchmarks.competition_standin's stand-in (the real label map and label sets, images served
 from 127.0.0.1), runs `configs/imaterialist2018.yaml` on it in a subprocess with every member at
@@ -17,7 +17,9 @@ also gives tree_PSS_MB: every 0.5 s the benchmark sums the proportional set size
 divided among the processes sharing them) over the pipeline's whole process tree, and keeps each
 stage's largest sum (the stage the log last said was starting; a sample can miss a peak shorter
 than 0.5 s). --counts sets the stand-in's
-train, validation and test images (default 250,200,50: 500 images).
+train, validation and test images (default 250,200,50: 500 images). --overlay NAME (repeatable) puts
+a shipped or given overlay under the measured one: `--overlay smoke` measures the rehearsal a user
+runs first (the config shrunk by configs/overlays/smoke.yaml: batch 16, two workers).
 """
 from __future__ import annotations
 
@@ -41,13 +43,15 @@ MEASURED = ("every_member: {input_size: 96, weights: null, head_epochs: 0, finet
             "tta_flip: false}\n")
 
 
-def measure(imat_dir: Path, out: Path, overrides: list, counts=(250, 200, 50)) -> pd.DataFrame:
+def measure(imat_dir: Path, out: Path, overrides: list, counts=(250, 200, 50), overlays=()) -> pd.DataFrame:
     overlay = out / "measured.yaml"
     overlay.write_text(MEASURED)
     with standin_server() as server:
         data = build_standin(out, imat_dir, server, *counts)
         args = [sys.executable, "-m", "fashion_stack", "run", "--config", "imaterialist2018", "--data-dir", str(data),
-                "--run-dir", str(out / "run"), "--overlay", str(overlay)]
+                "--run-dir", str(out / "run")]
+        for name in list(overlays) + [str(overlay)]:  # later overlays win: the measured one last
+            args += ["--overlay", name]
         for override in overrides:
             args += ["--set", override]
         started = time.perf_counter()
@@ -164,11 +168,13 @@ def main(argv=None) -> int:
     parser.add_argument("--imat-dir", type=Path, default=ROOT.parent / "shared" / "data" / "imat2018")
     parser.add_argument("--out", type=Path, required=True, help="an empty folder for the stand-in and its run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="more config overrides")
+    parser.add_argument("--overlay", dest="overlays", action="append", default=[],
+                        help="an overlay under the measured one (repeatable), e.g. smoke: the rehearsal")
     parser.add_argument("--counts", type=parse_counts, default=(250, 200, 50),
                         help="the stand-in's train,validation,test images (default 250,200,50)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    table = measure(args.imat_dir, args.out, args.overrides, args.counts)
+    table = measure(args.imat_dir, args.out, args.overrides, args.counts, args.overlays)
     print(f"stand-in: {sum(args.counts)} images ({','.join(map(str, args.counts))} train,validation,test)")
     print(table.to_string(index=False))
     return 0
