@@ -1,7 +1,7 @@
 """Peak memory per stage of the real competition config on the stand-in (500 images at 96 px).
 
     python -m benchmarks.bench_memory --imat-dir ../shared/data/imat2018 --out /tmp/mem [--set KEY=VALUE ...]
-                                      [--counts 250,200,50] [--overlay smoke]
+                                      [--counts 250,200,50] [--overlay smoke] [--trunk-weights random-files]
 
 Builds benchmarks.competition_standin's stand-in (the real label map and label sets, images served
 from 127.0.0.1), runs `configs/imaterialist2018.yaml` on it in a subprocess with every member at
@@ -20,6 +20,9 @@ than 0.5 s). --counts sets the stand-in's
 train, validation and test images (default 250,200,50: 500 images). --overlay NAME (repeatable) puts
 a shipped or given overlay under the measured one: `--overlay smoke` measures the rehearsal a user
 runs first (the config shrunk by configs/overlays/smoke.yaml: batch 16, two workers).
+--trunk-weights random-files trains the members the way the config does with its ImageNet weights
+(see random_trunk_weights); the default, null, trains every trunk from scratch, as the offline
+rehearsal overlay does.
 """
 from __future__ import annotations
 
@@ -38,17 +41,40 @@ import pandas as pd
 from benchmarks.competition_standin import build_standin, standin_server
 
 ROOT = Path(__file__).resolve().parent.parent
-# an overlay (see --overlay): every member at 96 px, offline, one epoch; batch sizes and the rest as configured
-MEASURED = ("every_member: {input_size: 96, weights: null, head_epochs: 0, finetune_epochs: 1, "
-            "tta_flip: false}\n")
+# an overlay (see --overlay): every member at 96 px, one epoch; batch sizes and the rest as configured
+MEASURED = "every_member: {input_size: 96, head_epochs: 0, finetune_epochs: 1, tta_flip: false}\n"
+CONFIG = "imaterialist2018"
 
 
-def measure(imat_dir: Path, out: Path, overrides: list, counts=(250, 200, 50), overlays=()) -> pd.DataFrame:
+def random_trunk_weights(out: Path, config: str = CONFIG) -> list:
+    """--trunk-weights random-files: each member's trunk, randomly initialised, saved as a local
+    weights file, and the --set overrides that point the members at them. The members then train as
+    the config will with its ImageNet weights (head phase, then the top blocks under a trunk whose
+    BatchNorm runs in inference mode), offline: weights null is another path (one phase, every layer
+    and every BatchNorm training), which the config never runs."""
+    from fashion_stack.core.config import load_config
+    from fashion_stack.models.backbones import create_backbone
+    overrides = []
+    for member in load_config(config).members:
+        path = out / "trunk_weights" / f"{member.backbone}_random.weights.h5"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            create_backbone(member.backbone, 96, None).save_weights(str(path))
+        overrides.append(f"members.{member.name}.weights={path}")
+    return overrides
+
+
+def measure(imat_dir: Path, out: Path, overrides: list, counts=(250, 200, 50), overlays=(),
+            trunk_weights: str = "null") -> pd.DataFrame:
     overlay = out / "measured.yaml"
     overlay.write_text(MEASURED)
+    if trunk_weights == "null":
+        overrides = ["every_member.weights=null"] + list(overrides)
+    else:  # before the user's --set, which still wins
+        overrides = random_trunk_weights(out) + list(overrides)
     with standin_server() as server:
         data = build_standin(out, imat_dir, server, *counts)
-        args = [sys.executable, "-m", "fashion_stack", "run", "--config", "imaterialist2018", "--data-dir", str(data),
+        args = [sys.executable, "-m", "fashion_stack", "run", "--config", CONFIG, "--data-dir", str(data),
                 "--run-dir", str(out / "run")]
         for name in list(overlays) + [str(overlay)]:  # later overlays win: the measured one last
             args += ["--overlay", name]
@@ -170,12 +196,17 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="more config overrides")
     parser.add_argument("--overlay", dest="overlays", action="append", default=[],
                         help="an overlay under the measured one (repeatable), e.g. smoke: the rehearsal")
+    parser.add_argument("--trunk-weights", choices=("null", "random-files"), default="null",
+                        help="null: every trunk from scratch (weights null, one phase, BatchNorm training); "
+                             "random-files: random weights saved to local files, so the members take the "
+                             "config's pretrained path (head, then top blocks, BatchNorm in inference mode)")
     parser.add_argument("--counts", type=parse_counts, default=(250, 200, 50),
                         help="the stand-in's train,validation,test images (default 250,200,50)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    table = measure(args.imat_dir, args.out, args.overrides, args.counts, args.overlays)
-    print(f"stand-in: {sum(args.counts)} images ({','.join(map(str, args.counts))} train,validation,test)")
+    table = measure(args.imat_dir, args.out, args.overrides, args.counts, args.overlays, args.trunk_weights)
+    print(f"stand-in: {sum(args.counts)} images ({','.join(map(str, args.counts))} train,validation,test); "
+          f"trunk weights: {args.trunk_weights}; overlays: {', '.join(args.overlays) or 'none'}")
     print(table.to_string(index=False))
     return 0
 
