@@ -1,12 +1,11 @@
 """Peak memory per stage of the real competition config on the stand-in (500 images at 96 px).
 
     python -m benchmarks.bench_memory --imat-dir ../shared/data/imat2018 --out /tmp/mem [--set KEY=VALUE ...]
-                                      [--counts 250,200,50] [--overlay smoke] [--trunk-weights random-files]
+                                      [--counts 250,200,50] [--overlay smoke] [--trunk-weights null]
 
 Builds benchmarks.competition_standin's stand-in (the real label map and label sets, images served
 from 127.0.0.1), runs `configs/imaterialist2018.yaml` on it in a subprocess with every member at
-96 px, no pretrained weights (the stand-in machine is offline) and one epoch (a member's memory does
-not grow with its epochs), and prints each stage's wall time and peak resident memory as the
+96 px and one epoch (a member's memory does not grow with its epochs), and prints each stage's wall time and peak resident memory as the
 pipeline recorded them (stage_times.json: the process's high-water mark, reset at each stage's
 start, so each figure is that stage's own, or what the process still holds from earlier stages).
 A stage whose units ran in child processes (the members' hardware.isolation "member", the default)
@@ -20,9 +19,11 @@ than 0.5 s). --counts sets the stand-in's
 train, validation and test images (default 250,200,50: 500 images). --overlay NAME (repeatable) puts
 a shipped or given overlay under the measured one: `--overlay smoke` measures the rehearsal a user
 runs first (the config shrunk by configs/overlays/smoke.yaml: batch 16, two workers).
---trunk-weights random-files trains the members the way the config does with its ImageNet weights
-(see random_trunk_weights); the default, null, trains every trunk from scratch, as the offline
-rehearsal overlay does.
+The members train the way the config trains them with its ImageNet weights, offline: each trunk
+randomly initialised and saved as a local weights file (random_trunk_weights; the numbers are
+meaningless, the memory is the config's). --trunk-weights null trains every trunk from scratch
+instead, as the offline rehearsal overlay does: another path, with more memory (every layer and
+every BatchNorm trains).
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def random_trunk_weights(out: Path, config: str = CONFIG) -> list:
 
 
 def measure(imat_dir: Path, out: Path, overrides: list, counts=(250, 200, 50), overlays=(),
-            trunk_weights: str = "null") -> pd.DataFrame:
+            trunk_weights: str = "random-files") -> pd.DataFrame:
     overlay = out / "measured.yaml"
     overlay.write_text(MEASURED)
     if trunk_weights == "null":
@@ -196,10 +197,11 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="more config overrides")
     parser.add_argument("--overlay", dest="overlays", action="append", default=[],
                         help="an overlay under the measured one (repeatable), e.g. smoke: the rehearsal")
-    parser.add_argument("--trunk-weights", choices=("null", "random-files"), default="null",
-                        help="null: every trunk from scratch (weights null, one phase, BatchNorm training); "
-                             "random-files: random weights saved to local files, so the members take the "
-                             "config's pretrained path (head, then top blocks, BatchNorm in inference mode)")
+    parser.add_argument("--trunk-weights", choices=("random-files", "null"), default="random-files",
+                        help="random-files (default): random weights saved to local files, so the members take "
+                             "the config's pretrained path (head, then top blocks, BatchNorm in inference mode); "
+                             "null: every trunk from scratch (one phase, every layer and BatchNorm training), "
+                             "as the offline rehearsal overlay runs them")
     parser.add_argument("--counts", type=parse_counts, default=(250, 200, 50),
                         help="the stand-in's train,validation,test images (default 250,200,50)")
     args = parser.parse_args(argv)
