@@ -20,10 +20,9 @@ train, validation and test images (default 250,200,50: 500 images). --overlay NA
 a shipped or given overlay under the measured one: `--overlay smoke` measures the rehearsal a user
 runs first (the config shrunk by configs/overlays/smoke.yaml: batch 16, two workers).
 The members train the way the config trains them with its ImageNet weights, offline: each trunk
-randomly initialised and saved as a local weights file (random_trunk_weights; the numbers are
-meaningless, the memory is the config's). --trunk-weights null trains every trunk from scratch
-instead, as the offline rehearsal overlay does: another path, with more memory (every layer and
-every BatchNorm trains).
+randomly initialised (weights: random, as in the rehearsal overlay; the scores are meaningless, the
+memory is the config's). --trunk-weights null trains every trunk from scratch instead: another
+path, with more memory (every layer and every BatchNorm trains), which the config never runs.
 """
 from __future__ import annotations
 
@@ -47,32 +46,22 @@ MEASURED = "every_member: {input_size: 96, head_epochs: 0, finetune_epochs: 1, t
 CONFIG = "imaterialist2018"
 
 
-def random_trunk_weights(out: Path, config: str = CONFIG) -> list:
-    """--trunk-weights random-files: each member's trunk, randomly initialised, saved as a local
-    weights file, and the --set overrides that point the members at them. The members then train as
-    the config will with its ImageNet weights (head phase, then the top blocks under a trunk whose
-    BatchNorm runs in inference mode), offline: weights null is another path (one phase, every layer
-    and every BatchNorm training), which the config never runs."""
-    from fashion_stack.core.config import load_config
-    from fashion_stack.models.backbones import create_backbone
-    overrides = []
-    for member in load_config(config).members:
-        path = out / "trunk_weights" / f"{member.backbone}_random.weights.h5"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            create_backbone(member.backbone, 96, None).save_weights(str(path))
-        overrides.append(f"members.{member.name}.weights={path}")
-    return overrides
+def trunk_weight_overrides(trunk_weights: str) -> list:
+    """--trunk-weights random (the default): every pretrained member's trunk randomly initialised and
+    trained as the config trains it with its ImageNet weights (head phase, then the top blocks under a
+    trunk whose BatchNorm runs in inference mode), offline, as the rehearsal overlay does. null:
+    every trunk from scratch (one phase, every layer and every BatchNorm training), a path the
+    config never runs."""
+    if trunk_weights not in ("random", "null"):
+        raise ValueError(f"--trunk-weights {trunk_weights!r}: use random or null")
+    return [f"every_member.weights={trunk_weights}"]
 
 
 def measure(imat_dir: Path, out: Path, overrides: list, counts=(250, 200, 50), overlays=(),
-            trunk_weights: str = "random-files") -> pd.DataFrame:
+            trunk_weights: str = "random") -> pd.DataFrame:
     overlay = out / "measured.yaml"
     overlay.write_text(MEASURED)
-    if trunk_weights == "null":
-        overrides = ["every_member.weights=null"] + list(overrides)
-    else:  # before the user's --set, which still wins
-        overrides = random_trunk_weights(out) + list(overrides)
+    overrides = trunk_weight_overrides(trunk_weights) + list(overrides)  # the user's --set still wins
     with standin_server() as server:
         data = build_standin(out, imat_dir, server, *counts)
         args = [sys.executable, "-m", "fashion_stack", "run", "--config", CONFIG, "--data-dir", str(data),
@@ -197,11 +186,10 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="more config overrides")
     parser.add_argument("--overlay", dest="overlays", action="append", default=[],
                         help="an overlay under the measured one (repeatable), e.g. smoke: the rehearsal")
-    parser.add_argument("--trunk-weights", choices=("random-files", "null"), default="random-files",
-                        help="random-files (default): random weights saved to local files, so the members take "
-                             "the config's pretrained path (head, then top blocks, BatchNorm in inference mode); "
-                             "null: every trunk from scratch (one phase, every layer and BatchNorm training), "
-                             "as the offline rehearsal overlay runs them")
+    parser.add_argument("--trunk-weights", choices=("random", "null"), default="random",
+                        help="random (default): random trunks trained on the config's pretrained path (head, then "
+                             "top blocks, BatchNorm in inference mode), as the rehearsal overlay runs them; null: "
+                             "every trunk from scratch (one phase, every layer and BatchNorm training)")
     parser.add_argument("--counts", type=parse_counts, default=(250, 200, 50),
                         help="the stand-in's train,validation,test images (default 250,200,50)")
     args = parser.parse_args(argv)

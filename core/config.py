@@ -160,7 +160,9 @@ class MemberConfig:
     # photos), one number for a square, null for the backbone's native size. (Older configs'
     # image_size / image_height are read as this: see upgrade_input_size)
     input_size: Optional[tuple[Annotated[int, Ge(16)], ...]] = None
-    weights: Optional[str] = None  # "imagenet", a local .h5 / .weights.h5 path, or None
+    # "imagenet", a local .h5 / .weights.h5 path, None (random init, trained from scratch), or
+    # "random" (random init trained as a pretrained trunk is: offline rehearsals of a pretrained config)
+    weights: Optional[str] = None
     # the band of the photo the member sees, [top, bottom] as fractions of its height (e.g. [0, 0.5]
     # the upper body, [0.5, 1] the lower): the band fills input_size, so it is a zoom. Members that
     # look at different regions see small items (sunglasses, watches, shoes) at a larger scale and
@@ -786,13 +788,24 @@ def merge_override(values: dict, override: dict) -> dict:
 def apply_every_member(values: dict, choices: dict) -> dict:
     """`every_member` (any member setting but its name) merged OVER every member: what a rehearsal
     overlay (configs/overlays/smoke.yaml) forces on whatever members a config has. The opposite
-    of member_defaults, where the member's own value wins."""
+    of member_defaults, where the member's own value wins. One exception: a forced `weights:
+    random` replaces pretrained weights only; a member trained from scratch (weights null) stays
+    so, or the rehearsal would train it down a path the real run never takes."""
     values = dict(values)
     forced = _shared_member_settings(values, "every_member", choices)
     if forced and isinstance(values.get("members"), list):
-        values["members"] = [upgrade_member(_member_over_defaults(upgrade_member(m), forced))
+        defaults = values.get("member_defaults") if isinstance(values.get("member_defaults"), dict) else {}
+        values["members"] = [upgrade_member(_member_over_defaults(upgrade_member(m), _forced_on(m, defaults, forced)))
                              if isinstance(m, dict) else m for m in values["members"]]
     return values
+
+
+def _forced_on(member: dict, defaults: dict, forced: dict) -> dict:
+    """`forced` as it applies to `member`, whose weights may come from member_defaults."""
+    weights = member["weights"] if "weights" in member else defaults.get("weights")
+    if forced.get("weights") == "random" and weights is None:
+        return {k: v for k, v in forced.items() if k != "weights"}
+    return forced
 
 
 OVERLAYS_DIR = Path(__file__).resolve().parent.parent / "configs" / "overlays"
@@ -940,9 +953,10 @@ def check_member_inputs(config: PipelineConfig, min_sizes: Optional[dict]) -> No
                               f"least {smallest} per side (set members.{member.name}.input_size={smallest} or more, "
                               "or null for its native size)")
         weights = member.weights
-        if weights not in (None, "imagenet") and not Path(weights).expanduser().is_file():
+        if weights not in (None, "imagenet", "random") and not Path(weights).expanduser().is_file():
             raise ConfigError(f"{where}.weights: file {weights} not found (relative paths start at the working "
-                              "directory); give an existing .weights.h5 file, imagenet, or null for random init")
+                              "directory); give an existing .weights.h5 file, imagenet, null for random init, or "
+                              "random for random init trained as a pretrained trunk")
 
 
 def dump_config(config: PipelineConfig) -> str:

@@ -151,7 +151,8 @@ def create_backbone(name: str, input_size=None, weights: Optional[str] = None):
     (height, width); the trunks here are fully convolutional, so any shape above their minimum.
 
     weights: "imagenet" (Keras downloads them; needs the internet once), a local .h5 /
-    .weights.h5 file saved from the same trunk without its top, or None (random init).
+    .weights.h5 file saved from the same trunk without its top, None (random init, trained from
+    scratch) or "random" (random init, trained as a pretrained trunk: see RANDOM_WEIGHTS).
     """
     spec = backbone_spec(name)
     if isinstance(input_size, (tuple, list)):
@@ -159,6 +160,8 @@ def create_backbone(name: str, input_size=None, weights: Optional[str] = None):
     else:
         size = resolve_size(name, input_size)
         shape = (size, size, 3)
+    if weights == RANDOM_WEIGHTS:
+        return spec.builder(shape, None)
     if weights is None or weights == "imagenet":
         try:
             return spec.builder(shape, weights)
@@ -202,7 +205,16 @@ def weights_download_message(name: str, err: BaseException) -> str:
             f"weights to a local .weights.h5 file, or weights: null for random init (docs/OFFLINE.md)")
 
 
+# weights: random -- a random trunk trained the way a pretrained one is (the head first, then the
+# top blocks or all, BatchNorm in inference mode). What a rehearsal of a pretrained config runs
+# offline (configs/overlays/smoke.yaml): the same phases, layers and memory as the real run, with
+# nothing to download; its scores mean nothing.
+RANDOM_WEIGHTS = "random"
+
+
 def is_pretrained(weights: Optional[str]) -> bool:
+    """Whether the member trains as a pretrained trunk (phases head..top, BatchNorm frozen): with
+    ImageNet weights, a weights file or RANDOM_WEIGHTS; from scratch (None) everything trains."""
     return weights is not None
 
 

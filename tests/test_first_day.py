@@ -112,12 +112,21 @@ def test_a_bad_member_override_is_one_line_naming_it(override, message):
 
 @pytest.mark.parametrize("config_name", ["imaterialist2018", "demo", "ccp"])
 def test_the_smoke_overlay_shrinks_any_config(config_name):
+    from fashion_stack.models.backbones import is_pretrained
+    from fashion_stack.models.trainer import finetune_phases
     full = load_config(config_name)
     smoke = load_config(config_name, [overlay_values("smoke")])
     assert [m.backbone for m in smoke.members] == [m.backbone for m in full.members]  # same members
-    for member in smoke.members:
-        assert member.weights is None and member.finetune_epochs + member.head_epochs == 1
+    for configured, member in zip(full.members, smoke.members):
+        assert member.head_epochs == 1 and member.finetune_epochs == 1
         assert member.input_size == (96, 96) and member.batch_size == 16 and member.hardware.reader_workers == 2
+        if configured.backbone is None:  # a probe: no trunk of its own
+            continue
+        # nothing downloads; each member keeps its training path: pretrained ones still train the head,
+        # then the top blocks with BatchNorm frozen, on random trunks; from-scratch ones stay so
+        assert member.weights == (None if configured.weights is None else "random")
+        assert [p.name for p in finetune_phases(member)] == [p.name for p in finetune_phases(configured)]
+        assert is_pretrained(member.weights) == is_pretrained(configured.weights)
     stackers = {spec.name: spec.params for spec in smoke.stack.stackers}
     assert smoke.download.workers <= 4 and stackers["grid_cnn"]["epochs"] <= 5
 

@@ -108,7 +108,7 @@ def test_the_competition_config_rehearsed_on_a_stand_in_to_a_validated_submissio
     failures = (run / "download_failures.csv").read_text()
     assert "HTTP 404" in failures and "validation" in failures and failures.count("\n") == 3  # header + 2
     config = (run / "config.yaml").read_text()
-    assert config.count("backbone: ") == 4 and "weights: null" in config and "imagenet" not in config
+    assert config.count("backbone: ") == 4 and config.count("weights: random") == 4 and "imagenet" not in config
     verdict = _run(["validate", str(run)], "jax", tmp_path)
     assert verdict.returncode == 0 and "valid: 15 rows" in verdict.stdout, verdict.stdout + verdict.stderr
     assert "label_map.csv" in verdict.stdout  # the run's own 228-label map
