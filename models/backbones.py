@@ -202,7 +202,8 @@ def weights_download_message(name: str, err: BaseException) -> str:
     cache = Path(keras_home()) / "models"
     return (f"backbone {name!r}: downloading its ImageNet weights from {host} failed ({reason}); offline, "
             f"either copy {file_name} into Keras's cache {cache} (KERAS_HOME moves it), or set the member's "
-            f"weights to a local .weights.h5 file, or weights: null for random init (docs/OFFLINE.md)")
+            f"weights to a local .weights.h5 file, or weights: null for random init (random: random init trained "
+            f"as pretrained, to rehearse; docs/OFFLINE.md)")
 
 
 # weights: random -- a random trunk trained the way a pretrained one is (the head first, then the
