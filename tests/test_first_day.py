@@ -250,6 +250,14 @@ def test_stage_progress_counts_units_across_members_with_an_eta():
     last = [progress_.finished(Task("members", key, print), 5.0) for key in ("b/embeddings", "b/fold1", "c/fold0", "c/fold1")]
     assert last[2] == "members: 6/7 units done (c/fold0 in 5 s); 1 left, ETA 11 s"
     assert last[3].startswith("members: 7/7 units done (c/fold1 in 5 s); stage done")
+    # the units left in a map call go at that call's pace, the rest at the stage's
+    slow = StageProgress()
+    slow.plan("members", 9)
+    for number in range(1, 6):  # five 5-second probe units in one call
+        slow.finished(Task("members", f"probe/fold{number}", print), 5.0, batch=(number, 5))
+    line = slow.finished(Task("members", "finetune/fold0", print), 245.0, batch=(1, 3))
+    # 2 x 245 s + 1 x the stage's mean (270 s / 6); at the stage's mean alone it would say 2 min 15 s
+    assert line == "members: 6/9 units done (finetune/fold0 in 245 s); 3 left, ETA 8 min 55 s"
     # a stage that announced nothing keeps the per-call count
     assert StageProgress().finished(Task("stack", "xgboost/fold0", print), 2.0, batch=(1, 3)) == \
         "stack: unit 1/3 xgboost/fold0 done in 2 s"
