@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 
 from fashion_stack.core import atomic
 from fashion_stack.core.config import as_plugin_spec
 from fashion_stack.core.context import StageContext
+from fashion_stack.core.lineage import digest
 from fashion_stack.core.log import progress
 from fashion_stack.core.metrics import METRIC_COLUMNS, f1_column, micro_f1, samples_f1
 from fashion_stack.core.rundir import is_done, mark_done, upstream_digest
 from fashion_stack.ensemble.comparison import paired_bootstrap_interval
 from fashion_stack.ensemble.decide_stage import rule_params
 from fashion_stack.ensemble.decision import nested_cv_predict
-from fashion_stack.ensemble.stackers import stacker_params
+from fashion_stack.ensemble.stackers import STACKERS, stacker_params
 from fashion_stack.ensemble.stacking import second_level_oof
 from fashion_stack.features.stacker_inputs import MemberStack
 from fashion_stack.features.stage import load_member_stacks, member_lineage
@@ -49,23 +51,37 @@ def member_subsets(members: list, groups: dict = None) -> list:
 
 def ablation_table(member_stack: MemberStack, y_true: np.ndarray, folds: np.ndarray, stacker_name: str,
                    stacker_settings: dict, rule_name: str, rule_settings: dict, metric: str = "micro",
-                   n_bootstrap: int = 1000, seed: int = 0, groups: dict = None) -> pd.DataFrame:
+                   n_bootstrap: int = 1000, seed: int = 0, groups: dict = None, workers: int = 1) -> pd.DataFrame:
     """One row per member subset (member_subsets: `groups` adds a row per group left out):
     nested-CV micro-F1 and samples-F1 overall and per fold, the change of `metric` against the
     full ensemble overall and per fold, and its bootstrap 95% interval. `y_true` and `folds` are in
-    `member_stack.image_ids` order."""
+    `member_stack.image_ids` order. `workers` subsets' stackers are refitted at a time, each in a
+    process of its own (the decision rule, cheap, is fitted here)."""
     subsets = member_subsets(list(member_stack.member_names), groups)
-    labels_of: dict = {}  # two members: "without a" is "only b"; fit each distinct subset once
-    for _, _, members in progress(subsets, desc="ablation subsets", unit="subset"):
-        if tuple(members) not in labels_of:
-            subset = select_members(member_stack, members)
-            probs = second_level_oof(stacker_name, stacker_settings, subset, y_true, folds)
-            labels_of[tuple(members)] = np.asarray(
-                nested_cv_predict(rule_name, probs, y_true, folds, rule_settings), dtype=bool)
+    distinct = list(dict.fromkeys(tuple(members) for _, _, members in subsets))  # "without a" is "only b"
+    jobs = [delayed(second_level_oof)(stacker_name, _one_thread_each(stacker_name, stacker_settings, workers),
+                                      select_members(member_stack, list(members)), y_true, folds)
+            for members in distinct]
+    if workers > 1:
+        fitted = Parallel(n_jobs=min(workers, len(jobs)), backend="loky", return_as="generator")(jobs)
+    else:
+        fitted = (function(*args, **kwargs) for function, args, kwargs in jobs)
+    labels_of: dict = {}
+    for members, probs in zip(distinct, progress(fitted, total=len(distinct), desc="ablation subsets", unit="subset")):
+        labels_of[members] = np.asarray(nested_cv_predict(rule_name, probs, y_true, folds, rule_settings), dtype=bool)
     full = labels_of[tuple(subsets[0][2])]
     rows = [_row(name, kind, members, labels_of[tuple(members)], full, y_true, folds, metric,
                  n_bootstrap, seed) for name, kind, members in subsets]
     return pd.DataFrame(rows)
+
+
+def _one_thread_each(stacker_name: str, settings: dict, workers: int) -> dict:
+    """The stacker's settings, with its own label threads (n_jobs) cut to one when `workers`
+    processes already share the cores."""
+    settings = dict(settings or {})
+    if workers > 1 and "n_jobs" in {f.name for f in STACKERS.settings(stacker_name)}:
+        settings["n_jobs"] = 1
+    return settings
 
 
 def select_members(member_stack: MemberStack, members: list) -> MemberStack:
@@ -96,7 +112,9 @@ def run_ablate(ctx: StageContext) -> dict:
     stacker_name = _stacker_of(rule, ctx.config.ablation.stacker)
     unit = ctx.run.report_dir / "ablation"
     # the chosen rule is part of the hash: a redone decide stage may pick another one
-    config_hash = ctx.config.section_hash("ablation")
+    # ... but not how many subsets are refitted at a time, which changes no result
+    settings = {k: v for k, v in ctx.config.to_dict()["ablation"].items() if k != "workers"}
+    config_hash = digest({"ablation": settings})
     # inputs: the members' recorded outputs, the pool's labels and the decision (its chosen stacker
     # and rule); when they change the ablation is recomputed without asking
     inputs_hash = {**member_lineage(ctx), "decision": decision}
@@ -112,7 +130,8 @@ def run_ablate(ctx: StageContext) -> dict:
     table = ablation_table(member_stack, y_true, folds, stacker_name,
                            stacker_params(_configured(ctx.config.stack.stackers, stacker_name)), rule["rule"],
                            rule_params(_configured(ctx.config.decision.rules, rule["rule"]), ctx, label_space), metric,
-                           ctx.config.ablation.bootstrap, ctx.config.ablation.seed, ctx.config.ablation.groups)
+                           ctx.config.ablation.bootstrap, ctx.config.ablation.seed, ctx.config.ablation.groups,
+                           ctx.config.ablation.workers)
     in_stack = set(member_stack.member_names)
     for name, group in ctx.config.ablation.groups.items():
         absent = [m for m in group if m not in in_stack]

@@ -221,6 +221,27 @@ def test_ablation_rows_and_scores_match_an_independent_computation(tmp_path, fix
         assert (ctx.run.report_dir / name).stat().st_size > 0
 
 
+def test_ablation_refits_subsets_in_worker_processes_with_the_same_results(tmp_path, fixed_decision):
+    tables = {}
+    for workers in (1, 2):
+        (tmp_path / f"workers{workers}").mkdir()
+        ctx = build_run(tmp_path / f"workers{workers}")
+        ctx.config.ablation.stacker, ctx.config.ablation.workers = "linear", workers  # a stacker that fits
+        run_ablate(ctx)
+        tables[workers] = pd.read_csv(ctx.run.report_dir / "ablation.csv")
+    pd.testing.assert_frame_equal(tables[1], tables[2])
+    # the linear stacker learnt something: not the members' mean
+    mean = np.mean([predictions.read(ctx.run.member_dir(m) / "oof.parquet").to_numpy() for m in MEMBERS], axis=0)
+    assert tables[2].loc[0, "micro_f1"] != pytest.approx(ablation_micro_f1(ctx, mean >= 0.5), abs=1e-9)
+
+
+def ablation_micro_f1(ctx, labels) -> float:
+    manifest = pd.read_parquet(ctx.run.manifest).set_index("imageId")
+    ids = list(predictions.read(ctx.run.member_dir(MEMBERS[0]) / "oof.parquet").index)
+    truth = np.array([[lab in manifest.loc[i, "labels"].split() for lab in LABEL_IDS] for i in ids])
+    return f1_score(truth, labels, average="micro")
+
+
 def test_ablation_leaves_each_group_out_as_a_whole(tmp_path, fixed_decision, caplog):
     ctx = build_run(tmp_path)
     ctx.config.ablation.groups = {"weak_pair": ["m_a", "m_c"], "everyone": list(MEMBERS)}
