@@ -6,7 +6,6 @@ error naming the key's dotted path, so a typo never silently falls back to a def
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,9 +267,10 @@ class AblationConfig:
     # members themselves), another stacker's name, or "chosen" (the decide stage's chosen stacker,
     # refitted for every subset x fold: on the stand-in 5 times the stack stage's time)
     stacker: str = "mean"
-    # member subsets refitted at a time, each in a worker process of its own (the stackers' fits
-    # spend their time in Python holding the GIL, so threads would not share the cores); 1: in this
-    # process, one after another. Every subset's result is the same either way.
+    # member subsets refitted at a time, each in a worker process of its own, by a stacker that fits
+    # label by label (linear, xgboost: their fits spend their time in Python holding the GIL, so
+    # their label threads do not share the cores); 1: in this process, one after another. The
+    # averages and grid_cnn always run here. Every subset's result is the same either way.
     workers: Annotated[int, Ge(1)] = 2
     # named groups of members, each also left out as a whole ("without group head_feet"): members
     # that overlap (a view's frozen head and its probe; views of the same region) can each be

@@ -59,8 +59,14 @@ def ablation_table(member_stack: MemberStack, y_true: np.ndarray, folds: np.ndar
     process of its own (the decision rule, cheap, is fitted here)."""
     subsets = member_subsets(list(member_stack.member_names), groups)
     distinct = list(dict.fromkeys(tuple(members) for _, _, members in subsets))  # "without a" is "only b"
-    jobs = [delayed(second_level_oof)(stacker_name, _one_thread_each(stacker_name, stacker_settings, workers),
-                                      select_members(member_stack, list(members)), y_true, folds)
+    # Worker processes take the place of the stacker's label threads (n_jobs), in the stackers that
+    # fit label by label; the averages have next to nothing to fit and grid_cnn's TensorFlow uses
+    # every core itself, so those run here (processes would only add their start-up).
+    label_by_label = "n_jobs" in {f.name for f in STACKERS.settings(stacker_name)}
+    workers = workers if label_by_label else 1
+    settings = {**(stacker_settings or {}), "n_jobs": 1} if label_by_label and workers > 1 else stacker_settings
+    jobs = [delayed(second_level_oof)(stacker_name, settings, select_members(member_stack, list(members)),
+                                      y_true, folds)
             for members in distinct]
     if workers > 1:
         fitted = Parallel(n_jobs=min(workers, len(jobs)), backend="loky", return_as="generator")(jobs)
@@ -73,15 +79,6 @@ def ablation_table(member_stack: MemberStack, y_true: np.ndarray, folds: np.ndar
     rows = [_row(name, kind, members, labels_of[tuple(members)], full, y_true, folds, metric,
                  n_bootstrap, seed) for name, kind, members in subsets]
     return pd.DataFrame(rows)
-
-
-def _one_thread_each(stacker_name: str, settings: dict, workers: int) -> dict:
-    """The stacker's settings, with its own label threads (n_jobs) cut to one when `workers`
-    processes already share the cores."""
-    settings = dict(settings or {})
-    if workers > 1 and "n_jobs" in {f.name for f in STACKERS.settings(stacker_name)}:
-        settings["n_jobs"] = 1
-    return settings
 
 
 def select_members(member_stack: MemberStack, members: list) -> MemberStack:
