@@ -5,8 +5,8 @@
 
 Builds benchmarks.competition_standin's stand-in (the real label map and label sets, images served
 from 127.0.0.1), runs `configs/imaterialist2018.yaml` on it in a subprocess with every member at
-96 px and one epoch (a member's memory does not grow with its epochs), and prints each stage's wall time and peak resident memory as the
-pipeline recorded them (stage_times.json: the process's high-water mark, reset at each stage's
+96 px and one epoch (a member's memory does not grow with its epochs), and prints each stage's
+wall time and peak resident memory as the pipeline recorded them (stage_times.json: the process's high-water mark, reset at each stage's
 start, so each figure is that stage's own, or what the process still holds from earlier stages).
 A stage whose units ran in child processes (the members' hardware.isolation "member", the default)
 has peak_MB = the pipeline process's peak (process_MB) + the largest child's own peak (child_MB):

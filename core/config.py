@@ -151,6 +151,13 @@ class HardwareConfig:
     micro_batch_size: Optional[Annotated[int, Ge(1)]] = None
 
 
+# weights: random -- a random trunk trained the way a pretrained one is (the head first, then the
+# top blocks or all, BatchNorm in inference mode). What a rehearsal of a pretrained config runs
+# offline (configs/overlays/smoke.yaml): the same phases, layers and memory as the real run, with
+# nothing to download; its scores mean nothing.
+RANDOM_WEIGHTS = "random"
+
+
 @dataclass
 class MemberConfig:
     name: str = ""
@@ -160,7 +167,7 @@ class MemberConfig:
     # image_size / image_height are read as this: see upgrade_input_size)
     input_size: Optional[tuple[Annotated[int, Ge(16)], ...]] = None
     # "imagenet", a local .h5 / .weights.h5 path, None (random init, trained from scratch), or
-    # "random" (random init trained as a pretrained trunk is: offline rehearsals of a pretrained config)
+    # RANDOM_WEIGHTS (random init trained as a pretrained trunk is: offline rehearsals of a pretrained config)
     weights: Optional[str] = None
     # the band of the photo the member sees, [top, bottom] as fractions of its height (e.g. [0, 0.5]
     # the upper body, [0.5, 1] the lower): the band fills input_size, so it is a zoom. Members that
@@ -807,7 +814,7 @@ def apply_every_member(values: dict, choices: dict) -> dict:
 def _forced_on(member: dict, defaults: dict, forced: dict) -> dict:
     """`forced` as it applies to `member`, whose weights may come from member_defaults."""
     weights = member["weights"] if "weights" in member else defaults.get("weights")
-    if forced.get("weights") == "random" and weights is None:
+    if forced.get("weights") == RANDOM_WEIGHTS and weights is None:
         return {k: v for k, v in forced.items() if k != "weights"}
     return forced
 
@@ -957,7 +964,7 @@ def check_member_inputs(config: PipelineConfig, min_sizes: Optional[dict]) -> No
                               f"least {smallest} per side (set members.{member.name}.input_size={smallest} or more, "
                               "or null for its native size)")
         weights = member.weights
-        if weights not in (None, "imagenet", "random") and not Path(weights).expanduser().is_file():
+        if weights not in (None, "imagenet", RANDOM_WEIGHTS) and not Path(weights).expanduser().is_file():
             raise ConfigError(f"{where}.weights: file {weights} not found (relative paths start at the working "
                               "directory); give an existing .weights.h5 file, imagenet, null for random init, or "
                               "random for random init trained as a pretrained trunk")

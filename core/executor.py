@@ -112,10 +112,11 @@ class StageProgress:
     units it skips (already done) with skipped(); each map() call's units then count towards it."""
 
     def __init__(self):
-        self.plans: dict = {}  # stage -> {"total", "done", "seconds" (of units run now), "run"}
+        # stage -> {"total", "done", "seconds" (of units run now), "run", "call_seconds" (this map call's)}
+        self.plans: dict = {}
 
     def plan(self, stage: str, total: int) -> None:
-        self.plans[stage] = {"total": int(total), "done": 0, "seconds": 0.0, "run": 0}
+        self.plans[stage] = {"total": int(total), "done": 0, "seconds": 0.0, "run": 0, "call_seconds": 0.0}
 
     def add(self, stage: str, count: int) -> None:
         """Units found once the stage is under way (a member's shared embeddings pass)."""
@@ -142,7 +143,7 @@ class StageProgress:
         # the stage's: a fine-tuned member's 4-minute folds after a minute of 5-second probe units
         # would otherwise be announced as a minute's work.
         number, count = batch or (1, 1)
-        plan["call_seconds"] = (0.0 if number == 1 else plan.get("call_seconds", 0.0)) + seconds
+        plan["call_seconds"] = (0.0 if number == 1 else plan["call_seconds"]) + seconds
         left_here = min(count - number, left)
         eta_s = left_here * plan["call_seconds"] / number + (left - left_here) * plan["seconds"] / plan["run"]
         eta = f"; {left} left, ETA {format_seconds(eta_s)}" if left else "; stage done"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from fashion_stack.core.config import RANDOM_WEIGHTS
 from fashion_stack.core.registry import Registry
 
 
@@ -204,13 +205,6 @@ def weights_download_message(name: str, err: BaseException) -> str:
             f"either copy {file_name} into Keras's cache {cache} (KERAS_HOME moves it), or set the member's "
             f"weights to a local .weights.h5 file, or weights: null for random init (random: random init trained "
             f"as pretrained, to rehearse; docs/OFFLINE.md)")
-
-
-# weights: random -- a random trunk trained the way a pretrained one is (the head first, then the
-# top blocks or all, BatchNorm in inference mode). What a rehearsal of a pretrained config runs
-# offline (configs/overlays/smoke.yaml): the same phases, layers and memory as the real run, with
-# nothing to download; its scores mean nothing.
-RANDOM_WEIGHTS = "random"
 
 
 def is_pretrained(weights: Optional[str]) -> bool:

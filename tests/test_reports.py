@@ -185,6 +185,13 @@ def threshold_stand_in(rule_name, probs, y_true, folds, params):
     return np.asarray(probs) >= 0.5
 
 
+def pool_truth(ctx) -> np.ndarray:
+    """(images, labels) bool: the pool's labels, in the members' OOF row order."""
+    manifest = pd.read_parquet(ctx.run.manifest).set_index("imageId")
+    ids = list(predictions.read(ctx.run.member_dir(MEMBERS[0]) / "oof.parquet").index)
+    return np.array([[lab in manifest.loc[i, "labels"].split() for lab in LABEL_IDS] for i in ids])
+
+
 @pytest.fixture
 def fixed_decision(monkeypatch):
     monkeypatch.setattr(ablation, "nested_cv_predict", threshold_stand_in)
@@ -198,10 +205,8 @@ def test_ablation_rows_and_scores_match_an_independent_computation(tmp_path, fix
     assert list(table["subset"]) == ["all members", "without m_a", "without m_b", "without m_c",
                                      "only m_a", "only m_b", "only m_c"]
     assert list(table["kind"]) == ["full"] + ["leave_one_out"] * 3 + ["single"] * 3
-    manifest = pd.read_parquet(ctx.run.manifest).set_index("imageId")
     oof = {m: predictions.read(ctx.run.member_dir(m) / "oof.parquet") for m in MEMBERS}
-    ids = list(oof["m_a"].index)
-    truth = np.array([[lab in manifest.loc[i, "labels"].split() for lab in LABEL_IDS] for i in ids])
+    truth = pool_truth(ctx)
     for _, row in table.iterrows():
         members = row["members"].split()
         labels = np.mean([oof[m].to_numpy() for m in members], axis=0) >= 0.5  # mean stacker
@@ -232,14 +237,8 @@ def test_ablation_refits_subsets_in_worker_processes_with_the_same_results(tmp_p
     pd.testing.assert_frame_equal(tables[1], tables[2])
     # the linear stacker learnt something: not the members' mean
     mean = np.mean([predictions.read(ctx.run.member_dir(m) / "oof.parquet").to_numpy() for m in MEMBERS], axis=0)
-    assert tables[2].loc[0, "micro_f1"] != pytest.approx(ablation_micro_f1(ctx, mean >= 0.5), abs=1e-9)
-
-
-def ablation_micro_f1(ctx, labels) -> float:
-    manifest = pd.read_parquet(ctx.run.manifest).set_index("imageId")
-    ids = list(predictions.read(ctx.run.member_dir(MEMBERS[0]) / "oof.parquet").index)
-    truth = np.array([[lab in manifest.loc[i, "labels"].split() for lab in LABEL_IDS] for i in ids])
-    return f1_score(truth, labels, average="micro")
+    assert tables[2].loc[0, "micro_f1"] != pytest.approx(f1_score(pool_truth(ctx), mean >= 0.5, average="micro"),
+                                                         abs=1e-9)
 
 
 def test_ablation_leaves_each_group_out_as_a_whole(tmp_path, fixed_decision, caplog):
